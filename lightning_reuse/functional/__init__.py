@@ -1,0 +1,9 @@
+"""Pure torch maths (no lightning import): RESQUE statistics, NTK spectra, FTC bounds, ...."""
+
+from lightning_reuse._lazy import attach
+
+# Public name -> defining module (relative). Add one line per public name.
+_NAMES: dict[str, str] = {}
+
+__all__ = list(_NAMES)
+__getattr__, __dir__ = attach(__name__, _NAMES)

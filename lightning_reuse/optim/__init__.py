@@ -1,0 +1,11 @@
+"""Optimizers: FTP (Fast Trainable Projection) and its baselines (no lightning import)."""
+
+from lightning_reuse._lazy import attach
+
+# Public name -> defining module (relative). Add one line per public name.
+_NAMES: dict[str, str] = {
+    "FTP": ".ftp",
+}
+
+__all__ = list(_NAMES)
+__getattr__, __dir__ = attach(__name__, _NAMES)

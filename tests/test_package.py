@@ -1,0 +1,68 @@
+"""Packaging, public names and the functional/nn/optim boundary (no lightning import there)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+import lightning_reuse
+
+PACKAGE = Path(lightning_reuse.__file__).parent
+PURE_SUBPACKAGES = ("functional", "nn", "optim")
+FORBIDDEN = ("lightning", "pytorch_lightning", "wandb", "codecarbon")
+
+
+def test_version_and_typed() -> None:
+    assert lightning_reuse.__version__.count(".") == 2
+    assert (PACKAGE / "py.typed").exists()
+
+
+@pytest.mark.parametrize("sub", PURE_SUBPACKAGES)
+def test_pure_subpackages_do_not_import_lightning(sub: str) -> None:
+    offenders = []
+    for path in sorted((PACKAGE / sub).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            offenders += [
+                f"{path.relative_to(PACKAGE)}:{node.lineno} imports {n}"
+                for n in names
+                if n.split(".")[0] in FORBIDDEN
+            ]
+    assert not offenders, "functional/, nn/ and optim/ must stay pure torch:\n" + "\n".join(offenders)
+
+
+def test_unknown_attribute_is_a_clear_error() -> None:
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        lightning_reuse.Nope  # noqa: B018
+
+
+def test_public_names_are_declared() -> None:
+    assert set(lightning_reuse.__all__) >= {
+        "FTP",
+        "RESQUECheck",
+        "NTKScreening",
+        "EnergyMonitor",
+        "AdditiveFineTuning",
+        "ModelReprogramming",
+        "ModelStitching",
+    }
+
+
+def _defined(name: str) -> bool:
+    module = lightning_reuse._NAMES[name]
+    return (PACKAGE / (module.strip(".").replace(".", "/") + ".py")).exists()
+
+
+@pytest.mark.parametrize("name", sorted(lightning_reuse._NAMES))
+def test_public_names_import(name: str) -> None:
+    if not _defined(name):
+        pytest.skip(f"{name} is declared but its module is not part of this release yet")
+    assert getattr(lightning_reuse, name).__name__ == name
+    importlib.import_module("lightning_reuse" + lightning_reuse._NAMES[name])
