@@ -5,6 +5,9 @@ from lightning_reuse._lazy import attach
 # Public name -> defining module (relative). Add one line per public name.
 _NAMES: dict[str, str] = {
     "SmallCNN": ".small_cnn",
+    "get_layer": ".layers",
+    "layer_names": ".layers",
+    "capture_output": ".layers",
 }
 
 __all__ = list(_NAMES)
