@@ -7,6 +7,7 @@ _NAMES: dict[str, str] = {
     "AdditiveFineTuning": ".additive",
     "ModelReprogramming": ".reprogramming",
     "ModelStitching": ".stitching",
+    "ImageClassifier": ".classifier",
 }
 
 __all__ = list(_NAMES)

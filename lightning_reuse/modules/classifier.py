@@ -1,0 +1,115 @@
+"""``ImageClassifier``: the plain reuse baselines (full fine-tuning, linear probe, training from scratch).
+
+Example:
+    >>> import torch
+    >>> from lightning_reuse.nn.small_cnn import SmallCNN
+    >>> module = ImageClassifier(SmallCNN(width=4), trainable="head")
+    >>> module.num_trainable_parameters() < module.num_parameters()
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+Trainable = Literal["all", "head", "scratch"]
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+class ImageClassifier(pl.LightningModule):
+    """Train a classifier network with cross-entropy, logging ``train_loss``, ``val_acc`` and ``test_acc``.
+
+    Args:
+        model: the network; its final linear layer is the attribute named ``head_name``.
+        trainable: ``"all"`` (full fine-tuning), ``"head"`` (linear probe: everything else frozen and kept in
+            eval mode), ``"scratch"`` (all parameters re-initialised first: the from-scratch reference).
+        lr: learning rate of the default Adam optimizer.
+        optimizer: optional factory ``params -> optimizer`` (e.g. an FTP wrapper) instead of Adam.
+        head_name: attribute name of the classification head.
+        num_classes: output classes (for the accuracy metrics); read from the head when omitted.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        trainable: Trainable = "all",
+        lr: float = 1e-3,
+        optimizer: OptimizerFactory | None = None,
+        head_name: str = "head",
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        if trainable not in ("all", "head", "scratch"):
+            raise ValueError(f"`trainable` must be 'all', 'head' or 'scratch', got {trainable!r}.")
+        if lr <= 0:
+            raise ValueError(f"`lr` must be > 0, got {lr}.")
+        head = getattr(model, head_name, None)
+        if not isinstance(head, nn.Linear):
+            raise ValueError(
+                f"`head_name={head_name!r}` must name the model's final nn.Linear; got {type(head).__name__}. "
+                "HINT: pass the attribute name of the classification layer."
+            )
+        self.model, self.trainable, self.lr, self.optimizer_factory, self.head_name = (
+            model,
+            trainable,
+            lr,
+            optimizer,
+            head_name,
+        )
+        if trainable == "scratch":
+            for module in model.modules():
+                if hasattr(module, "reset_parameters") and module is not model:
+                    module.reset_parameters()
+        if trainable == "head":
+            for name, p in model.named_parameters():
+                p.requires_grad_(name.startswith(head_name + "."))
+        n = num_classes or head.out_features
+        self.val_acc = MulticlassAccuracy(num_classes=n, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=n, average="micro")
+        self.save_hyperparameters(ignore=["model", "optimizer"])
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+    def train(self, mode: bool = True) -> ImageClassifier:
+        super().train(mode)
+        if self.trainable == "head":  # frozen body stays in eval mode (BatchNorm / dropout untouched)
+            self.model.eval()
+            getattr(self.model, self.head_name).train(mode)
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_acc.update(logits, y)
+        self.log("val_loss", nn.functional.cross_entropy(logits, y), on_epoch=True)
+        self.log("val_acc", self.val_acc, prog_bar=True, on_epoch=True)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.test_acc.update(self(x), y)
+        self.log("test_acc", self.test_acc, on_epoch=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.optimizer_factory is not None:
+            return self.optimizer_factory(params)
+        return torch.optim.Adam(params, lr=self.lr)
