@@ -61,6 +61,10 @@ def _demo(argv: Sequence[str]) -> int:
 
 def cli_main(args: Sequence[str] | None = None, run: bool = True) -> object:
     """LightningCLI over any LightningModule / DataModule (``class_path`` in YAML recipes)."""
+    import os
+
+    # LightningCLI calls jsonargparse APIs that newer jsonargparse flags as deprecated; users cannot act on it.
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     import lightning.pytorch as pl
     from lightning.pytorch.cli import LightningCLI
 

@@ -79,3 +79,17 @@ def pretrained_small_cnn(
         torch.save(net.state_dict(), tmp)
         tmp.replace(file)  # atomic: a concurrent reader never sees half a file
     return net.eval()
+
+
+class PretrainedSmallCNN(SmallCNN):
+    """A :class:`SmallCNN` constructed with pre-trained weights (see :func:`pretrained_small_cnn`).
+
+    A class (not a function) so LightningCLI recipes can say
+    ``model: {class_path: lightning_reuse.zoo.PretrainedSmallCNN, init_args: {width: 32}}``.
+    """
+
+    def __init__(self, width: int = 32, depth: int = 2, epochs: int = 30, seed: int = 0) -> None:
+        super().__init__(num_classes=10, width=width, depth=depth)
+        trained = pretrained_small_cnn(width=width, depth=depth, epochs=epochs, seed=seed)
+        self.load_state_dict(trained.state_dict())
+        self.eval()

@@ -5,7 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 echo "[test] ruff check + format check"
-.venv/bin/ruff check lightning_reuse tests benchmarks recipes conftest.py
-.venv/bin/ruff format --check lightning_reuse tests benchmarks recipes conftest.py
+LINT_PATHS=$(ls -d lightning_reuse tests benchmarks recipes conftest.py 2>/dev/null)
+.venv/bin/ruff check $LINT_PATHS
+.venv/bin/ruff format --check $LINT_PATHS
 echo "[test] pytest (all tests, slow ones included)"
 .venv/bin/python -m pytest -q --durations=15 "$@"

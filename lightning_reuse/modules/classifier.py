@@ -73,6 +73,7 @@ class ImageClassifier(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.save_hyperparameters(ignore=["model", "optimizer"])
+        self.train()  # a pre-trained model often arrives in eval mode; the frozen part stays in eval
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
