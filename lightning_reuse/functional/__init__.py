@@ -3,7 +3,15 @@
 from lightning_reuse._lazy import attach
 
 # Public name -> defining module (relative). Add one line per public name.
-_NAMES: dict[str, str] = {}
+_NAMES: dict[str, str] = {
+    "resque_dist": ".resque",
+    "resque_task": ".resque",
+    "pool_features": ".resque",
+    "least_squares_affine": ".stitching",
+    "linear_cka": ".stitching",
+    "representation_mse": ".stitching",
+    "channel_rows": ".stitching",
+}
 
 __all__ = list(_NAMES)
 __getattr__, __dir__ = attach(__name__, _NAMES)
