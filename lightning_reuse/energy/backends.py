@@ -1,0 +1,290 @@
+"""Energy backends: where the joules come from. Each reports cumulative :class:`EnergyRecord` s.
+
+Three backends share one small interface (``start`` / ``read`` / ``stop``):
+
+- :class:`~lightning_reuse.energy.codecarbon_backend.CodeCarbonBackend` (the default): codecarbon's
+  ``OfflineEmissionsTracker``: CPU by RAPL when readable, else a TDP x load estimate; RAM by a heuristic;
+  GPU by the NVML energy counter. Never online.
+- :class:`NVMLBackend`: reads the GPU's own energy counter (``nvmlDeviceGetTotalEnergyConsumption``) at
+  boundaries only (a read costs ~3 ms on an H100 and the counter updates every ~100 ms), as Zeus does.
+- :class:`SimulatedBackend`: constant power, optionally on a fake clock: exact, deterministic arithmetic
+  for tests and examples.
+
+A backend object holds its configuration and can be started again after a stop (a fresh measurement
+each time). ``read`` and ``stop`` return ``None`` on failure and set :attr:`EnergyBackend.status`.
+
+Example:
+    >>> ticks = iter(range(100))
+    >>> sim = SimulatedBackend(cpu_w=3600.0, ram_w=1800.0, carbon_intensity_g_per_kwh=500.0,
+    ...                        clock=lambda: float(next(ticks)))
+    >>> sim.start()
+    >>> r = sim.read()  # one fake second later
+    >>> r.cpu_wh, r.ram_wh, r.energy_wh, r.co2_g, r.method["cpu"]
+    (1.0, 0.5, 1.5, 0.75, 'simulated')
+    >>> sim.stop().duration_s
+    2.0
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from lightning_reuse.energy.records import EnergyRecord
+
+#: World-average carbon intensity of electricity (gCO2e/kWh; IEA, 2019), used when nothing better is known.
+WORLD_AVERAGE_G_PER_KWH = 475.0
+
+
+@cache
+def _energy_mix() -> dict[str, Any]:
+    spec = importlib.util.find_spec("codecarbon")  # locate codecarbon's data without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    path = Path(spec.submodule_search_locations[0]) / "data" / "private_infra" / "global_energy_mix.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def carbon_intensity(country_iso_code: str | None = None, fixed_g_per_kwh: float | None = None) -> float:
+    """Carbon intensity in gCO2e/kWh: ``fixed_g_per_kwh`` if given, else the country's (codecarbon's
+    offline energy-mix table, no network), else :data:`WORLD_AVERAGE_G_PER_KWH`.
+
+    >>> carbon_intensity(fixed_g_per_kwh=50.0)
+    50.0
+    >>> carbon_intensity(None)
+    475.0
+    """
+    if fixed_g_per_kwh is not None:
+        if fixed_g_per_kwh < 0:
+            raise ValueError(
+                f"`carbon_intensity_g_per_kwh` must be >= 0 gCO2e/kWh, got {fixed_g_per_kwh}. "
+                "HINT: pass e.g. 56.0 (France) or 369.5 (USA)."
+            )
+        return float(fixed_g_per_kwh)
+    if country_iso_code is None:
+        return WORLD_AVERAGE_G_PER_KWH
+    mix = _energy_mix()
+    if not mix:
+        return WORLD_AVERAGE_G_PER_KWH
+    code = country_iso_code.upper()
+    if code not in mix:
+        raise ValueError(
+            f"`country_iso_code` must be a 3-letter ISO code known to codecarbon's energy-mix table, got "
+            f"{country_iso_code!r}; e.g. {sorted(mix)[:8]}. HINT: or pass `carbon_intensity_g_per_kwh`."
+        )
+    return float(mix[code]["carbon_intensity"])
+
+
+def validate_country(country_iso_code: str) -> str:
+    """Return the upper-cased code, or raise ``ValueError`` listing examples when it is unknown."""
+    if not isinstance(country_iso_code, str) or len(country_iso_code) != 3:
+        raise ValueError(
+            f"`country_iso_code` must be a 3-letter ISO 3166 code such as 'USA', 'FRA' or 'DEU', got "
+            f"{country_iso_code!r}."
+        )
+    carbon_intensity(country_iso_code)  # raises with a list when codecarbon's table does not know it
+    return country_iso_code.upper()
+
+
+class EnergyBackend(ABC):
+    """Interface of a measurement source. Subclasses implement ``_start``, ``_read`` and ``_stop``.
+
+    Args:
+        pue: power usage effectiveness (>= 1) multiplied into every energy figure (and so into CO2).
+    """
+
+    name = "base"
+
+    def __init__(self, pue: float = 1.0) -> None:
+        if pue < 1.0:
+            raise ValueError(f"`pue` must be >= 1.0 (1.0 = no data-centre overhead), got {pue}.")
+        self.pue = float(pue)
+        self.status = "idle"
+        self.running = False
+
+    @property
+    @abstractmethod
+    def methods(self) -> dict[str, str]:
+        """Component -> measurement method (see :data:`~lightning_reuse.energy.records.METHODS`)."""
+
+    def start(self) -> None:
+        """Begin a fresh measurement (cumulative readings restart at zero)."""
+        self._start()
+        self.running = True
+        self.status = "ok"
+
+    def read(self) -> EnergyRecord | None:
+        """Cumulative record since :meth:`start`, or ``None`` (and ``status`` set) when the read failed."""
+        if not self.running:
+            raise RuntimeError(f"{type(self).__name__}.read() before start(); call start() first.")
+        return self._read()
+
+    def stop(self) -> EnergyRecord | None:
+        """Final cumulative record; releases threads and handles. ``None`` when the backend failed."""
+        if not self.running:
+            return None
+        try:
+            return self._stop()
+        finally:
+            self.running = False
+
+    @abstractmethod
+    def _start(self) -> None: ...
+
+    @abstractmethod
+    def _read(self) -> EnergyRecord | None: ...
+
+    @abstractmethod
+    def _stop(self) -> EnergyRecord | None: ...
+
+
+class SimulatedBackend(EnergyBackend):
+    """Constant power on a (possibly fake) clock: ``energy = power x elapsed``; deterministic.
+
+    Args:
+        cpu_w, gpu_w, ram_w: constant power of each component, in W.
+        carbon_intensity_g_per_kwh: gCO2e per kWh (default: world average).
+        clock: seconds as a float; ``time.perf_counter`` by default. A fake clock gives exact numbers.
+        pue: power usage effectiveness.
+    """
+
+    name = "simulated"
+
+    def __init__(
+        self,
+        cpu_w: float = 10.0,
+        gpu_w: float = 0.0,
+        ram_w: float = 5.0,
+        carbon_intensity_g_per_kwh: float | None = None,
+        clock: Callable[[], float] | None = None,
+        pue: float = 1.0,
+    ) -> None:
+        super().__init__(pue=pue)
+        for arg, value in (("cpu_w", cpu_w), ("gpu_w", gpu_w), ("ram_w", ram_w)):
+            if value < 0:
+                raise ValueError(f"`{arg}` must be a power >= 0 W, got {value}.")
+        self.power_w = {"cpu": float(cpu_w), "gpu": float(gpu_w), "ram": float(ram_w)}
+        self.intensity = carbon_intensity(None, carbon_intensity_g_per_kwh)
+        self.clock = clock or time.perf_counter
+        self._t0 = 0.0
+
+    @property
+    def methods(self) -> dict[str, str]:
+        return {c: ("simulated" if w > 0 else "not measured") for c, w in self.power_w.items()}
+
+    def _start(self) -> None:
+        self._t0 = self.clock()
+
+    def _read(self) -> EnergyRecord:
+        seconds = self.clock() - self._t0
+        wh = {c: self.pue * w * seconds / 3600.0 for c, w in self.power_w.items()}
+        energy = wh["cpu"] + wh["gpu"] + wh["ram"]
+        return EnergyRecord(
+            cpu_wh=wh["cpu"],
+            gpu_wh=wh["gpu"],
+            ram_wh=wh["ram"],
+            energy_wh=energy,
+            co2_g=energy / 1000.0 * self.intensity,
+            duration_s=seconds,
+            method=self.methods,
+            pue=self.pue,
+        )
+
+    def _stop(self) -> EnergyRecord:
+        return self._read()
+
+
+class NVMLBackend(EnergyBackend):
+    """GPU energy from NVML's counter, read at boundaries only; CPU/RAM optionally as constant estimates.
+
+    Args:
+        device_indices: GPUs to sum (default: all visible).
+        cpu_w, ram_w: optional constant power estimates in W (method ``"estimate"``); else "not measured".
+        carbon_intensity_g_per_kwh, country_iso_code: intensity (see :func:`carbon_intensity`).
+        pue: power usage effectiveness.
+
+    Needs ``nvidia-ml-py`` (``import pynvml``) and a Volta-or-newer GPU.
+    """
+
+    name = "nvml"
+
+    def __init__(
+        self,
+        device_indices: Sequence[int] | None = None,
+        cpu_w: float | None = None,
+        ram_w: float | None = None,
+        carbon_intensity_g_per_kwh: float | None = None,
+        country_iso_code: str | None = None,
+        pue: float = 1.0,
+    ) -> None:
+        super().__init__(pue=pue)
+        self.device_indices = None if device_indices is None else list(device_indices)
+        self.cpu_w, self.ram_w = cpu_w, ram_w
+        self.intensity = carbon_intensity(country_iso_code, carbon_intensity_g_per_kwh)
+        self._nvml: Any = None
+        self._handles: list[Any] = []
+        self._mj0: list[int] = []
+        self._t0 = 0.0
+
+    @property
+    def methods(self) -> dict[str, str]:
+        return {
+            "gpu": "NVML",
+            "cpu": "estimate" if self.cpu_w is not None else "not measured",
+            "ram": "estimate" if self.ram_w is not None else "not measured",
+        }
+
+    def _counters_mj(self) -> list[int]:
+        return [int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(h)) for h in self._handles]
+
+    def _start(self) -> None:
+        try:
+            import pynvml
+        except ImportError as err:  # pragma: no cover - depends on the machine
+            raise ImportError(
+                "NVMLBackend needs NVIDIA's NVML bindings: `pip install nvidia-ml-py`."
+            ) from err
+        pynvml.nvmlInit()
+        self._nvml = pynvml
+        indices = self.device_indices
+        if indices is None:
+            indices = list(range(pynvml.nvmlDeviceGetCount()))
+        self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
+        self._mj0 = self._counters_mj()
+        self._t0 = time.perf_counter()
+
+    def _read(self) -> EnergyRecord | None:
+        try:
+            gpu_mj = sum(now - then for now, then in zip(self._counters_mj(), self._mj0))
+        except Exception as err:  # NVML errors are not fatal to training
+            self.status = f"failed: {type(err).__name__}: {err}"
+            return None
+        seconds = time.perf_counter() - self._t0
+        gpu_wh = self.pue * gpu_mj / 3.6e6
+        cpu_wh = self.pue * (self.cpu_w or 0.0) * seconds / 3600.0
+        ram_wh = self.pue * (self.ram_w or 0.0) * seconds / 3600.0
+        energy = cpu_wh + gpu_wh + ram_wh
+        return EnergyRecord(
+            cpu_wh=cpu_wh,
+            gpu_wh=gpu_wh,
+            ram_wh=ram_wh,
+            energy_wh=energy,
+            co2_g=energy / 1000.0 * self.intensity,
+            duration_s=seconds,
+            method=self.methods,
+            pue=self.pue,
+        )
+
+    def _stop(self) -> EnergyRecord | None:
+        record = self._read()
+        try:
+            self._nvml.nvmlShutdown()
+        except Exception:  # already shut down
+            pass
+        return record

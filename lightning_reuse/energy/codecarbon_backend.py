@@ -1,0 +1,198 @@
+"""The default backend: codecarbon's ``OfflineEmissionsTracker``, configured so it can never go online.
+
+Facts this module is built around (codecarbon 3.3):
+
+- the online tracker probes cloud metadata and geolocation hosts: only the offline tracker is used, with an
+  explicit country (or a fixed gCO2e/kWh), no API/HTTP/Prometheus/Logfire output and no Electricity Maps
+  token, whatever ``~/.codecarbon.config`` or ``CODECARBON_*`` variables say;
+- per-window numbers come from ``flush()``: a custom output handler receives the cumulative
+  ``EmissionsData``; differences are taken by the caller (``start_task`` would corrupt durations);
+- a fresh tracker per measurement (``start()`` after ``stop()`` keeps energy but restarts duration); the
+  first ``start()`` in a process costs ~1.3 s (hardware detection), later ones ~2 ms;
+- errors inside ``start/flush/stop`` are logged and swallowed, and ``stop()`` may return ``None`` (e.g. a
+  stale lock file with ``allow_multiple_runs=False``): this backend reports that as ``None`` and a status;
+- ``stop()`` cancels the sampler timers without joining them: this backend joins them, so no thread is
+  left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from lightning_reuse.energy.backends import EnergyBackend, carbon_intensity, validate_country
+from lightning_reuse.energy.records import EnergyRecord
+
+
+def _make_capture() -> Any:
+    from codecarbon.output_methods.base_output import BaseOutput
+
+    class _Capture(BaseOutput):
+        """Keeps the last cumulative EmissionsData that codecarbon hands to its outputs."""
+
+        def __init__(self) -> None:
+            self.total: Any = None
+
+        def out(self, total: Any, delta: Any) -> None:
+            self.total = total
+
+        def live_out(self, total: Any, delta: Any) -> None:
+            pass
+
+    return _Capture()
+
+
+def _cpu_method(mode: str | None) -> str:
+    if mode and "rapl" in mode:
+        return "RAPL"
+    if mode in ("intel_power_gadget", "windows_emi", "apple_powermetrics"):
+        return "counter"
+    return "estimate"
+
+
+class CodeCarbonBackend(EnergyBackend):
+    """codecarbon ``OfflineEmissionsTracker`` (a fresh one per :meth:`start`), never online.
+
+    Args:
+        country_iso_code: 3-letter ISO code of where the machine runs (carbon intensity of its grid).
+        carbon_intensity_g_per_kwh: a fixed intensity in gCO2e/kWh instead of the country's.
+        pue: power usage effectiveness of the data centre.
+        measure_power_secs: codecarbon's background sampling interval (power of estimated components is
+            sampled at this interval; the counters are also read at every boundary).
+        tracking_mode: ``"machine"`` (whole machine) or ``"process"`` (this process and its children).
+        gpu_ids: GPUs to measure (default: all visible).
+        allow_multiple_runs: codecarbon's lock: ``False`` refuses to run beside another tracker (and
+            installs codecarbon's own SIGINT/SIGTERM handlers). Default ``True``.
+        log_level: level of the ``codecarbon`` logger (set before the tracker is built).
+
+    Example:
+        >>> backend = CodeCarbonBackend(country_iso_code="FRA", measure_power_secs=1.0)
+        >>> backend.name, backend.intensity
+        ('codecarbon', 56.039)
+    """
+
+    name = "codecarbon"
+
+    def __init__(
+        self,
+        country_iso_code: str = "USA",
+        carbon_intensity_g_per_kwh: float | None = None,
+        pue: float = 1.0,
+        measure_power_secs: float = 15.0,
+        tracking_mode: str = "machine",
+        gpu_ids: list[int] | None = None,
+        allow_multiple_runs: bool = True,
+        log_level: str = "error",
+    ) -> None:
+        super().__init__(pue=pue)
+        self.country_iso_code = validate_country(country_iso_code)
+        self.fixed_intensity = carbon_intensity_g_per_kwh
+        self.intensity = carbon_intensity(self.country_iso_code, carbon_intensity_g_per_kwh)
+        if measure_power_secs <= 0:
+            raise ValueError(f"`measure_power_secs` must be > 0 seconds, got {measure_power_secs}.")
+        if tracking_mode not in ("machine", "process"):
+            raise ValueError(f"`tracking_mode` must be 'machine' or 'process', got {tracking_mode!r}.")
+        self.measure_power_secs = float(measure_power_secs)
+        self.tracking_mode = tracking_mode
+        self.gpu_ids = gpu_ids
+        self.allow_multiple_runs = allow_multiple_runs
+        self.log_level = log_level
+        self.tracker: Any = None
+        self._capture: Any = None
+        self._methods: dict[str, str] = {"cpu": "estimate", "gpu": "not measured", "ram": "estimate"}
+
+    @property
+    def methods(self) -> dict[str, str]:
+        return dict(self._methods)
+
+    def _start(self) -> None:
+        from codecarbon import OfflineEmissionsTracker
+
+        # One warning is emitted before codecarbon applies `log_level`: set the logger level first.
+        logging.getLogger("codecarbon").setLevel(self.log_level.upper())
+        self._capture = _make_capture()
+        self.tracker = OfflineEmissionsTracker(
+            country_iso_code=self.country_iso_code,
+            force_carbon_intensity_g_co2e_kwh=self.fixed_intensity,
+            pue=self.pue,
+            measure_power_secs=self.measure_power_secs,
+            tracking_mode=self.tracking_mode,
+            gpu_ids=self.gpu_ids,
+            allow_multiple_runs=self.allow_multiple_runs,
+            log_level=self.log_level,
+            # Everything that could reach the network is off, whatever the config files say.
+            output_methods=[],
+            output_handlers=[self._capture],
+            emissions_endpoint=None,
+            electricitymaps_api_token=None,
+            api_call_interval=-1,
+            cloud_provider=None,
+            cloud_region=None,
+            project_name="lightning_reuse",
+        )
+        self.tracker.start()
+        started = getattr(self.tracker, "_start_time", None) is not None
+        if not started:
+            self.status = "failed: codecarbon start() did not start (see codecarbon's log)"
+        self._methods = self._detect_methods()
+
+    def _detect_methods(self) -> dict[str, str]:
+        methods = {"cpu": "estimate", "gpu": "not measured", "ram": "estimate"}
+        for hw in getattr(self.tracker, "_hardware", None) or []:
+            kind = type(hw).__name__
+            if kind == "CPU":
+                methods["cpu"] = _cpu_method(getattr(hw, "_mode", None))
+            elif kind == "GPU":
+                methods["gpu"] = "NVML"
+        return methods
+
+    def _to_record(self, data: Any) -> EnergyRecord:
+        return EnergyRecord(
+            cpu_wh=float(data.cpu_energy) * 1000.0,
+            gpu_wh=float(data.gpu_energy) * 1000.0,
+            ram_wh=float(data.ram_energy) * 1000.0,
+            energy_wh=float(data.energy_consumed) * 1000.0,
+            co2_g=float(data.emissions) * 1000.0,
+            duration_s=float(data.duration),
+            method=self.methods,
+            pue=self.pue,
+        )
+
+    def _read(self) -> EnergyRecord | None:
+        self._capture.total = None
+        result = self.tracker.flush()
+        if result is None or self._capture.total is None:
+            self.status = "failed: codecarbon flush() returned None (see codecarbon's log)"
+            return None
+        return self._to_record(self._capture.total)
+
+    def _sampler_timers(self) -> list[threading.Thread]:
+        timers = []
+        for attr in ("_scheduler", "_scheduler_monitor_power"):
+            scheduler = getattr(self.tracker, attr, None)
+            timer = getattr(scheduler, "_timer", None)
+            if timer is not None:
+                timers.append((scheduler, timer))
+        return timers
+
+    def _stop(self) -> EnergyRecord | None:
+        schedulers = self._sampler_timers()
+        self._capture.total = None
+        result = self.tracker.stop()
+        for scheduler, _ in schedulers:  # stop() may have failed half-way: stop the samplers anyway
+            try:
+                scheduler.stop()
+            except Exception:
+                pass
+        for scheduler, _ in schedulers:
+            timer = getattr(scheduler, "_timer", None)  # the scheduler may have re-armed a new timer
+            for t in {timer, _}:
+                if t is not None and t is not threading.current_thread():
+                    t.cancel()
+                    t.join(timeout=5.0)
+        data = getattr(self.tracker, "final_emissions_data", None) or self._capture.total
+        if result is None or data is None:
+            self.status = "failed: codecarbon stop() returned None (see codecarbon's log)"
+            return None
+        return self._to_record(data)

@@ -1,0 +1,137 @@
+"""Predict a fit's total energy after its first epoch(s), with an interval.
+
+carbontracker (Anthony et al., 2020, "Carbontracker: Tracking and Predicting the Carbon Footprint of
+Training Deep Learning Models", arXiv:2007.03051) predicts the total as the mean energy of the observed
+epochs times the number of epochs. Three things make that biased or over-confident, and this module fixes
+each:
+
+1. **Fixed costs.** Set-up (tracker start, sanity validation, data loading) is spent once, not per epoch:
+   it is counted as spent, not extrapolated, and it is part of the predicted total.
+2. **Warm-up.** The first epoch pays one-off costs (allocations, lazy initialisation, caches). Its
+   steady-state value (from a reading taken a few batches in) replaces it as a sample, and later epochs
+   are preferred once they exist.
+3. **Uncertainty.** The remaining ``R`` epochs' sum is predicted with a Student-t interval
+
+   .. math::
+
+       \\hat E = E_{spent} + R\\,\\bar e, \\qquad
+       \\hat E \\pm t_{n-1,(1+c)/2}\\; s\\,\\sqrt{R + R^2/n}
+
+   (variance of a sum of ``R`` new epochs plus that of the estimated mean); with one sample, ``s`` is a
+   prior relative spread (``prior_rel_sd``) and the quantile is normal. With early stopping the lower end
+   uses the fewest epochs the run may still take (``min_total_epochs``).
+
+Example:
+    >>> p = predict_total([12.0, 10.0, 10.4], total_epochs=10, spent_wh=35.4)
+    >>> round(p.energy_wh, 2), p.low_wh < p.energy_wh < p.high_wh
+    (106.8, True)
+    >>> carbontracker_prediction([12.0, 10.0, 10.4], total_epochs=10)
+    108.0
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Prediction:
+    """A predicted total with a ``confidence`` interval (Wh and g CO2e)."""
+
+    energy_wh: float
+    low_wh: float
+    high_wh: float
+    co2_g: float
+    co2_low_g: float
+    co2_high_g: float
+    epochs_observed: int
+    epochs_total: float
+    confidence: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def carbontracker_prediction(epoch_wh: Sequence[float], total_epochs: float) -> float:
+    """The baseline: mean observed epoch energy times the number of epochs (carbontracker's rule)."""
+    if not epoch_wh:
+        raise ValueError("`epoch_wh` must hold at least one observed epoch.")
+    return statistics.fmean(epoch_wh) * total_epochs
+
+
+def _quantile(confidence: float, dof: int | None) -> float:
+    p = (1.0 + confidence) / 2.0
+    if dof is None:
+        return statistics.NormalDist().inv_cdf(p)
+    from scipy.stats import t
+
+    return float(t.ppf(p, dof))
+
+
+def predict_total(
+    epoch_wh: Sequence[float],
+    total_epochs: float,
+    spent_wh: float,
+    *,
+    first_epoch_steady_wh: float | None = None,
+    min_total_epochs: float | None = None,
+    confidence: float = 0.9,
+    prior_rel_sd: float = 0.1,
+    co2_per_wh: float = 0.0,
+) -> Prediction:
+    """Predict the total energy of a run of ``total_epochs`` after observing ``epoch_wh``.
+
+    Args:
+        epoch_wh: energy of each finished epoch, in order (Wh).
+        total_epochs: epochs the run will take (``max_epochs``, or ``max_steps`` / steps per epoch).
+        spent_wh: everything measured so far (set-up and the finished epochs).
+        first_epoch_steady_wh: the first epoch's energy with its warm-up replaced by the steady rate.
+        min_total_epochs: the fewest epochs the run may still take (early stopping), for the lower end.
+        confidence: coverage of the interval, in (0, 1).
+        prior_rel_sd: relative epoch-to-epoch spread assumed while only one sample exists.
+        co2_per_wh: grams CO2e per Wh so far (for the CO2 figures).
+
+    Returns:
+        A :class:`Prediction`.
+    """
+    k = len(epoch_wh)
+    if k == 0:
+        raise ValueError("`epoch_wh` must hold at least one observed epoch.")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"`confidence` must be in (0, 1), got {confidence}.")
+    samples = list(epoch_wh[1:])
+    if first_epoch_steady_wh is not None and first_epoch_steady_wh > 0:
+        samples.append(float(first_epoch_steady_wh))
+    if not samples:
+        samples = [float(epoch_wh[0])]
+    n = len(samples)
+    mean = statistics.fmean(samples)
+    if n >= 2:
+        sd, q = statistics.stdev(samples), _quantile(confidence, n - 1)
+    else:
+        sd, q = prior_rel_sd * abs(mean), _quantile(confidence, None)
+
+    def remaining(r: float) -> tuple[float, float]:
+        r = max(r, 0.0)
+        return r * mean, q * sd * math.sqrt(r + r * r / n)
+
+    extra, half = remaining(total_epochs - k)
+    point = spent_wh + extra
+    low_r = total_epochs - k if min_total_epochs is None else min(min_total_epochs, total_epochs) - k
+    low_extra, low_half = remaining(low_r)
+    low = max(spent_wh, spent_wh + low_extra - low_half)
+    high = point + half
+    return Prediction(
+        energy_wh=point,
+        low_wh=low,
+        high_wh=high,
+        co2_g=point * co2_per_wh,
+        co2_low_g=low * co2_per_wh,
+        co2_high_g=high * co2_per_wh,
+        epochs_observed=k,
+        epochs_total=float(total_epochs),
+        confidence=confidence,
+    )
