@@ -1,0 +1,168 @@
+"""``ModelStitching``: train only a stitch between a frozen sender and a frozen receiver, cut by layer name.
+
+Hernandez, Dangovski, Lu, Soljacic, "Model Stitching: Looking For Functional Similarity Between
+Representations", arXiv 2303.11277; Bansal, Nakkiran, Barak, "Revisiting Model Stitching to Compare
+Neural Representations", NeurIPS 2021. The score is the stitched accuracy; beside it the stitching
+penalty (stitched loss minus the receiver's own loss on the same batch) and the receiver's own accuracy.
+
+Logged (``stage`` is ``train``, ``val`` or ``test``): ``{stage}/loss`` (stitched cross-entropy),
+``{stage}/stitched_acc``; in ``val``/``test`` also ``{stage}/receiver_loss``, ``{stage}/receiver_acc``
+and ``{stage}/penalty``.
+
+Example:
+    >>> import torch, lightning.pytorch as pl
+    >>> from lightning_reuse.nn.small_cnn import SmallCNN
+    >>> from lightning_reuse.datasets import digits_loader
+    >>> _ = torch.manual_seed(0)
+    >>> a, b = SmallCNN(width=4).eval(), SmallCNN(width=4).eval()
+    >>> x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    >>> module = ModelStitching(a, "block1", b, "block1", example_input=x[:8])
+    >>> trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
+    ...                      enable_progress_bar=False, enable_model_summary=False)
+    >>> trainer.fit(module, digits_loader(x, y, batch_size=16))
+    >>> module.model.sender.training, module.model.receiver.training
+    (False, False)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities.types import OptimizerLRScheduler
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from typing_extensions import override
+
+from lightning_reuse.nn.stitched import StitchedModel
+
+
+class ModelStitching(pl.LightningModule):
+    """Sender up to ``sender_layer`` -> trainable stitch -> receiver from ``receiver_layer``; only the stitch trains.
+
+    Args:
+        sender, sender_layer, receiver, receiver_layer, stitch, example_input, receiver_input_shape:
+            as in :class:`lightning_reuse.nn.stitched.StitchedModel` (both halves are frozen and kept in
+            eval mode, also across Lightning's ``train()``/``eval()`` switches).
+        optimizer: ``"adam"`` (Bansal et al.: Adam, cosine) or ``"sgd"`` (Hernandez et al.: SGD with
+            momentum 0.9, linear warm-up then cosine).
+        lr: learning rate (Bansal 1e-3, Hernandez 1e-2).
+        weight_decay: L2 weight decay of the stitch (Hernandez 0.01).
+        warmup_fraction: fraction of the training steps with linear warm-up (0 = none).
+        schedule: ``"cosine"`` decay to 0 over the fit, or ``"constant"``.
+    """
+
+    def __init__(
+        self,
+        sender: nn.Module,
+        sender_layer: str,
+        receiver: nn.Module,
+        receiver_layer: str,
+        stitch: nn.Module | str = "auto",
+        example_input: Tensor | None = None,
+        receiver_input_shape: Sequence[int] | None = None,
+        optimizer: Literal["adam", "sgd"] = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_fraction: float = 0.0,
+        schedule: Literal["cosine", "constant"] = "cosine",
+    ) -> None:
+        super().__init__()
+        if optimizer not in ("adam", "sgd"):
+            raise ValueError(f"`optimizer` must be 'adam' or 'sgd'; got {optimizer!r}.")
+        if schedule not in ("cosine", "constant"):
+            raise ValueError(f"`schedule` must be 'cosine' or 'constant'; got {schedule!r}.")
+        if not lr > 0:
+            raise ValueError(f"`lr` must be > 0; got {lr}.")
+        if weight_decay < 0:
+            raise ValueError(f"`weight_decay` must be >= 0; got {weight_decay}.")
+        if not 0 <= warmup_fraction < 1:
+            raise ValueError(f"`warmup_fraction` must be in [0, 1); got {warmup_fraction}.")
+        self.save_hyperparameters(ignore=["sender", "receiver", "stitch", "example_input"])
+        self.model = StitchedModel(
+            sender,
+            sender_layer,
+            receiver,
+            receiver_layer,
+            stitch=stitch,
+            example_input=example_input,
+            receiver_input_shape=receiver_input_shape,
+        )
+        if not any(p.requires_grad for p in self.model.stitch.parameters()):
+            raise ValueError(
+                "The stitch has no trainable parameter, so there is nothing to fit. HINT: for a "
+                "training-free stitch use `AffineStitch.fit(...)` and evaluate with `Trainer.validate`."
+            )
+        self.metrics = nn.ModuleDict(
+            {
+                f"{stage}_{name}": MeanMetric()
+                for stage in ("val", "test")
+                for name in ("loss", "stitched_acc", "receiver_loss", "receiver_acc", "penalty")
+            }
+        )
+
+    @override
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y = batch[0], batch[1]
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/stitched_acc", (logits.argmax(-1) == y).float().mean())
+        return loss
+
+    def _evaluate(self, batch: Any, stage: str) -> None:
+        x, y = batch[0], batch[1]
+        logits = self.model(x)
+        with torch.no_grad():
+            own = self.model.receiver(x)
+        values = {
+            "loss": F.cross_entropy(logits, y),
+            "stitched_acc": (logits.argmax(-1) == y).float().mean(),
+            "receiver_loss": F.cross_entropy(own, y),
+            "receiver_acc": (own.argmax(-1) == y).float().mean(),
+        }
+        values["penalty"] = values["loss"] - values["receiver_loss"]
+        for name, value in values.items():
+            metric = self.metrics[f"{stage}_{name}"]
+            metric.update(value, weight=len(y))
+            self.log(f"{stage}/{name}", metric, prog_bar=name == "stitched_acc")
+
+    @override
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    @override
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    @override
+    def configure_optimizers(self) -> OptimizerLRScheduler:
+        hp = self.hparams
+        params = [p for p in self.model.stitch.parameters() if p.requires_grad]
+        if hp.optimizer == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay
+            )
+        else:
+            opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(hp.warmup_fraction * total)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            if hp.schedule == "constant":
+                return 1.0
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
