@@ -1,0 +1,171 @@
+"""Screening scores against dense, obviously-correct formulas, and their invariances."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_reuse.functional.ntk import features_to_kernel, prompt_jacobian
+from lightning_reuse.functional.ntk_scores import (
+    ScreeningThresholds,
+    decide,
+    frequency_mapping,
+    residual_at_init,
+    screening_scores,
+    source_guard,
+    stratified_subset,
+)
+
+D = torch.float64
+
+
+def reference_scores(k: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, perms: list[torch.Tensor]):
+    """q, rho, E(100) over the full spectrum, r_eff: straight from the formulas (dense inverse, eigh)."""
+    dim = k.shape[0]
+    lam_bar = torch.trace(k) / dim
+    inv = torch.linalg.inv(k + 1e-2 * lam_bar * torch.eye(dim, dtype=D))
+
+    def q(yy: torch.Tensor) -> float:
+        r = residual_at_init(logits, yy).flatten()
+        return float(lam_bar * r @ inv @ r / (r @ r))
+
+    rho = q(y) / (sum(q(y[p]) for p in perms) / len(perms))
+    vals, vecs = torch.linalg.eigh(k)
+    r = residual_at_init(logits, y).flatten()
+    e = 1 - float((torch.exp(-200 * vals.clamp_min(0) / lam_bar) * (vecs.T @ r) ** 2).sum() / (r @ r))
+    r_eff = float(torch.trace(k) ** 2 / (k * k).sum() / dim)
+    return q(y), rho, e, r_eff
+
+
+def cnn_features(n: int, c: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt-NTK features [n, C, P] and logits of a small random CNN on random inputs."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(64, c)).to(D).eval()
+    jac = prompt_jacobian(net, torch.rand(n, 1, 4, 4, dtype=D))
+    return jac.phi, jac.logits
+
+
+def _perms(n: int, seed: int, count: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randperm(n, generator=g) for _ in range(count)]
+
+
+def test_scores_match_dense_reference() -> None:
+    phi, logits = cnn_features(30, 3)
+    y = torch.randint(0, 3, (30,), generator=torch.Generator().manual_seed(5))
+    k = features_to_kernel(phi)
+    s = screening_scores(k, logits, y, num_permutations=6, top_k=90, seed=3)
+    q, rho, e, r_eff = reference_scores(k, logits, y, _perms(30, 3, 6))
+    assert s.q_true == pytest.approx(q, rel=1e-8)
+    assert s.rho == pytest.approx(rho, rel=1e-8)
+    assert s.e_tau == pytest.approx(e, abs=1e-8)
+    assert s.r_eff == pytest.approx(r_eff, rel=1e-10)
+    assert s.lam_bar == pytest.approx(float(torch.trace(k)) / 90)
+    assert len(s.eigenvalues) == 90 and s.eigenvalues == sorted(s.eigenvalues, reverse=True)
+
+
+def test_feature_path_cg_and_randomized_topk_match_dense_path() -> None:
+    torch.manual_seed(0)
+    n, c, s_dim = 60, 4, 50  # dim 240 > s: matrix-free CG + randomized top-k
+    phi = torch.randn(n, c, s_dim, dtype=D) * torch.linspace(2, 0.05, s_dim, dtype=D)
+    logits = torch.randn(n, c, dtype=D)
+    y = torch.randint(0, c, (n,))
+    a = screening_scores(phi, logits, y, top_k=10)
+    b = screening_scores(features_to_kernel(phi), logits, y, top_k=10)
+    assert a.rho == pytest.approx(b.rho, rel=1e-6)
+    assert a.e_tau == pytest.approx(b.e_tau, rel=1e-2)  # slowly decaying spectrum: subspace error
+    assert a.r_eff == pytest.approx(b.r_eff, rel=1e-10)
+    torch.testing.assert_close(torch.tensor(a.eigenvalues), torch.tensor(b.eigenvalues), rtol=1e-3, atol=0)
+
+
+def test_scores_invariant_to_kernel_scale() -> None:
+    phi, logits = cnn_features(25, 3, seed=1)
+    y = torch.randint(0, 3, (25,))
+    a = screening_scores(phi, logits, y)
+    b = screening_scores(7.0 * phi, logits, y)  # K -> 49 K
+    assert (a.rho, a.e_tau, a.r_eff) == pytest.approx((b.rho, b.e_tau, b.r_eff), rel=1e-8)
+    assert b.lam_bar == pytest.approx(49 * a.lam_bar)
+
+
+def test_shuffled_labels_give_rho_near_one() -> None:
+    phi, logits = cnn_features(200, 4, seed=2)
+    rhos = []
+    for seed in range(3):
+        y = torch.randint(0, 4, (200,), generator=torch.Generator().manual_seed(100 + seed))
+        rhos.append(screening_scores(phi, logits, y, num_permutations=8, seed=seed).rho)
+    assert all(abs(r - 1) <= 0.05 for r in rhos), rhos
+
+
+def test_labels_aligned_with_kernel_give_small_rho_and_pass() -> None:
+    torch.manual_seed(0)
+    n, c = 80, 4
+    y = torch.arange(n) % c
+    # Each sample's rows carry its class: the kernel separates classes, so true labels are easy.
+    phi = torch.zeros(n, c, c * c, dtype=D)
+    for a in range(c):  # K[(i,a),(j,b)] = [a == b][y_i == y_j]
+        phi[torch.arange(n), a, a * c + y] = 1.0
+    phi += 0.05 * torch.randn_like(phi)
+    s = screening_scores(phi, torch.zeros(n, c, dtype=D), y)
+    assert s.rho < 0.5 and s.decision == "PASS", s
+
+
+def test_pseudo_ntk_equals_full_kernel_of_kron_form() -> None:
+    phi, logits = cnn_features(20, 3, seed=3)
+    kp = features_to_kernel(phi.sum(1))  # any n x n PSD kernel
+    y = torch.randint(0, 3, (20,))
+    full = screening_scores(torch.kron(kp, torch.eye(3, dtype=D)), logits, y, top_k=60)
+    pseudo = screening_scores(kp, logits, y, pseudo=True, top_k=20)
+    assert pseudo.rho == pytest.approx(full.rho, rel=1e-8)
+    assert pseudo.e_tau == pytest.approx(full.e_tau, rel=1e-8)
+    assert pseudo.r_eff == pytest.approx(full.r_eff, rel=1e-8)
+
+
+def test_source_guard_extremes() -> None:
+    y = torch.arange(40) % 4
+    conf, nmi, counts = source_guard(torch.zeros(40, 10), y, 4)
+    assert conf == pytest.approx(1.0) and nmi == pytest.approx(0.0) and counts.sum() == 40
+    conf, nmi, _ = source_guard(10 * nn.functional.one_hot(y + 3, 10).float(), y, 4)
+    assert conf > 9 and nmi == pytest.approx(1.0)
+
+
+def test_frequency_mapping_equals_slow_greedy() -> None:
+    g = torch.Generator().manual_seed(0)
+    counts = torch.randint(0, 50, (7, 4), generator=g)
+    pairs = sorted(((int(counts[k, t]), -k * 4 - t, k, t) for k in range(7) for t in range(4)), reverse=True)
+    used_k, out = set(), {}
+    for _, _, k, t in pairs:
+        if k not in used_k and t not in out:
+            out[t] = k
+            used_k.add(k)
+    assert frequency_mapping(counts).tolist() == [out[t] for t in range(4)]
+    with pytest.raises(ValueError, match="at least as many source classes"):
+        frequency_mapping(torch.ones(2, 3))
+
+
+def test_stratified_subset_keeps_proportions() -> None:
+    y = torch.cat([torch.zeros(600), torch.ones(300), torch.full((100,), 2)]).long()
+    idx = stratified_subset(y, 100, seed=1)
+    assert len(idx) == 100 and len(set(idx.tolist())) == 100
+    assert torch.bincount(y[idx]).tolist() == [60, 30, 10]
+    y2 = torch.tensor([0] * 50 + [1])
+    assert torch.bincount(y2[stratified_subset(y2, 5)]).tolist() == [4, 1]  # rare class kept
+
+
+def test_decision_rules_and_reasons() -> None:
+    t = ScreeningThresholds()
+    assert decide(0.5, 0.9, (5.0, 0.5), t)[0] == "PASS"
+    d, reasons = decide(0.97, 0.9, None, t)
+    assert d == "FAIL" and "rho=0.970" in reasons[0]
+    assert decide(0.9, 0.9, None, t)[0] == "WARN"
+    assert decide(0.5, 0.1, None, t)[0] == "WARN"
+    d, reasons = decide(0.5, 0.9, (1.01, 0.5), t)
+    assert d == "FAIL" and "near-uniform" in reasons[0]
+    assert decide(0.5, 0.9, (5.0, 0.0), t)[0] == "FAIL"
+
+
+def test_argument_errors() -> None:
+    with pytest.raises(ValueError, match="`y` must have shape"):
+        screening_scores(torch.ones(4, 2, 3), torch.zeros(4, 2), torch.zeros(5).long())
+    with pytest.raises(ValueError, match="kernel is zero"):
+        screening_scores(torch.zeros(4, 2, 3), torch.zeros(4, 2), torch.zeros(4).long())
