@@ -35,6 +35,16 @@ _NAMES: dict[str, str] = {
     "stitchable_points": ".stitched",
     "layer_output": ".stitched",
     "run_with_replaced_output": ".stitched",
+    "SideMLP": ".side_network",
+    "SideConv": ".side_network",
+    "AdditiveModel": ".side_network",
+    "build_side_network": ".side_network",
+    "freeze_base": ".side_network",
+    "base_fingerprint": ".side_network",
+    "ShapeMismatchError": ".side_network",
+    "ParameterCount": ".parameter_count",
+    "count_parameters": ".parameter_count",
+    "format_parameter_count": ".parameter_count",
 }
 
 __all__ = list(_NAMES)

@@ -1,0 +1,185 @@
+"""``AdditiveFineTuning``: train only a small side network ``g`` added to a frozen pre-trained model ``f``.
+
+Sohn, Kwon, An and Lee, "Memorization Capacity for Additive Fine-Tuning with Small ReLU Networks",
+UAI 2024 (arXiv 2408.00359). The model is ``F(x) = f(x) + g(x or a named feature of f)``; ``g``'s last layer
+starts at zero, so ``F == f`` before the first step. Checkpoints hold the side network only, plus the
+base's SHA-256 fingerprint and what is needed to rebuild the side network; load them with the same base:
+``AdditiveFineTuning.load_from_checkpoint(path, base=base)``.
+
+Example:
+    >>> import torch
+    >>> from lightning_reuse.nn.small_cnn import SmallCNN
+    >>> from lightning_reuse.nn.side_network import SideMLP
+    >>> base = SmallCNN(width=4).requires_grad_(False)
+    >>> module = AdditiveFineTuning(base, SideMLP(64, 10, width=8))
+    >>> x = torch.rand(2, 1, 8, 8)
+    >>> torch.equal(module(x), base(x))
+    True
+    >>> module.parameter_count().trainable == 64 * 8 + 8 + 8 * 10 + 10
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from lightning_reuse.nn.parameter_count import ParameterCount, count_parameters, format_parameter_count
+from lightning_reuse.nn.side_network import AdditiveModel, base_fingerprint, build_side_network
+
+LossName = Literal["cross_entropy", "mse"]
+OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
+_BASE_PREFIX = "model.base."
+_CKPT_KEY = "additive_fine_tuning"
+
+
+class AdditiveFineTuning(pl.LightningModule):
+    """Additive fine-tuning: the base is frozen (eval mode, no gradient), only ``side`` is optimised.
+
+    Args:
+        base: the pre-trained model ``f``. A base with trainable parameters is frozen in place with a
+            :class:`~lightning_reuse._warnings.LightningReuseWarning` (see
+            :func:`lightning_reuse.nn.side_network.freeze_base`).
+        side: the side network ``g`` (e.g. :class:`~lightning_reuse.nn.side_network.SideMLP`), or its
+            ``config`` mapping (how ``load_from_checkpoint`` rebuilds it).
+        feature: layer name of ``base`` whose output ``g`` reads; ``None`` reads the input.
+        loss: ``"cross_entropy"`` (targets are class indices; ``val_acc`` is logged) or ``"mse"``.
+        lr: learning rate of the default Adam optimizer.
+        weight_decay: Adam weight decay (side network only).
+        output_penalty: weight of ``mean(g(.)^2)`` added to the loss; pulls ``F`` towards ``f`` on every
+            sample (useful when only a few labels should change).
+        optimizer: optional factory ``param_groups -> optimizer``; it receives one group
+            ``{"params": side parameters, "name": "side", "anchor": None}`` (the side network has no
+            pre-trained anchor: projection-based optimizers such as FTP must leave it unconstrained).
+        check_base: when loading a checkpoint, refuse a base whose fingerprint differs from the one saved.
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        side: nn.Module | Mapping[str, Any],
+        feature: str | None = None,
+        loss: LossName = "cross_entropy",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        output_penalty: float = 0.0,
+        optimizer: OptimizerFactory | None = None,
+        check_base: bool = True,
+    ) -> None:
+        super().__init__()
+        if loss not in ("cross_entropy", "mse"):
+            raise ValueError(f"`loss` must be 'cross_entropy' or 'mse', got {loss!r}.")
+        if not lr > 0:
+            raise ValueError(f"`lr` must be > 0, got {lr!r}.")
+        if weight_decay < 0 or output_penalty < 0:
+            raise ValueError(
+                f"`weight_decay` and `output_penalty` must be >= 0, got {weight_decay!r}, {output_penalty!r}."
+            )
+        if isinstance(side, Mapping):
+            side = build_side_network(side)
+        self.model = AdditiveModel(base, side, feature=feature)
+        self.loss_name, self.lr, self.weight_decay = loss, lr, weight_decay
+        self.output_penalty, self.optimizer_factory, self.check_base = output_penalty, optimizer, check_base
+        self.base_fingerprint = base_fingerprint(base)
+        self.save_hyperparameters(ignore=["base", "side", "optimizer"])
+        side_config = getattr(side, "config", None)
+        if isinstance(side_config, Mapping):
+            self.hparams["side"] = dict(side_config)
+
+    # --- accounting -------------------------------------------------------------------------------
+    def parameter_count(self) -> ParameterCount:
+        """Trainable (side) and total (base + side) parameter values."""
+        return count_parameters(self.model)
+
+    def print_parameter_count(self) -> None:
+        rank_zero_info(format_parameter_count(self.parameter_count()))
+
+    # --- model --------------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def train(self, mode: bool = True) -> AdditiveFineTuning:
+        super().train(mode)
+        self.model.base.eval()  # the frozen base never changes mode (BatchNorm statistics, dropout)
+        return self
+
+    def _loss(self, out: Tensor, target: Tensor) -> Tensor:
+        if self.loss_name == "cross_entropy":
+            return nn.functional.cross_entropy(out, target)
+        return nn.functional.mse_loss(out, target.to(out.dtype))
+
+    def _shared_step(self, batch: Any, stage: str) -> Tensor:
+        x, y = batch[0], batch[1]
+        base_out, delta = self.model.parts(x)
+        out = base_out + delta
+        loss = self._loss(out, y)
+        total = loss + self.output_penalty * delta.pow(2).mean() if self.output_penalty else loss
+        sync = stage != "train"
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=sync)
+        if self.loss_name == "cross_entropy":
+            acc = (out.argmax(-1) == y).float().mean()
+            self.log(
+                f"{stage}_acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train", sync_dist=sync
+            )
+        return total
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self(batch[0] if isinstance(batch, (tuple, list)) else batch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.side.parameters() if p.requires_grad]
+        if self.optimizer_factory is not None:
+            return self.optimizer_factory([{"params": params, "name": "side", "anchor": None}])
+        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def on_fit_start(self) -> None:
+        trainable = [n for n, p in self.model.base.named_parameters() if p.requires_grad]
+        if trainable:
+            raise RuntimeError(
+                f"The base model has trainable parameters at fit start ({trainable[:3]}...): something "
+                "unfroze it after wrapping. HINT: keep `base.requires_grad_(False)`; additive fine-tuning "
+                "trains the side network only."
+            )
+
+    # --- checkpoints: side network only -------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith(_BASE_PREFIX)]:
+            del state[key]
+        checkpoint[_CKPT_KEY] = {
+            "base_fingerprint": self.base_fingerprint,
+            "base_class": f"{type(self.model.base).__module__}.{type(self.model.base).__qualname__}",
+            "feature": self.model.feature,
+            "side_config": getattr(self.model.side, "config", None),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        info = checkpoint.get(_CKPT_KEY)
+        if info is None:
+            raise ValueError(
+                "This checkpoint was not written by AdditiveFineTuning (no 'additive_fine_tuning' entry)."
+            )
+        if self.check_base and info["base_fingerprint"] != self.base_fingerprint:
+            raise ValueError(
+                f"The base passed ({type(self.model.base).__name__}, fingerprint "
+                f"{self.base_fingerprint[:12]}) is not the base this side network was trained on "
+                f"({info['base_class']}, fingerprint {info['base_fingerprint'][:12]}). HINT: load with the "
+                "same pre-trained weights, or pass `check_base=False` to load anyway."
+            )
+        state = checkpoint.setdefault("state_dict", {})
+        for key, value in self.model.base.state_dict().items():  # strict loading sees a complete state
+            state[_BASE_PREFIX + key] = value

@@ -1,0 +1,342 @@
+"""Additive fine-tuning blocks: small side networks ``g`` and the wrapper ``F(x) = f(x) + g(h(x))``.
+
+Sohn, Kwon, An and Lee, "Memorization Capacity for Additive Fine-Tuning with Small ReLU Networks",
+UAI 2024 (arXiv 2408.00359): a frozen pre-trained ``f`` plus a small trainable ReLU network ``g``; ``g``
+reads the input ``x`` or a named intermediate feature ``h(x)`` of ``f``. The last layer of every side
+network built here is zero-initialised, so ``F == f`` exactly before the first optimizer step.
+
+Example:
+    >>> import torch
+    >>> from lightning_reuse.nn.small_cnn import SmallCNN
+    >>> base = SmallCNN(width=4).requires_grad_(False)
+    >>> x = torch.rand(3, 1, 8, 8)
+    >>> model = AdditiveModel.from_base(base, x, width=6, depth=3, feature="pool")
+    >>> model.side.hidden_widths, model.side.num_neurons
+    ((6, 6), 12)
+    >>> torch.equal(model(x), base(x))  # exactly the base at step 0
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from lightning_reuse._warnings import LightningReuseWarning
+from lightning_reuse.nn.layers import capture_output, get_layer
+
+SideKind = Literal["mlp", "conv"]
+
+
+def _check_positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"`{name}` must be an integer >= 1, got {value!r}. HINT: the side network needs at least one "
+            "neuron per hidden layer (see `lightning_reuse.functional.fine_tuning_capacity` for a size)."
+        )
+
+
+def _hidden_widths(width: int | Sequence[int], depth: int) -> tuple[int, ...]:
+    if depth not in (2, 3):
+        raise ValueError(
+            f"`depth` must be 2 or 3 (layers of weights: one or two hidden ReLU layers), got {depth!r}."
+        )
+    widths = tuple(width) if isinstance(width, Sequence) else (width,) * (depth - 1)
+    if len(widths) != depth - 1:
+        raise ValueError(
+            f"`width` must be one int or {depth - 1} ints for depth={depth}, got {width!r}. "
+            "HINT: depth 3 takes `width=(a, b)` or one int used for both hidden layers."
+        )
+    for i, w in enumerate(widths):
+        _check_positive(f"width[{i}]", w)
+    return widths
+
+
+class SideMLP(nn.Module):
+    """ReLU MLP side network ``g`` with ``depth - 1`` hidden layers and a zero-initialised output layer.
+
+    The input is flattened from dimension 1. ``num_neurons`` is the paper's ``m`` (hidden ReLUs).
+
+    Args:
+        in_features: size of the (flattened) side input.
+        out_features: size of the base model's output.
+        width: hidden width ``m`` (depth 2) or widths ``(a, b)`` (depth 3); one int is used for each layer.
+        depth: layers of weights, 2 or 3 (the paper's 2- and 3-layer networks).
+        zero_init: zero the last layer (weights and bias) so ``g == 0`` at step 0.
+
+    Example:
+        >>> g = SideMLP(4, 3, width=5)
+        >>> bool((g(torch.randn(2, 4)) == 0).all()), g.num_neurons
+        (True, 5)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        width: int | Sequence[int] = 16,
+        depth: int = 2,
+        zero_init: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_positive("in_features", in_features)
+        _check_positive("out_features", out_features)
+        self.hidden_widths = _hidden_widths(width, depth)
+        self.in_features, self.out_features, self.depth = in_features, out_features, depth
+        layers: list[nn.Module] = [nn.Flatten(1)]
+        prev = in_features
+        for w in self.hidden_widths:
+            layers += [nn.Linear(prev, w), nn.ReLU()]
+            prev = w
+        self.out = nn.Linear(prev, out_features)
+        if zero_init:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+        self.body = nn.Sequential(*layers)
+
+    @property
+    def num_neurons(self) -> int:
+        return sum(self.hidden_widths)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Plain values that rebuild this architecture with :func:`build_side_network`."""
+        return {
+            "kind": "mlp",
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "width": list(self.hidden_widths),
+            "depth": self.depth,
+        }
+
+    def forward(self, h: Tensor) -> Tensor:
+        if h.dim() < 2 or math.prod(h.shape[1:]) != self.in_features:
+            raise ShapeMismatchError(
+                f"SideMLP expects inputs of shape [batch, ...] with {self.in_features} features per sample, "
+                f"got {tuple(h.shape)}. HINT: build it with `AdditiveModel.from_base(base, example_input, ...)`"
+                " so sizes are read from the base."
+            )
+        return self.out(self.body(h))
+
+
+class SideConv(nn.Module):
+    """Convolutional side network for image-shaped inputs ``[B, C, H, W]``.
+
+    ``depth - 1`` blocks ``conv(k x k, same padding)-ReLU`` of ``width`` channels, global average pool,
+    zero-initialised linear output. ``num_neurons`` counts hidden channels.
+
+    Example:
+        >>> g = SideConv(1, 10, width=4)
+        >>> out = g(torch.rand(2, 1, 8, 8))
+        >>> out.shape, bool((out == 0).all())
+        (torch.Size([2, 10]), True)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_features: int,
+        width: int | Sequence[int] = 8,
+        depth: int = 2,
+        kernel_size: int = 3,
+        zero_init: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_positive("in_channels", in_channels)
+        _check_positive("out_features", out_features)
+        _check_positive("kernel_size", kernel_size)
+        self.hidden_widths = _hidden_widths(width, depth)
+        self.in_channels, self.out_features = in_channels, out_features
+        self.depth, self.kernel_size = depth, kernel_size
+        layers: list[nn.Module] = []
+        prev = in_channels
+        for w in self.hidden_widths:
+            layers += [nn.Conv2d(prev, w, kernel_size, padding=kernel_size // 2), nn.ReLU()]
+            prev = w
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Linear(prev, out_features)
+        if zero_init:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    @property
+    def num_neurons(self) -> int:
+        return sum(self.hidden_widths)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Plain values that rebuild this architecture with :func:`build_side_network`."""
+        return {
+            "kind": "conv",
+            "in_channels": self.in_channels,
+            "out_features": self.out_features,
+            "width": list(self.hidden_widths),
+            "depth": self.depth,
+            "kernel_size": self.kernel_size,
+        }
+
+    def forward(self, h: Tensor) -> Tensor:
+        if h.dim() != 4 or h.shape[1] != self.in_channels:
+            raise ShapeMismatchError(
+                f"SideConv expects [batch, {self.in_channels}, H, W] inputs, got {tuple(h.shape)}. "
+                "HINT: use kind='mlp' for flat features."
+            )
+        return self.out(self.body(h))
+
+
+def build_side_network(config: Mapping[str, Any]) -> nn.Module:
+    """Rebuild a side network from its ``config`` (``kind`` is ``"mlp"`` or ``"conv"``).
+
+    >>> build_side_network(SideMLP(4, 2, width=3).config).config["width"]
+    [3]
+    """
+    cfg = dict(config)
+    kind = cfg.pop("kind", None)
+    if kind == "mlp":
+        return SideMLP(**cfg)
+    if kind == "conv":
+        return SideConv(**cfg)
+    raise ValueError(f"Side network config needs `kind` in ('mlp', 'conv'), got {kind!r} in {dict(config)}.")
+
+
+class ShapeMismatchError(ValueError):
+    """The side network's input or output does not fit the base model."""
+
+
+def base_fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a module's state (names, shapes, dtypes and values): identifies the base a side fits."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def freeze_base(base: nn.Module, side: nn.Module) -> int:
+    """Freeze ``base`` in place (``requires_grad_(False)``, eval mode); return how many values were trainable.
+
+    Policy: a base with trainable parameters is frozen and a :class:`LightningReuseWarning` says so (the
+    caller's object is modified); freeze it yourself first (``base.requires_grad_(False)``) to silence it.
+    Parameters shared between base and side are refused: freezing them would freeze the side too.
+    """
+    side_ids = {id(p) for p in side.parameters()}
+    shared = [n for n, p in base.named_parameters() if id(p) in side_ids]
+    if shared:
+        raise ValueError(
+            f"The side network shares {len(shared)} parameter(s) with the base (e.g. {shared[:3]}); additive "
+            "fine-tuning needs a separate side network. HINT: build a fresh one with `SideMLP`/`SideConv`."
+        )
+    trainable = sum(p.numel() for p in base.parameters() if p.requires_grad)
+    if trainable:
+        warnings.warn(
+            f"The base model had {trainable:,} trainable parameter values; additive fine-tuning froze them "
+            "in place (requires_grad=False, eval mode). HINT: call `base.requires_grad_(False)` before "
+            "wrapping to silence this warning.",
+            LightningReuseWarning,
+            stacklevel=3,
+        )
+    base.requires_grad_(False)
+    base.eval()
+    return trainable
+
+
+class AdditiveModel(nn.Module):
+    """``F(x) = base(x) + side(x)`` or ``base(x) + side(feature(x))`` with a frozen base kept in eval mode.
+
+    Args:
+        base: the pre-trained model ``f``; frozen in place (see :func:`freeze_base` for the policy).
+        side: the trainable side network ``g``; its output must have the base output's shape.
+        feature: name of a layer of ``base`` (``named_modules``) whose output ``g`` reads; ``None`` = the input.
+
+    ``train(mode)`` never puts the base in training mode, so BatchNorm statistics and dropout of the base
+    stay as they were. The base runs without autograd unless the input itself requires grad.
+    """
+
+    def __init__(self, base: nn.Module, side: nn.Module, feature: str | None = None) -> None:
+        super().__init__()
+        if not isinstance(base, nn.Module) or not isinstance(side, nn.Module):
+            raise TypeError(
+                f"`base` and `side` must be torch.nn.Module, got {type(base).__name__} and "
+                f"{type(side).__name__}."
+            )
+        if feature is not None:
+            get_layer(base, feature)  # raises LayerNotFoundError listing valid names
+        freeze_base(base, side)
+        self.base, self.side, self.feature = base, side, feature
+
+    @classmethod
+    def from_base(
+        cls,
+        base: nn.Module,
+        example_input: Tensor,
+        width: int | Sequence[int] = 16,
+        depth: int = 2,
+        feature: str | None = None,
+        kind: SideKind = "mlp",
+    ) -> AdditiveModel:
+        """Build the side network with sizes read from one forward pass of ``base`` on ``example_input``."""
+        if kind not in ("mlp", "conv"):
+            raise ValueError(f"`kind` must be 'mlp' or 'conv', got {kind!r}.")
+        if feature is not None:
+            get_layer(base, feature)
+        was_training = base.training
+        base.eval()
+        with torch.no_grad():
+            if feature is None:
+                out, h = base(example_input), example_input
+            else:
+                with capture_output(base, feature) as store:
+                    out = base(example_input)
+                h = store["output"]
+        base.train(was_training)
+        if out.dim() != 2:
+            raise ShapeMismatchError(
+                f"The base output must be [batch, outputs] for a built side network, got {tuple(out.shape)}."
+            )
+        if kind == "mlp":
+            side: nn.Module = SideMLP(math.prod(h.shape[1:]), out.shape[1], width=width, depth=depth)
+        else:
+            if h.dim() != 4:
+                raise ShapeMismatchError(
+                    f"kind='conv' needs an image-shaped side input [B, C, H, W], got {tuple(h.shape)} "
+                    f"(feature={feature!r}). HINT: use kind='mlp'."
+                )
+            side = SideConv(h.shape[1], out.shape[1], width=width, depth=depth)
+        return cls(base, side, feature=feature)
+
+    def train(self, mode: bool = True) -> AdditiveModel:
+        super().train(mode)
+        self.base.eval()
+        return self
+
+    def side_input_and_base_output(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Run the frozen base once; return ``(side input, base output)``."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
+            if self.feature is None:
+                return x, self.base(x)
+            with capture_output(self.base, self.feature, detach=not x.requires_grad) as store:
+                out = self.base(x)
+            return store["output"], out
+
+    def parts(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(base(x), side(...))`` separately (the output is their sum)."""
+        h, out = self.side_input_and_base_output(x)
+        delta = self.side(h)
+        if delta.shape != out.shape:
+            raise ShapeMismatchError(
+                f"Side network output {tuple(delta.shape)} does not match base output {tuple(out.shape)}. "
+                f"HINT: the side network's output size must be the base's ({out.shape[1:]})."
+            )
+        return out, delta
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, delta = self.parts(x)
+        return out + delta
