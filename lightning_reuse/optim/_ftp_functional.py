@@ -1,0 +1,157 @@
+"""The maths of one FTP step (Tian et al., "Fast Trainable Projection for Robust Fine-Tuning", NeurIPS 2023).
+
+Pure torch, no optimizer object. A step is split in two phases so that the radius hyper-gradient uses the
+*raw* current gradient, whatever the base optimizer later does with it:
+
+- :func:`ftp_radius_single` / :func:`ftp_radius_foreach` (before the base step): the one-step-delayed
+  hyper-gradient ``h = sum(g_t * c_prev / n_prev)``, its annealing by ``k`` when positive, and one Adam
+  step on each tensor's radius ``gamma`` (left unclipped; the clip needs this step's row norms).
+- :func:`ftp_project_single` / :func:`ftp_project_foreach` (after the base step): displacement
+  ``c = p' - p0``, row-wise L1 norms ``n``, the clip ``1e-8 <= gamma <= max(n)``, the projection
+  ``p = p0 + clamp(gamma / n, 0, 1) * c`` and the memory of ``c / n`` for the next step.
+
+Per-tensor state (all floating point, dtype of the anchor): ``anchor`` (``p0``), ``direction`` (``c / n``
+of the previous step, the only element-sized buffer beside the anchor), ``gamma``, ``exp_avg`` and
+``exp_avg_sq`` (0-d tensors). Nothing here reads a tensor's value on the host: no synchronisation.
+
+The ``*_single`` functions are the readable reference, one tensor at a time; the ``*_foreach`` functions do
+the same with multi-tensor kernels (``torch._foreach_*``) and agree with them to float rounding.
+
+Example:
+    >>> import torch
+    >>> p0 = torch.zeros(2, 3)
+    >>> state = {"anchor": p0.clone(), "direction": torch.zeros(2, 3), "gamma": torch.tensor(0.5),
+    ...          "exp_avg": torch.tensor(0.0), "exp_avg_sq": torch.tensor(0.0)}
+    >>> p = torch.ones(2, 3)  # the base optimizer moved every entry by 1: row norms are 3
+    >>> ftp_project_single([p], [state])
+    >>> p  # projected back onto the L1 ball of radius 0.5 around the anchor
+    tensor([[0.1667, 0.1667, 0.1667],
+            [0.1667, 0.1667, 0.1667]])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+GAMMA_MIN = 1e-8
+NORM_EPS = 1e-8
+RADIUS_BETAS = (0.9, 0.999)
+RADIUS_EPS = 1e-8
+
+State = dict[str, Any]
+
+
+def row_l1_norm(c: Tensor) -> Tensor:
+    """Row-wise L1 norm of ``c`` plus ``1e-8``: ``sum(|c|)`` over every dim but 0, kept as size-1 dims.
+
+    A 0-D or 1-D tensor is a single row (its whole L1 norm), exactly as the reference's ``sum(dim=())``.
+
+    >>> row_l1_norm(torch.tensor([[1.0, -2.0], [0.0, 3.0]])).flatten().tolist()
+    [3.00000001, 3.00000001]
+    >>> row_l1_norm(torch.tensor([1.0, -2.0])).shape
+    torch.Size([1])
+    """
+    return _row_l1(c) + NORM_EPS
+
+
+def _row_l1(c: Tensor) -> Tensor:
+    if c.dim() <= 1:  # one row: the whole vector (shape [1]) or the scalar (shape [])
+        return torch.linalg.vector_norm(c, ord=1).reshape([1] * c.dim())
+    return torch.linalg.vector_norm(c, ord=1, dim=tuple(range(1, c.dim())), keepdim=True)
+
+
+def init_state(param: Tensor, anchor: Tensor) -> State:
+    """Fresh FTP state for ``param`` anchored at ``anchor`` (radius 1e-8: the first step snaps back)."""
+    dtype = anchor.dtype
+    zero = torch.zeros((), dtype=dtype, device=param.device)
+    return {
+        "anchor": anchor.detach().to(device=param.device, dtype=dtype, copy=True),
+        "direction": None,  # c_prev / n_prev, created by the first projection
+        "gamma": torch.full((), GAMMA_MIN, dtype=dtype, device=param.device),
+        "exp_avg": zero.clone(),
+        "exp_avg_sq": zero.clone(),
+    }
+
+
+def _bias_corrections(t: int) -> tuple[float, float]:
+    return 1.0 - RADIUS_BETAS[0] ** t, 1.0 - RADIUS_BETAS[1] ** t
+
+
+def ftp_radius_single(grads: list[Tensor], states: list[State], *, t: int, k: float, mu: float) -> None:
+    """Update each radius from the raw gradient ``g_t`` (spec step 4, ``t >= 2``; states need ``direction``).
+
+    ``h = sum(g_t * c_prev / n_prev)``; ``h <- k h`` if ``h > 0``; Adam with betas (0.9, 0.999), eps 1e-8 and
+    step size ``mu`` on ``gamma`` (the clip to ``[1e-8, max(n)]`` follows in the projection).
+    """
+    bc1, bc2 = _bias_corrections(t)
+    b1, b2 = RADIUS_BETAS
+    for g, s in zip(grads, states):
+        h = torch.sum(g.to(s["direction"].dtype) * s["direction"])
+        h = torch.where(h > 0, h * k, h)
+        s["exp_avg"].mul_(b1).add_(h, alpha=1 - b1)
+        s["exp_avg_sq"].mul_(b2).add_(h * h, alpha=1 - b2)
+        step = (s["exp_avg"] / bc1) / (torch.sqrt(s["exp_avg_sq"] / bc2) + RADIUS_EPS)
+        s["gamma"].sub_(mu * step)
+
+
+def ftp_project_single(params: list[Tensor], states: list[State]) -> None:
+    """Project each ``param`` (already updated by the base optimizer) onto its L1 ball (spec steps 2-6)."""
+    for p, s in zip(params, states):
+        anchor = s["anchor"]
+        c = p.to(anchor.dtype) - anchor
+        n = row_l1_norm(c)
+        gamma = s["gamma"]
+        torch.clamp(gamma, min=GAMMA_MIN, max=n.max(), out=gamma)
+        scale = torch.clamp(gamma / n, 0.0, 1.0)
+        p.copy_(anchor + scale * c)
+        s["direction"] = c * (1.0 / n)
+
+
+def ftp_radius_foreach(grads: list[Tensor], states: list[State], *, t: int, k: float, mu: float) -> None:
+    """Multi-tensor :func:`ftp_radius_single`: one dot product per tensor, the rest in ``_foreach`` kernels."""
+    if not grads:
+        return
+    bc1, bc2 = _bias_corrections(t)
+    b1, b2 = RADIUS_BETAS
+    dirs = [s["direction"] for s in states]
+    h = [torch.dot(g.reshape(-1).to(d.dtype), d.reshape(-1)) for g, d in zip(grads, dirs)]
+    if k != 1.0:  # h <- k h where h > 0, i.e. min(h, 0) + k max(h, 0)
+        h_pos = torch._foreach_clamp_min(h, 0.0)
+        h = torch._foreach_clamp_max(h, 0.0)
+        torch._foreach_add_(h, h_pos, alpha=k)
+    m = [s["exp_avg"] for s in states]
+    v = [s["exp_avg_sq"] for s in states]
+    gamma = [s["gamma"] for s in states]
+    torch._foreach_lerp_(m, h, 1 - b1)
+    torch._foreach_mul_(v, b2)
+    torch._foreach_addcmul_(v, h, h, value=1 - b2)
+    denom = torch._foreach_div(v, bc2)
+    torch._foreach_sqrt_(denom)
+    torch._foreach_add_(denom, RADIUS_EPS)
+    torch._foreach_addcdiv_(gamma, m, denom, value=-mu / bc1)
+
+
+def ftp_project_foreach(params: list[Tensor], states: list[State]) -> None:
+    """Multi-tensor :func:`ftp_project_single`: one row-norm kernel per tensor, the rest in ``_foreach`` kernels."""
+    if not params:
+        return
+    anchors = [s["anchor"] for s in states]
+    gamma = [s["gamma"] for s in states]
+    same_dtype = all(p.dtype == a.dtype for p, a in zip(params, anchors))
+    src = params if same_dtype else [p.to(a.dtype) for p, a in zip(params, anchors)]
+    c = torch._foreach_sub(src, anchors)
+    n = [_row_l1(x) for x in c]
+    torch._foreach_add_(n, NORM_EPS)
+    torch._foreach_clamp_min_(gamma, GAMMA_MIN)
+    torch._foreach_minimum_(gamma, torch._foreach_max(n))
+    inv_n = torch._foreach_reciprocal(n)
+    scale = torch._foreach_mul(inv_n, gamma)
+    torch._foreach_clamp_max_(scale, 1.0)  # gamma, n > 0, so the lower clamp at 0 is a no-op
+    new = torch._foreach_addcmul(anchors, c, scale)
+    torch._foreach_copy_(params, new)
+    torch._foreach_mul_(c, inv_n)
+    for s, d in zip(states, c):
+        s["direction"] = d

@@ -1,0 +1,236 @@
+"""FTP: Fast Trainable Projection, a wrapper around any torch optimizer for robust fine-tuning.
+
+Tian, Liu, Smith, Kira, "Fast Trainable Projection for Robust Fine-Tuning", NeurIPS 2023
+(arXiv:2310.19182). Each pre-trained tensor is kept inside a row-wise L1 ball around its pre-trained value
+(the anchor); the ball's radius is learned on the fly by a tiny Adam on a one-step-delayed hyper-gradient.
+The base optimizer computes its usual update, then FTP projects. New layers (the head) are excluded.
+
+Example:
+    >>> import torch
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = torch.nn.Sequential()
+    >>> model.add_module("body", torch.nn.Linear(4, 4))
+    >>> model.add_module("head", torch.nn.Linear(4, 2))
+    >>> opt = FTP(torch.optim.AdamW(model.named_parameters(), lr=1e-2), exclude="head")
+    >>> x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    >>> for _ in range(3):
+    ...     opt.zero_grad()
+    ...     torch.nn.functional.cross_entropy(model(x), y).backward()
+    ...     opt.step()
+    >>> anchor = opt.ftp_state[model.body.weight]["anchor"]
+    >>> row_dist = (model.body.weight - anchor).abs().sum(1)
+    >>> bool((row_dist <= opt.ftp_state[model.body.weight]["gamma"] + 1e-6).all())
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from lightning_reuse.optim import _ftp_functional as F
+from lightning_reuse.optim.anchors import (
+    AnchorSpec,
+    ExcludeSpec,
+    ParamSet,
+    collect_anchors,
+    parameter_names,
+    resolve_exclude,
+)
+
+__all__ = ["FTP"]
+
+_STATE_KEYS = ("anchor", "direction", "gamma", "exp_avg", "exp_avg_sq")
+
+
+class FTP(Optimizer):
+    """Wrap ``base_optimizer`` so that every non-excluded tensor stays in a learned L1 ball around its anchor.
+
+    FTP shares the base optimizer's ``param_groups`` (LR schedulers, LR monitors and gradient clipping act on
+    both) and its ``state``; its own per-parameter state (anchor, radius, radius moments, previous direction)
+    is in :attr:`ftp_state`, its global step counter in :attr:`ftp_step`, and both travel in
+    :meth:`state_dict` so that a resumed run continues bit-identically. Anchors and FTP state are fp32
+    (or wider) whatever the parameter dtype. ``step()`` reads no value on the host (no synchronisation).
+
+    Args:
+        base_optimizer: any constructed torch optimizer (SGD, Adam, AdamW, ...), used as is.
+        k: gradient annealing factor in ``[0, 1]``: positive hyper-gradients (those that shrink the radius)
+            are multiplied by ``k``. The paper uses 1.
+        mu: learning rate of the radius Adam (the paper hard-codes 1e-2).
+        exclude: the parameters with no pre-trained counterpart, which get the plain base update: a module
+            name or list of names (``"head"``), parameter objects, a module, or a predicate
+            ``(name, param) -> bool`` such as :func:`~lightning_reuse.optim.anchors.missing_from`.
+        anchors: the pre-trained values: None (the values at construction), a module or a state_dict.
+        model: where to read parameter names from when the base optimizer was not built from
+            ``named_parameters()`` (names are needed for name rules and state_dict anchors).
+        foreach: use the multi-tensor path (default: yes, unless parameters are on several devices).
+
+    Raises:
+        TypeError: ``base_optimizer`` is not an optimizer.
+        ValueError: a hyper-parameter is out of range, or a name rule cannot be resolved.
+    """
+
+    def __init__(
+        self,
+        base_optimizer: Optimizer,
+        *,
+        k: float = 1.0,
+        mu: float = 1e-2,
+        exclude: ExcludeSpec = None,
+        anchors: AnchorSpec = None,
+        model: nn.Module | None = None,
+        foreach: bool | None = None,
+    ) -> None:
+        if not isinstance(base_optimizer, Optimizer):
+            raise TypeError(
+                f"`base_optimizer` must be a constructed torch optimizer, got {type(base_optimizer).__name__}."
+                " Fix: `FTP(torch.optim.AdamW(model.named_parameters(), lr=1e-4), exclude='head')`."
+            )
+        if isinstance(base_optimizer, FTP):
+            raise TypeError(
+                "`base_optimizer` is already an FTP optimizer. Fix: wrap the plain optimizer once."
+            )
+        if not 0.0 <= k <= 1.0:
+            raise ValueError(f"Invalid `k`: expected a gradient annealing factor in [0, 1], got {k}.")
+        if not mu > 0.0:
+            raise ValueError(f"Invalid `mu`: expected a positive radius learning rate, got {mu}.")
+        self.base_optimizer = base_optimizer
+        self.k, self.mu, self.foreach = float(k), float(mu), foreach
+        self._exclude, self._anchor_spec, self._model = exclude, anchors, model
+        super().__init__(base_optimizer.param_groups, {})
+        self.param_groups = base_optimizer.param_groups
+        self.state = base_optimizer.state
+        self.defaults = base_optimizer.defaults
+        self.ftp_step = 0
+        self.ftp_state: dict[Tensor, dict[str, Any]] = {}
+        self._excluded = ParamSet()
+        self._register(self._all_params(), warn_unmatched=True)
+
+    # --- construction helpers -------------------------------------------------------------------------
+    def _all_params(self) -> list[Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def _register(self, params: list[Tensor], warn_unmatched: bool) -> None:
+        names = parameter_names(params, self.param_groups, self._model)
+        if warn_unmatched:
+            excluded = resolve_exclude(self._exclude, params, names)
+        else:  # a later group: only rules that match something in it apply, silently
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                excluded = resolve_exclude(self._exclude, params, names)
+        projected = [p for p in params if p not in excluded]
+        for p in params:
+            if p in excluded:
+                self._excluded.add(p)
+        anchors = collect_anchors(projected, self._anchor_spec, names)
+        for p in projected:
+            self.ftp_state[p] = F.init_state(p, anchors[id(p)])
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the base optimizer; its parameters are anchored at their current values."""
+        if not hasattr(self, "ftp_state"):  # called by Optimizer.__init__ on the shared groups
+            return super().add_param_group(param_group)
+        self.base_optimizer.add_param_group(param_group)
+        self.param_groups = self.base_optimizer.param_groups
+        spec, self._anchor_spec = self._anchor_spec, None
+        try:
+            self._register(list(self.param_groups[-1]["params"]), warn_unmatched=False)
+        finally:
+            self._anchor_spec = spec
+
+    # --- the step -------------------------------------------------------------------------------------
+    def is_projected(self, param: Tensor) -> bool:
+        """Whether FTP constrains ``param`` (False for excluded parameters)."""
+        return param in self.ftp_state
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Evaluate ``closure`` (if any), update the radii, run the base step, project. No host sync."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.ftp_step += 1
+        t = self.ftp_step
+        active = [p for p in self._all_params() if p.grad is not None and p in self.ftp_state]
+        states = [self.ftp_state[p] for p in active]
+        warm = [(p, s) for p, s in zip(active, states) if t > 1 and s["direction"] is not None]
+        for s in states:  # first step of this tensor: radius 1e-8, moments 0
+            if t == 1 or s["direction"] is None:
+                s["gamma"].fill_(F.GAMMA_MIN)
+                s["exp_avg"].zero_()
+                s["exp_avg_sq"].zero_()
+        foreach = self._use_foreach(active)
+        radius = F.ftp_radius_foreach if foreach else F.ftp_radius_single
+        project = F.ftp_project_foreach if foreach else F.ftp_project_single
+        radius([p.grad for p, _ in warm], [s for _, s in warm], t=t, k=self.k, mu=self.mu)
+        self.base_optimizer.step()
+        project(active, states)
+        return loss
+
+    def _use_foreach(self, params: list[Tensor]) -> bool:
+        if self.foreach is not None:
+            return self.foreach
+        return len({p.device for p in params}) <= 1
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base_optimizer.zero_grad(set_to_none=set_to_none)
+
+    # --- persistence ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state_dict plus ``"ftp"``: the step counter, ``k``, ``mu`` and per-index state."""
+        sd = self.base_optimizer.state_dict()
+        index = {id(p): i for i, p in enumerate(self._all_params())}
+        ftp = {
+            index[id(p)]: {key: s[key] for key in _STATE_KEYS if s[key] is not None}
+            for p, s in self.ftp_state.items()
+        }
+        sd["ftp"] = {"step": self.ftp_step, "k": self.k, "mu": self.mu, "state": ftp}
+        return sd
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Load a :meth:`state_dict`; FTP tensors go to each parameter's device and keep their dtype."""
+        if "ftp" not in state_dict:
+            raise ValueError(
+                "`state_dict` has no 'ftp' entry: it was not saved from an FTP optimizer. Fix: load it into "
+                "the base optimizer (`ftp.base_optimizer.load_state_dict(sd)`) to keep fresh anchors."
+            )
+        base_sd = {key: value for key, value in state_dict.items() if key != "ftp"}
+        self.base_optimizer.load_state_dict(base_sd)
+        self.param_groups = self.base_optimizer.param_groups
+        self.state = self.base_optimizer.state
+        ftp = state_dict["ftp"]
+        params = self._all_params()
+        for i, saved in ftp["state"].items():
+            i = int(i)
+            if i >= len(params) or not self.is_projected(params[i]):
+                raise ValueError(
+                    f"`state_dict` holds FTP state for parameter #{i}, which this optimizer does not project. "
+                    "Fix: build the optimizer with the same parameters and `exclude` as the saved one."
+                )
+            p = params[i]
+            if tuple(saved["anchor"].shape) != tuple(p.shape):
+                raise ValueError(
+                    f"`state_dict` anchor #{i} has shape {tuple(saved['anchor'].shape)}, the parameter "
+                    f"{tuple(p.shape)}. Fix: load the state_dict of the same model."
+                )
+            state = {key: None for key in _STATE_KEYS}
+            state.update({key: v.detach().to(device=p.device, copy=True) for key, v in saved.items()})
+            self.ftp_state[p] = state
+        self.ftp_step = int(ftp["step"])
+        self.k, self.mu = float(ftp.get("k", self.k)), float(ftp.get("mu", self.mu))
+
+    def __repr__(self) -> str:
+        n_proj = len(self.ftp_state)
+        n_excl = len(self._all_params()) - n_proj
+        return (
+            f"FTP(k={self.k}, mu={self.mu}, projected={n_proj}, excluded={n_excl},\n"
+            f"    base={self.base_optimizer!r})"
+        )
