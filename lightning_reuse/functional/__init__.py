@@ -11,6 +11,12 @@ _NAMES: dict[str, str] = {
     "linear_cka": ".stitching",
     "representation_mse": ".stitching",
     "channel_rows": ".stitching",
+    "fine_tuning_capacity": ".ftc",
+    "max_changed": ".ftc",
+    "depth2_construction": ".ftc",
+    "depth3_construction": ".ftc",
+    "project_to_line": ".ftc",
+    "ftc_neurons": ".ftc",
 }
 
 __all__ = list(_NAMES)

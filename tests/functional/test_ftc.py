@@ -1,0 +1,178 @@
+"""Fine-tuning capacity: formulas against brute force, constructions fit exactly with the stated m."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from lightning_reuse.functional.ftc import (
+    depth2_construction,
+    depth3_construction,
+    fine_tuning_capacity,
+    ftc_neurons,
+    max_changed,
+    project_to_line,
+)
+
+
+def instance(k: int, n: int, seed: int, dim: int = 1, grid: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """K collinear inputs in R^dim (a grid or random positions on a line), N random nonzero targets."""
+    g = torch.Generator().manual_seed(seed)
+    pos = (
+        torch.linspace(0, 1, k, dtype=torch.float64)
+        if grid
+        else torch.rand(k, generator=g, dtype=torch.float64)
+    )
+    direction = torch.randn(dim, generator=g, dtype=torch.float64)
+    x = pos[:, None] * direction / direction.norm()
+    t = torch.zeros(k, dtype=torch.float64)
+    idx = torch.randperm(k, generator=g)[:n]
+    t[idx] = torch.randn(n, generator=g, dtype=torch.float64).sign() * (0.5 + torch.rand(n, generator=g))
+    return x, t
+
+
+def fits(net: nn.Module, x: torch.Tensor, t: torch.Tensor, rtol: float = 1e-6) -> bool:
+    out = net(x[:, None] if x.dim() == 1 else x).squeeze(1)
+    return bool((out - t).abs().max() <= rtol * max(1.0, float(t.abs().max())))
+
+
+def reference_depth3(n: int) -> int:
+    """Brute force over every segment count S = 1..N (no early stop)."""
+    return min(2 * s - 1 + 4 * math.ceil(n / s) for s in range(1, n + 1)) if n else 0
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 7, 16, 50, 255, 256, 1000])
+def test_capacity_formulas_against_brute_force(n: int) -> None:
+    assert fine_tuning_capacity(n, depth=3) == reference_depth3(n)
+    assert fine_tuning_capacity(n, depth=2) == 3 * n
+    assert fine_tuning_capacity(n, depth=2, num_samples=max(n, 1) + 5) == min(3 * n, n + 5)
+    assert fine_tuning_capacity(n, depth=2, bound="lower") == 3 * n
+    assert fine_tuning_capacity(n, depth=2, num_samples=4 * n + 1, bound="lower") == 3 * n
+
+
+def test_capacity_scaling_is_linear_and_square_root() -> None:
+    ns = np.array([16, 64, 256, 1024, 4096])
+    m2 = [fine_tuning_capacity(int(n), 2) for n in ns]
+    m3 = [fine_tuning_capacity(int(n), 3) for n in ns]
+    slope2 = np.polyfit(np.log(ns), np.log(m2), 1)[0]
+    slope3 = np.polyfit(np.log(ns), np.log(m3), 1)[0]
+    assert slope2 == pytest.approx(1.0, abs=1e-9)
+    assert slope3 == pytest.approx(0.5, abs=0.03)
+    assert all(4 * math.sqrt(2 * n) - 1 <= m <= 4 * math.sqrt(2 * n) + 7 for n, m in zip(ns, m3))
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_max_changed_inverts_the_capacity(depth: int) -> None:
+    for m in range(0, 120):
+        n = max_changed(m, depth)
+        assert fine_tuning_capacity(n, depth) <= m < fine_tuning_capacity(n + 1, depth)
+    assert max_changed(1000, depth, num_samples=10) == 10
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: fine_tuning_capacity(5, 2, num_samples=4), "cannot exceed `num_samples`"),
+        (lambda: fine_tuning_capacity(-1, 2), "`num_changed` must be an integer >= 0"),
+        (lambda: fine_tuning_capacity(4, 4), "`depth` must be 2 or 3"),
+        (lambda: fine_tuning_capacity(4, 3, bound="lower"), "Only depth 2 has a lower bound"),
+        (lambda: fine_tuning_capacity(4, 2, bound="tight"), "`bound` must be"),
+        (lambda: max_changed(-2), "`num_neurons` must be an integer >= 0"),
+        (lambda: project_to_line(torch.tensor([0.0, 1.0, 1.0])), "project to the same value"),
+        (lambda: depth2_construction(torch.arange(4.0), torch.zeros(3)), "one value per input"),
+        (lambda: depth3_construction(torch.arange(4.0), torch.ones(4), num_segments=0), "num_segments"),
+    ],
+)
+def test_bad_inputs(call, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_depth2_is_the_linear_spline_between_the_points() -> None:
+    x, t = instance(40, 9, seed=3, grid=False)
+    net = depth2_construction(x[:, 0], t)  # 1-D input
+    u = x[:, 0].numpy()
+    order = np.argsort(u)
+    queries = np.linspace(u.min(), u.max(), 997)
+    reference = np.interp(queries, u[order], t.numpy()[order])  # obviously-correct piecewise-linear
+    out = net(torch.as_tensor(queries)[:, None]).squeeze(1).detach().numpy()
+    np.testing.assert_allclose(out, reference, atol=1e-9)
+    left = net(torch.tensor([[u.min() - 5.0]], dtype=torch.float64))
+    assert float(left) == 0.0  # nothing changes left of the data
+
+
+@pytest.mark.parametrize("k", [16, 128, 512])
+@pytest.mark.parametrize("n_fraction", [0.05, 0.3, 1.0])
+@pytest.mark.parametrize("grid", [True, False])
+def test_constructions_fit_exactly_within_the_stated_m(k: int, n_fraction: float, grid: bool) -> None:
+    n = max(1, int(n_fraction * k))
+    x, t = instance(k, n, seed=k + n, dim=3, grid=grid)
+    _, direction = project_to_line(x, seed=1)
+    for depth, build in ((2, depth2_construction), (3, depth3_construction)):
+        net = build(x, t, direction=direction)
+        assert fits(net, x, t), (depth, k, n)
+        assert ftc_neurons(net) <= fine_tuning_capacity(n, depth, num_samples=k)
+
+
+def test_depth3_neurons_do_not_grow_with_k() -> None:
+    counts = set()
+    for k in (64, 256, 2048):
+        x, t = instance(k, 20, seed=k)
+        net = depth3_construction(x, t)
+        assert fits(net, x, t)
+        counts.add(ftc_neurons(net))
+    assert counts == {fine_tuning_capacity(20, 3)}
+
+
+def test_depth2_spaced_changes_need_exactly_three_per_point() -> None:
+    n = 12
+    k = 4 * n + 1
+    x = torch.linspace(-1, 1, k, dtype=torch.float64)
+    t = torch.zeros(k, dtype=torch.float64)
+    t[2::4] = torch.linspace(-2, 2, n, dtype=torch.float64) + 0.1  # isolated, two unchanged each side
+    net = depth2_construction(x, t)
+    assert fits(net, x, t)
+    assert ftc_neurons(net) == 3 * n == fine_tuning_capacity(n, 2, num_samples=k, bound="lower")
+
+
+def test_additive_fine_tuning_changes_only_the_chosen_labels() -> None:
+    torch.manual_seed(0)
+    f = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1)).double()  # "pre-trained", frozen
+    x, _ = instance(300, 0, seed=5, dim=2, grid=False)
+    y = f(x).squeeze(1).detach()
+    changed = torch.tensor([7, 8, 100, 250])
+    y_new = y.clone()
+    y_new[changed] = torch.tensor([3.0, -1.0, 0.25, 9.0], dtype=torch.float64)
+    for build in (depth2_construction, depth3_construction):
+        g = build(x, y_new - y)
+        out = (f(x) + g(x)).squeeze(1)
+        assert torch.allclose(out[changed], y_new[changed], atol=1e-8)
+        keep = torch.ones(300, dtype=torch.bool)
+        keep[changed] = False
+        assert torch.allclose(out[keep], y[keep], atol=1e-8)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    k=st.integers(1, 48),
+    data=st.data(),
+)
+def test_property_any_subset_any_targets(k: int, data: st.DataObject) -> None:
+    n = data.draw(st.integers(0, k))
+    idx = data.draw(st.permutations(range(k)))[:n]
+    values = data.draw(st.lists(st.floats(-5, 5).filter(lambda v: abs(v) > 1e-3), min_size=n, max_size=n))
+    x = torch.linspace(0, 3, k, dtype=torch.float64)
+    t = torch.zeros(k, dtype=torch.float64)
+    if n:
+        t[list(idx)] = torch.tensor(values, dtype=torch.float64)
+    for depth, build in ((2, depth2_construction), (3, depth3_construction)):
+        net = build(x, t)
+        assert fits(net, x[:, None], t)
+        if n:
+            assert ftc_neurons(net) <= fine_tuning_capacity(n, depth, num_samples=k)
