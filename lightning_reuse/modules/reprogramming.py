@@ -53,8 +53,8 @@ def source_fingerprint(source: nn.Module) -> str:
     """SHA-256 over the names, dtypes, shapes and bytes of ``source.state_dict()`` (parameters and buffers)."""
     digest = hashlib.sha256()
     for name, tensor in source.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 
