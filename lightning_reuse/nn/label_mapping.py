@@ -75,23 +75,23 @@ def count_matrix(source_pred: Tensor, target: Tensor, num_source: int, num_targe
 def greedy_one_to_one(counts: Tensor) -> Tensor:
     """Greedy one-to-one assignment on a ``[C, K_s]`` score matrix: repeatedly take the largest remaining entry.
 
-    Each step picks ``(c, k) = argmax counts`` over free rows and columns (ties: the first in row-major
-    order, i.e. smallest ``c`` then smallest ``k``), assigns target ``c`` to source ``k``, and removes row ``c``
-    and column ``k``. Returns ``mapping: [C]`` int64 with ``mapping[c] = k`` (distinct entries).
+    Each step picks ``(c, k) = argmax counts`` over free rows and columns, assigns target ``c`` to source
+    ``k``, and removes row ``c`` and column ``k``. Ties go to the smallest source index ``k``, then the smallest
+    target ``c`` (as ILM-VP's argmax over its source-by-target matrix). Returns ``mapping: [C]`` int64 with
+    ``mapping[c] = k`` (distinct entries).
     """
     if counts.dim() != 2:
         raise ValueError(f"`counts` must be a [C, K_s] matrix, got shape {list(counts.shape)}.")
     num_target, num_source = counts.shape
     _check_sizes(num_source, num_target, one_to_one=True)
-    work = counts.detach().to(torch.float64).clone()
+    work = counts.detach().to(torch.float64).T.contiguous()  # [K_s, C]: argmax ties -> smallest k, then c
     neg = torch.tensor(float("-inf"), dtype=work.dtype)
     mapping = torch.empty(num_target, dtype=torch.long)
     for _ in range(num_target):
-        flat = int(torch.argmax(work))
-        c, k = divmod(flat, num_source)
+        k, c = divmod(int(torch.argmax(work)), num_target)
         mapping[c] = k
-        work[c, :] = neg
-        work[:, k] = neg
+        work[k, :] = neg
+        work[:, c] = neg
     return mapping
 
 

@@ -26,15 +26,12 @@ def slow_counts(source_pred: list[int], target: list[int], k_s: int, c: int) -> 
 
 
 def slow_greedy(counts: list[list[int]]) -> list[int]:
-    """Visit all (count, target, source) entries by largest count (ties: smaller target, then source) and
+    """Visit all (count, source, target) entries by largest count (ties: smaller source, then target) and
     keep an entry when both its target row and source column are still free."""
-    entries = sorted(
-        ((-n, c, k) for c, row in enumerate(counts) for k, n in enumerate(row)),
-        key=lambda e: (e[0], e[1], e[2]),
-    )
+    entries = sorted((-n, k, c) for c, row in enumerate(counts) for k, n in enumerate(row))
     mapping: dict[int, int] = {}
     used: set[int] = set()
-    for _, c, k in entries:
+    for _, k, c in entries:
         if c not in mapping and k not in used:
             mapping[c] = k
             used.add(k)
@@ -67,6 +64,9 @@ def test_greedy_takes_largest_count_first() -> None:
     # 10 -> (1, 1) first; then row 0 takes the best free column: 5 -> (0, 0)
     assert greedy_one_to_one(counts).tolist() == [0, 1]
     assert slow_greedy(counts.tolist()) == [0, 1]
+    # a tie between (target 0, source 2) and (target 1, source 0): the smaller source index wins first
+    assert greedy_one_to_one(torch.tensor([[0, 0, 4], [4, 0, 4]])).tolist() == [2, 0]
+    assert greedy_one_to_one(torch.tensor([[4, 0, 0], [4, 0, 0]])).tolist() == [0, 1]
 
 
 def test_flm_accepts_logits_like_predictions() -> None:
