@@ -194,7 +194,7 @@ class RESQUETask(Metric):
     def compute(self) -> Tensor:
         """The score in [0, 1.5] (float64)."""
         if self.reservoir_size is None:
-            if not self.features:
+            if isinstance(self.features, list) and not self.features:  # (a tensor after a DDP sync)
                 raise ValueError("RESQUETask saw no samples. HINT: check that the dataloader is not empty.")
             feats, labels = dim_zero_cat(self.features), dim_zero_cat(self.labels)
         else:
