@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ def _scan_records(raw: bytes) -> list[bytes]:
             continue
         length = int.from_bytes(raw[pos + 4 : pos + 6], "little")
         kind = raw[pos + 6]
+        if pos + _HEADER + length > len(raw):  # a record still being written
+            break
         payload = raw[pos + _HEADER : pos + _HEADER + length]
         pos += _HEADER + length
         if kind == 0 and length == 0:
@@ -47,18 +50,30 @@ def _scan_records(raw: bytes) -> list[bytes]:
     return out
 
 
-def read_offline_run(run_dir: Path) -> dict[str, Any]:
-    """Return ``{"history": [rows...], "summary": {...}, "keys": set(...)}`` from a run's ``.wandb`` file."""
+def read_offline_run(run_dir: Path, timeout: float = 30.0) -> dict[str, Any]:
+    """Return ``{"history": [rows...], "summary": {...}, "keys": set(...)}`` from a run's ``.wandb`` file.
+
+    The W&B service writes the file asynchronously, also after ``wandb.finish()`` returns: wait (up to
+    ``timeout`` seconds) for the run's ``exit`` record before reading.
+    """
     from wandb.proto import wandb_internal_pb2
 
     files = list(Path(run_dir).glob("*.wandb"))
     if not files:
         raise FileNotFoundError(f"No .wandb file in {run_dir}")
+    deadline = time.monotonic() + timeout
+    while True:
+        records = []
+        for data in _scan_records(files[0].read_bytes()):
+            rec = wandb_internal_pb2.Record()
+            rec.ParseFromString(data)
+            records.append(rec)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     history: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
-    for data in _scan_records(files[0].read_bytes()):
-        rec = wandb_internal_pb2.Record()
-        rec.ParseFromString(data)
+    for rec in records:
         kind = rec.WhichOneof("record_type")
         if kind == "history":
             row = {}
