@@ -174,7 +174,6 @@ class EnergyMonitor(Callback):
         self._n_batches = 0
         self._warm: EnergyRecord | None = None
         self._val_start: EnergyRecord | None = None
-        self._val_window: contextlib.AbstractContextManager[EnergyRecord] | None = None
 
     # ------------------------------------------------------------------ public API
     @contextlib.contextmanager
@@ -267,16 +266,13 @@ class EnergyMonitor(Callback):
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.meter is None or trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        self._val_window = self.meter.window("fit-validation")
-        self._val_window.__enter__()
-        if self._epoch_in_fit == 0 and self._warm is not None:
-            self._val_start = self.meter.read()
+        self._val_start = self.meter.read()
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._val_window is not None:
-            self._val_window.__exit__(None, None, None)
-            self._val_window = None
+        if self.meter is not None and self._val_start is not None and trainer.state.fn == "fit":
+            if not trainer.sanity_checking:
+                self.meter.add_window("fit-validation", self.meter.read() - self._val_start)
         if trainer.state.fn == "validate":
             self._finish_stage(trainer, pl_module, "validate")
 
@@ -448,9 +444,6 @@ class EnergyMonitor(Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if self._val_window is not None:
-            self._val_window.__exit__(type(exception), exception, None)
-            self._val_window = None
         if self.meter is None or not self.meter.running or self._fit_start is None:
             return
         # No collective here (other ranks may be gone): the numbers are this rank's.

@@ -139,5 +139,9 @@ class EnergyMeter:
             after = self.stop() if owner else self.read()
             _fill(record, after - before)
             record.method = dict(after.method)
-            self.windows[name] = self.windows[name] + record if name in self.windows else record.scaled(1.0)
-            self.window_counts[name] = self.window_counts.get(name, 0) + 1
+            self.add_window(name, record)
+
+    def add_window(self, name: str, record: EnergyRecord) -> None:
+        """Accumulate ``record`` into ``windows[name]`` (for windows measured from two hook calls)."""
+        self.windows[name] = self.windows[name] + record if name in self.windows else record.scaled(1.0)
+        self.window_counts[name] = self.window_counts.get(name, 0) + 1
