@@ -4,6 +4,7 @@ from lightning_reuse._lazy import attach
 
 # Public name -> defining module (relative). Add one line per public name.
 _NAMES: dict[str, str] = {
+    "WiSEFT": ".wise_ft",
     "RESQUECheck": ".resque_check",
     "NTKScreening": ".ntk_screening",
     "EnergyMonitor": ".energy_monitor",

@@ -1,0 +1,121 @@
+"""FTP in the usual ``(params, lr, ...)`` optimizer form, and a one-line ``configure_optimizers`` helper.
+
+:class:`FTPAdamW` and :class:`FTPSGD` take the same arguments as ``torch.optim.AdamW`` / ``torch.optim.SGD``
+plus FTP's ``k``, ``mu`` and ``exclude``, so a LightningCLI recipe can name them by class path. Name rules in
+``exclude`` need parameter names: pass ``model.named_parameters()`` (LightningCLI's ``OptimizerCallable``
+injection does, see ``docs/ftp.md``), or exclude nothing.
+
+Example:
+    >>> import torch
+    >>> model = torch.nn.Sequential()
+    >>> model.add_module("body", torch.nn.Linear(4, 4))
+    >>> model.add_module("head", torch.nn.Linear(4, 2))
+    >>> opt = configure_ftp(model, torch.optim.SGD, lr=0.1, momentum=0.9, nesterov=True)  # head excluded
+    >>> opt.is_projected(model.body.weight), opt.is_projected(model.head.weight)
+    (True, False)
+    >>> opt = FTPAdamW(model.named_parameters(), lr=1e-4, exclude="head")
+    >>> type(opt.base_optimizer).__name__
+    'AdamW'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Union
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from lightning_reuse.optim.anchors import AnchorSpec, ExcludeSpec
+from lightning_reuse.optim.ftp import FTP
+
+__all__ = ["FTPAdamW", "FTPSGD", "configure_ftp"]
+
+Params = Union[Iterable[Any], Iterable[dict[str, Any]]]
+
+
+class FTPAdamW(FTP):
+    """FTP over ``torch.optim.AdamW``; arguments as AdamW's, then FTP's (see :class:`FTP`)."""
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        k: float = 1.0,
+        mu: float = 1e-2,
+        exclude: str | list[str] | None = None,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+    ) -> None:
+        base = torch.optim.AdamW(
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            foreach=foreach,
+            fused=fused,
+        )
+        super().__init__(base, k=k, mu=mu, exclude=exclude, foreach=foreach)
+
+
+class FTPSGD(FTP):
+    """FTP over ``torch.optim.SGD``; arguments as SGD's, then FTP's (the paper: lr 1e-2, Nesterov 0.9)."""
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float = 1e-2,
+        momentum: float = 0.9,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = True,
+        *,
+        k: float = 1.0,
+        mu: float = 1e-2,
+        exclude: str | list[str] | None = None,
+        foreach: bool | None = None,
+    ) -> None:
+        base = torch.optim.SGD(
+            params,
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            foreach=foreach,
+        )
+        super().__init__(base, k=k, mu=mu, exclude=exclude, foreach=foreach)
+
+
+def configure_ftp(
+    model: nn.Module,
+    optimizer: Callable[..., Optimizer] = torch.optim.AdamW,
+    *,
+    exclude: ExcludeSpec = "head",
+    k: float = 1.0,
+    mu: float = 1e-2,
+    anchors: AnchorSpec = None,
+    **optimizer_kwargs: Any,
+) -> FTP:
+    """Build ``optimizer(trainable params of model, **optimizer_kwargs)`` wrapped in FTP, the head excluded.
+
+    For ``LightningModule.configure_optimizers``: ``return configure_ftp(self, torch.optim.SGD, lr=1e-2)``.
+    ``exclude`` defaults to the module named ``head``; pass the name of yours (e.g. ``"classifier"``,
+    ``"fc"``) or ``None``. Frozen parameters (``requires_grad=False``) are left out of the optimizer.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(
+            "`model` has no trainable parameter (every `requires_grad` is False). Fix: unfreeze what "
+            "should be fine-tuned before calling `configure_ftp`."
+        )
+    base = optimizer(params, **optimizer_kwargs)
+    return FTP(base, k=k, mu=mu, exclude=exclude, anchors=anchors, model=model)
