@@ -36,6 +36,7 @@ LossName = Literal["cross_entropy", "mse"]
 OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 _BASE_PREFIX = "model.base."
 _CKPT_KEY = "additive_fine_tuning"
+IGNORE_INDEX = -100
 
 
 class AdditiveFineTuning(pl.LightningModule):
@@ -48,14 +49,17 @@ class AdditiveFineTuning(pl.LightningModule):
         side: the side network ``g`` (e.g. :class:`~lightning_reuse.nn.side_network.SideMLP`), or its
             ``config`` mapping (how ``load_from_checkpoint`` rebuilds it).
         feature: layer name of ``base`` whose output ``g`` reads; ``None`` reads the input.
-        loss: ``"cross_entropy"`` (targets are class indices; ``val_acc`` is logged) or ``"mse"``.
+        loss: ``"cross_entropy"`` (targets are class indices; ``val_acc`` is logged; the label ``-100``
+            means "no label term": such samples only feel ``output_penalty``, which keeps ``F`` at ``f``)
+            or ``"mse"``.
         lr: learning rate of the default Adam optimizer.
         weight_decay: Adam weight decay (side network only).
         output_penalty: weight of ``mean(g(.)^2)`` added to the loss; pulls ``F`` towards ``f`` on every
             sample (useful when only a few labels should change).
         optimizer: optional factory ``param_groups -> optimizer``; it receives one group
-            ``{"params": side parameters, "name": "side", "anchor": None}`` (the side network has no
-            pre-trained anchor: projection-based optimizers such as FTP must leave it unconstrained).
+            ``{"params": side parameters, "name": "side", "anchor": None}``. The side network has no
+            pre-trained anchor: an optimizer with ``is_projected(p)`` (FTP) that would project a side
+            parameter is refused with a ``ValueError``; pass ``exclude=groups[0]["params"]`` to FTP.
         check_base: when loading a checkpoint, refuse a base whose fingerprint differs from the one saved.
     """
 
@@ -110,7 +114,9 @@ class AdditiveFineTuning(pl.LightningModule):
 
     def _loss(self, out: Tensor, target: Tensor) -> Tensor:
         if self.loss_name == "cross_entropy":
-            return nn.functional.cross_entropy(out, target)
+            if not (target != IGNORE_INDEX).any():  # only "keep" samples: the output penalty alone acts
+                return out.sum() * 0.0
+            return nn.functional.cross_entropy(out, target, ignore_index=IGNORE_INDEX)
         return nn.functional.mse_loss(out, target.to(out.dtype))
 
     def _shared_step(self, batch: Any, stage: str) -> Tensor:
@@ -121,8 +127,9 @@ class AdditiveFineTuning(pl.LightningModule):
         total = loss + self.output_penalty * delta.pow(2).mean() if self.output_penalty else loss
         sync = stage != "train"
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=sync)
-        if self.loss_name == "cross_entropy":
-            acc = (out.argmax(-1) == y).float().mean()
+        if self.loss_name == "cross_entropy" and (y != IGNORE_INDEX).any():
+            labelled = y != IGNORE_INDEX
+            acc = (out.argmax(-1)[labelled] == y[labelled]).float().mean()
             self.log(
                 f"{stage}_acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train", sync_dist=sync
             )
@@ -142,9 +149,18 @@ class AdditiveFineTuning(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.model.side.parameters() if p.requires_grad]
-        if self.optimizer_factory is not None:
-            return self.optimizer_factory([{"params": params, "name": "side", "anchor": None}])
-        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.optimizer_factory is None:
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = self.optimizer_factory([{"params": params, "name": "side", "anchor": None}])
+        is_projected = getattr(optimizer, "is_projected", None)  # FTP and other anchor-projecting wrappers
+        if callable(is_projected) and any(is_projected(p) for p in params):
+            raise ValueError(
+                "The optimizer projects the side network towards an anchor, but the side network has no "
+                "pre-trained values (it starts at zero output). HINT: exclude it, e.g. "
+                "`optimizer=lambda groups: FTP(torch.optim.AdamW(groups, lr=1e-3), "
+                "exclude=groups[0]['params'])`."
+            )
+        return optimizer
 
     def on_fit_start(self) -> None:
         trainable = [n for n, p in self.model.base.named_parameters() if p.requires_grad]

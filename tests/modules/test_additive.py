@@ -194,3 +194,61 @@ torch.save({"side": {k: v.clone() for k, v in module.model.side.state_dict().ite
     assert r0["same_base"] and r1["same_base"] and r0["eval"] and r1["eval"]
     assert all(torch.equal(r0["side"][k], r1["side"][k]) for k in r0["side"])
     assert r0["side"]["out.weight"].abs().sum() > 0
+
+
+def _fit_side(tmp_path: Path, optimizer, name: str) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    module = AdditiveFineTuning(bn_base(), SideMLP(6, 3, width=4), optimizer=optimizer)
+    x, y = data()
+    trainer(tmp_path / name, enable_checkpointing=False).fit(
+        module, DataLoader(TensorDataset(x, y), batch_size=16)
+    )
+    return {k: v.clone() for k, v in module.model.side.state_dict().items()}
+
+
+def test_ftp_must_exclude_the_side_network(tmp_path: Path) -> None:
+    from lightning_reuse.optim.ftp import FTP
+
+    plain = _fit_side(tmp_path, lambda groups: torch.optim.AdamW(groups, lr=1e-2), "plain")
+    projected: list[bool] = []
+
+    def ftp_excluding_side(groups):
+        opt = FTP(torch.optim.AdamW(groups, lr=1e-2), exclude=groups[0]["params"])
+        projected.extend(opt.is_projected(p) for p in groups[0]["params"])
+        return opt
+
+    with_ftp = _fit_side(tmp_path, ftp_excluding_side, "ftp")
+    assert projected and not any(projected)
+    assert all(torch.equal(plain[k], with_ftp[k]) for k in plain)  # no projection: the plain AdamW path
+    module = AdditiveFineTuning(
+        bn_base(), SideMLP(6, 3, width=4), optimizer=lambda groups: FTP(torch.optim.AdamW(groups, lr=1e-2))
+    )
+    with pytest.raises(ValueError, match="side network has no pre-trained values"):
+        module.configure_optimizers()
+
+
+def test_energy_monitor_measures_an_additive_fit(tmp_path: Path) -> None:
+    from lightning_reuse.callbacks.energy_monitor import EnergyMonitor
+
+    monitor = EnergyMonitor(country_iso_code="DEU", measure_power_secs=0.5)  # real codecarbon, offline
+    module = AdditiveFineTuning(bn_base(), SideMLP(6, 3, width=4))
+    x, y = data()
+    trainer(tmp_path, epochs=2, callbacks=[monitor], enable_checkpointing=False).fit(
+        module, DataLoader(TensorDataset(x, y), batch_size=16)
+    )
+    assert len(monitor.epochs) == 2 and monitor.total.energy_wh > 0 and monitor.total.duration_s > 0
+
+
+def test_ignored_labels_only_feel_the_output_penalty() -> None:
+    from lightning_reuse.modules.additive import IGNORE_INDEX
+
+    module = AdditiveFineTuning(bn_base(), SideMLP(6, 3, width=4), output_penalty=2.0)
+    nn.init.normal_(module.model.side.out.weight)
+    x, _ = data(8)
+    y = torch.full((8,), IGNORE_INDEX)
+    base_out, delta = module.model.parts(x)
+    loss = module._shared_step((x, y), "train")
+    assert torch.allclose(loss, 2.0 * delta.pow(2).mean())
+    y[0] = 1
+    expected = nn.functional.cross_entropy((base_out + delta)[:1], y[:1]) + 2.0 * delta.pow(2).mean()
+    assert torch.allclose(module._shared_step((x, y), "train"), expected)
