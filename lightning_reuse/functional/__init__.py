@@ -17,6 +17,22 @@ _NAMES: dict[str, str] = {
     "depth3_construction": ".ftc",
     "project_to_line": ".ftc",
     "ftc_neurons": ".ftc",
+    "empirical_ntk": ".ntk",
+    "ntk_matrix": ".ntk",
+    "ntk_vector_product": ".ntk",
+    "prompt_jacobian": ".ntk",
+    "PromptJacobian": ".ntk",
+    "features_to_kernel": ".ntk",
+    "topk_eigh": ".ntk",
+    "assert_per_sample": ".ntk",
+    "screening_scores": ".ntk_scores",
+    "screen_reprogramming": ".ntk_scores",
+    "ScreeningScores": ".ntk_scores",
+    "ScreeningThresholds": ".ntk_scores",
+    "source_guard": ".ntk_scores",
+    "stratified_subset": ".ntk_scores",
+    "residual_at_init": ".ntk_scores",
+    "decide": ".ntk_scores",
 }
 
 __all__ = list(_NAMES)

@@ -13,8 +13,12 @@ Thm 5.1: the complexity :math:`y^T K^{-1} y`). With residual :math:`r_0 = \\math
     E(\\tau) = \\sum_{i \\le k} (1 - e^{-2\\tau\\lambda_i/\\bar\\lambda}) (v_i^T r_0)^2 / \\|r_0\\|^2, \\quad
     r_{\\mathrm{eff}} = \\mathrm{tr}(K)^2 / \\|K\\|_F^2 / (nC).
 
-``E`` uses the top-``k`` eigenpairs and counts the residual outside them as not learned (a lower bound;
-exact when ``k = nC``). Every score is invariant to scaling ``K``.
+``E`` uses every eigenpair when the spectrum is computed exactly (Gram matrix of the features, or a
+dense ``K`` up to ``max_exact``); otherwise the top-``k`` pairs, counting the residual outside them as
+not learned (a lower bound). Diagnostics beside the spec's scores: ``rho_labels`` (rho with the
+centred one-hot labels instead of ``r0``, Arora's :math:`y^T K^{-1} y`), ``residual``
+(:math:`\\|r_0\\|^2 / (n(1 - 1/C))`, 1 = uniform predictions) and ``predicted_residual =
+residual (1 - E)``. Every score is invariant to scaling ``K``.
 
 Example:
     >>> import torch
@@ -41,8 +45,8 @@ __all__ = [
     "ScreeningScores",
     "ScreeningThresholds",
     "decide",
-    "frequency_mapping",
     "residual_at_init",
+    "screen_reprogramming",
     "screening_scores",
     "source_guard",
     "stratified_subset",
@@ -78,6 +82,12 @@ class ScreeningScores:
     eigenvalues: list[float]
     n: int
     num_classes: int
+    rho_labels: float = float("nan")
+    residual: float = float("nan")
+    predicted_residual: float = float("nan")
+    exact_spectrum: bool = False
+    ntk_accuracy: float = float("nan")
+    ntk_accuracy_norm: float = float("nan")
     guard_confidence: float | None = None
     guard_nmi: float | None = None
     decision: str = "PASS"
@@ -127,29 +137,6 @@ def residual_at_init(logits: Tensor, y: Tensor, num_classes: int | None = None) 
     """``r0 = onehot(y) - softmax(logits)``: ``[n, C]``."""
     c = logits.shape[1] if num_classes is None else num_classes
     return torch.nn.functional.one_hot(y, c).to(logits.dtype) - logits.softmax(-1)
-
-
-def frequency_mapping(counts: Tensor) -> Tensor:
-    """FLM (ILM-VP): greedy one-to-one source->target assignment by largest count.
-
-    Args:
-        counts: ``[K_s, C]`` number of target samples of class ``c`` whose source top-1 is ``k``.
-
-    Returns:
-        ``[C]`` source class index assigned to each target class.
-    """
-    k_s, c = counts.shape
-    if c > k_s:
-        raise ValueError(f"FLM needs at least as many source classes as target classes, got {k_s} < {c}.")
-    work = counts.double().clone()
-    out = torch.full((c,), -1, dtype=torch.long)
-    for _ in range(c):
-        flat = int(torch.argmax(work))
-        k, t = divmod(flat, c)
-        out[t] = k
-        work[k, :] = -1
-        work[:, t] = -1
-    return out
 
 
 def source_guard(source_logits: Tensor, y: Tensor, num_classes: int) -> tuple[float, float, Tensor]:
@@ -234,6 +221,49 @@ def _cg(
     return x
 
 
+def _crossfit_accuracy(
+    kd: Tensor | None,
+    feats: Tensor | None,
+    logits: Tensor,
+    y: Tensor,
+    c: int,
+    eps: float,
+    pseudo: bool,
+    seed: int,
+) -> float:
+    """Held-out accuracy of the linearised (NTK ridge) fit of the residual, two folds, averaged.
+
+    Fold ``B`` is predicted as ``softmax(z0_B) + K_BA (K_AA + eps lam_bar_A I)^-1 r0_A``: what training the
+    prompt to convergence in the NTK regime would give on unseen samples.
+    """
+    n = len(y)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))
+    folds = [perm[: n // 2], perm[n // 2 :]]
+    p0 = logits.softmax(-1)
+    r0 = residual_at_init(logits, y, c)
+    per = 1 if pseudo else c
+
+    def rows(idx: Tensor) -> Tensor:
+        return (idx[:, None] * per + torch.arange(per)).flatten()
+
+    correct = 0
+    for a, b in (folds, folds[::-1]):
+        ra, rb = rows(a), rows(b)
+        rhs = r0[a] if pseudo else r0[a].reshape(-1, 1)
+        if feats is not None:  # push-through: Phi_B (Phi_A^T Phi_A + mu I)^-1 Phi_A^T r
+            fa, fb = feats[ra], feats[rb]
+            mu = eps * float((fa * fa).sum()) / len(ra)
+            gram = fa.T @ fa + mu * torch.eye(fa.shape[1], dtype=fa.dtype)
+            delta = fb @ torch.linalg.solve(gram, fa.T @ rhs)
+        else:
+            kaa = kd[ra][:, ra]
+            mu = eps * float(torch.diagonal(kaa).mean())
+            delta = kd[rb][:, ra] @ torch.linalg.solve(kaa + mu * torch.eye(len(ra), dtype=kd.dtype), rhs)
+        pred = p0[b] + delta.reshape(len(b), c)
+        correct += int((pred.argmax(-1) == y[b]).sum())
+    return correct / n
+
+
 def screening_scores(
     kernel: Tensor,
     logits: Tensor,
@@ -246,6 +276,7 @@ def screening_scores(
     eps: float = 1e-2,
     tau: float = 100.0,
     top_k: int = 64,
+    max_exact: int = 4096,
     seed: int = 0,
     thresholds: ScreeningThresholds = ScreeningThresholds(),
 ) -> ScreeningScores:
@@ -254,7 +285,8 @@ def screening_scores(
     Args:
         kernel: Either the dense NTK ``[nC, nC]`` (rows ``(i, a)``, sample-major; ``[n, n]`` if
             ``pseudo``) or features ``Phi`` ``[n, C, s]`` (``[n, s]`` if ``pseudo``) with ``K = Phi Phi^T``.
-            Features are used matrix-free (randomized top-k, CG preconditioned by the top-k pairs).
+            Features with ``s <= max_exact`` give the exact spectrum from the Gram matrix; larger ones
+            are used matrix-free (randomized top-k, CG preconditioned by the top-k pairs).
         logits: ``[n, C]`` model outputs at the initial prompt.
         y: ``[n]`` target labels.
         source_logits: ``[n, K_s]`` source outputs on the prompted inputs for the guard (optional).
@@ -263,7 +295,9 @@ def screening_scores(
         num_permutations: Label permutations for the denominator of rho.
         eps: Ridge ``eps * lam_bar``.
         tau: Training time of E(tau), in units of ``1 / lam_bar``.
-        top_k: Eigenpairs for E(tau) and the logged spectrum.
+        top_k: Eigenvalues reported (and used by E(tau) when the spectrum is not exact).
+        max_exact: Exact spectrum (eigh of the ``s x s`` Gram matrix, or of ``K`` when dense) up to this
+            size; beyond it, randomized top-k eigenpairs and conjugate gradients.
         seed: Seed of the permutations and of the randomized eigensolver.
         thresholds: Decision thresholds.
     """
@@ -299,19 +333,31 @@ def screening_scores(
     lam_bar = trace / dim
     mu = eps * lam_bar
     k = min(top_k, dim)
-    if is_dense and dim <= 2048:
-        vals, vecs = torch.linalg.eigh(kd)
-        vals, vecs = vals.flip(0)[:k], vecs.flip(1)[:, :k]
+    # Exact spectrum when affordable: eigh of the s x s Gram matrix (features) or of K (dense).
+    exact = (feats is not None and feats.shape[1] <= max_exact) or (feats is None and dim <= max_exact)
+    if exact and feats is not None:
+        ev, v = torch.linalg.eigh(gram)
+        keep = ev > ev.max() * 1e-13
+        vals = ev[keep].flip(0)
+        vecs = (feats @ v[:, keep].flip(1)) / vals.sqrt()
+    elif exact:
+        ev, v = torch.linalg.eigh(kd)
+        vals, vecs = ev.flip(0).clamp_min(0), v.flip(1)
     else:
         vals, vecs = topk_eigh(feats if feats is not None else kd, k, features=feats is not None, seed=seed)
-    vals = vals.clamp_min(0)
+        vals = vals.clamp_min(0)
 
     g = torch.Generator().manual_seed(seed)
     ys = [y] + [y[torch.randperm(n, generator=g)] for _ in range(num_permutations)]
     res = [residual_at_init(logits.double(), yy, c) for yy in ys]  # each [n, C]
-    cols = [r if pseudo else r.reshape(-1, 1) for r in res]
+    centred = torch.nn.functional.one_hot(y, c).double() - 1.0 / c  # labels of a zero-output model
+    res_y = [centred] + [centred[torch.randperm(n, generator=g)] for _ in range(num_permutations)]
+    cols = [r if pseudo else r.reshape(-1, 1) for r in res + res_y]
     b = torch.cat(cols, 1)
-    if is_dense:
+    if exact:  # (K + mu I)^-1 b from the eigenpairs (the complement of their span has eigenvalue 0)
+        proj = vecs.T @ b
+        sol = vecs @ (proj / (vals + mu)[:, None]) + (b - vecs @ proj) / mu
+    elif feats is None:
         chol = torch.linalg.cholesky(kd + mu * torch.eye(dim, dtype=kd.dtype))
         sol = torch.cholesky_solve(b, chol)
     else:
@@ -322,19 +368,23 @@ def screening_scores(
             return vecs @ (proj / (vals + mu)[:, None]) + (r - vecs @ proj) / (lam_k + mu)
 
         sol = _cg(lambda v: matmul(v) + mu * v, b, precond)
-    w = b.shape[1] // len(ys)
+    w = b.shape[1] // len(cols)
     q = [
         lam_bar
         * float((b[:, j * w : (j + 1) * w] * sol[:, j * w : (j + 1) * w]).sum())
         / float(r.pow(2).sum())
-        for j, r in enumerate(res)
+        for j, r in enumerate(cols)
     ]
-    rho = q[0] / (sum(q[1:]) / num_permutations)
+    m = num_permutations + 1
+    rho = q[0] / (sum(q[1:m]) / num_permutations)
+    rho_labels = q[m] / (sum(q[m + 1 :]) / num_permutations)
 
     r0 = cols[0]
     energy = (vecs.T @ r0).pow(2).sum(1)
     e_tau = float(((1 - torch.exp(-2 * tau * vals / lam_bar)) * energy).sum() / r0.pow(2).sum())
     r_eff = trace**2 / frob2 / dim
+    residual = float(r0.pow(2).sum()) / (n * (1 - 1 / c))
+    ntk_acc = _crossfit_accuracy(kd, feats, logits.double(), y, c, eps, pseudo, seed)
 
     guard = None
     if source_logits is not None:
@@ -344,15 +394,131 @@ def screening_scores(
     return ScreeningScores(
         rho=rho,
         q_true=q[0],
-        q_permuted=q[1:],
+        q_permuted=q[1:m],
         e_tau=e_tau,
         r_eff=r_eff,
         lam_bar=lam_bar,
-        eigenvalues=[float(v) for v in vals],
+        eigenvalues=[float(v) for v in vals[:k]],
         n=n,
         num_classes=c,
+        rho_labels=rho_labels,
+        residual=residual,
+        predicted_residual=residual * (1 - e_tau),
+        ntk_accuracy=ntk_acc,
+        ntk_accuracy_norm=(ntk_acc - 1 / c) / (1 - 1 / c),
+        exact_spectrum=bool(exact),
         guard_confidence=None if guard is None else guard[0],
         guard_nmi=None if guard is None else guard[1],
         decision=decision,
         reasons=reasons,
+    )
+
+
+# --------------------------------------------------------------------------- end to end
+@torch.no_grad()
+def _batched(fn: Callable[[Tensor], Tensor], x: Tensor, batch_size: int) -> Tensor:
+    return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def screen_reprogramming(
+    model: torch.nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    num_samples: int = 512,
+    label_mapping: str = "flm",
+    pseudo: bool = False,
+    sketch: str = "auto",
+    sketch_dim: int = 4096,
+    max_exact_entries: int = 2**26,
+    batch_size: int = 128,
+    top_k: int = 64,
+    num_permutations: int = 8,
+    eps: float = 1e-2,
+    tau: float = 100.0,
+    seed: int = 0,
+    thresholds: ScreeningThresholds = ScreeningThresholds(),
+    progress: Callable[[int], None] | None = None,
+) -> ScreeningScores:
+    """Screen a reprogrammed model ``g = L(f_s(T_theta(x)))`` at its current prompt on target data.
+
+    ``model`` needs ``source`` (frozen, eval mode), ``transform`` (``x -> u``; its ``jacobian_diag()``
+    gives ``du/dtheta``, else all ones) and ``mapping`` (source logits -> target logits), like
+    :class:`~lightning_reuse.nn.reprogrammed.ReprogrammedModel`. Nothing of ``model`` is modified.
+
+    Args:
+        model: The reprogrammed model.
+        x: Target inputs ``[N, ...]`` (on the model's device).
+        y: Target labels ``[N]``.
+        num_samples: Size of the stratified subset screened.
+        label_mapping: ``"flm"``: the frequency mapping of the source's top-1 predictions on this subset
+            (what FLM/ILM training starts from); ``"model"``: ``model.mapping`` as it is.
+        pseudo: Use the ``n x n`` pseudo-NTK (one backward per batch) instead of the ``nC x nC`` NTK.
+        sketch: ``"auto"`` (exact rows if ``rows x P_m <= max_exact_entries``, else CountSketch),
+            ``"none"``, ``"gaussian"`` or ``"countsketch"``.
+        sketch_dim: Columns after sketching.
+        max_exact_entries: Largest exact feature matrix (entries) for ``sketch="auto"``.
+        batch_size: Samples per forward/backward.
+        top_k, num_permutations, eps, tau, seed, thresholds: As in :func:`screening_scores`.
+        progress: Called with the number of samples done.
+    """
+    from lightning_reuse.functional.ntk import assert_per_sample, prompt_jacobian
+    from lightning_reuse.nn.label_mapping import count_matrix, greedy_one_to_one
+
+    missing = [a for a in ("source", "transform", "mapping") if not hasattr(model, a)]
+    if missing:
+        raise TypeError(
+            f"`model` must be a reprogrammed model with `source`, `transform` and `mapping` (e.g. "
+            f"ReprogrammedModel); {type(model).__name__} lacks {missing}."
+        )
+    if label_mapping not in ("flm", "model"):
+        raise ValueError(f"`label_mapping` must be 'flm' or 'model', got {label_mapping!r}.")
+    source, transform = model.source, model.transform
+    assert_per_sample(source, "model.source")
+    idx = stratified_subset(y.cpu(), num_samples, seed).to(y.device)
+    xs, ys = x[idx], y[idx]
+    num_classes = int(y.max()) + 1
+    num_classes = max(num_classes, int(getattr(model.mapping, "num_target", num_classes)))
+    u = _batched(transform, xs, batch_size)
+    src_logits = _batched(source, u, batch_size)
+    if label_mapping == "flm":
+        counts = count_matrix(src_logits.argmax(-1).cpu(), ys.cpu(), src_logits.shape[1], num_classes)
+        chosen = greedy_one_to_one(counts).to(u.device)
+
+        def head(v: Tensor) -> Tensor:
+            return source(v)[:, chosen]
+    else:
+
+        def head(v: Tensor) -> Tensor:
+            return model.mapping(source(v))
+
+    jd = getattr(transform, "jacobian_diag", None)
+    scale = jd().detach() if callable(jd) else None
+    p_m = int((scale != 0).sum()) if scale is not None else u[0].numel()
+    rows = len(ys) * (1 if pseudo else num_classes)
+    kind = sketch if sketch != "auto" else ("none" if rows * p_m <= max_exact_entries else "countsketch")
+    jac = prompt_jacobian(
+        head,
+        u,
+        scale,
+        batch_size=batch_size,
+        sketch=kind,
+        sketch_dim=sketch_dim,
+        seed=seed,
+        pseudo=pseudo,
+        progress=progress,
+    )
+    return screening_scores(
+        jac.phi,
+        jac.logits,
+        ys,
+        source_logits=src_logits,
+        pseudo=pseudo,
+        features=True,
+        num_permutations=num_permutations,
+        eps=eps,
+        tau=tau,
+        top_k=top_k,
+        seed=seed,
+        thresholds=thresholds,
     )

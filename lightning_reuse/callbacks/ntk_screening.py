@@ -1,0 +1,317 @@
+"""NTKScreening: screen a model-reprogramming run before it trains, from the prompt-NTK spectrum.
+
+NTK-based screening following Chung et al. 2025 ("Model Reprogramming Demystified: A Neural Tangent
+Kernel Perspective", arXiv 2506.00620); score definitions from Arora et al. 2019 (arXiv 1901.08584).
+Thin glue over :func:`lightning_reuse.functional.ntk_scores.screen_reprogramming`.
+
+Example:
+    >>> import torch, lightning.pytorch as pl
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> from lightning_reuse.nn.label_mapping import FrequencyLabelMapping
+    >>> from lightning_reuse.nn.prompts import PaddingPrompt
+    >>> from lightning_reuse.nn.reprogrammed import ReprogrammedModel
+    >>> from lightning_reuse.nn.small_cnn import SmallCNN
+    >>> class Reprog(pl.LightningModule):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         torch.manual_seed(0)
+    ...         self.model = ReprogrammedModel(
+    ...             SmallCNN(width=4), PaddingPrompt((1, 6, 6), (1, 8, 8)), FrequencyLabelMapping(10, 3))
+    ...     def training_step(self, batch, _):
+    ...         return torch.nn.functional.cross_entropy(self.model(batch[0]), batch[1])
+    ...     def configure_optimizers(self):
+    ...         return torch.optim.Adam(self.model.trainable_parameters(), lr=0.01)
+    >>> data = TensorDataset(torch.rand(60, 1, 6, 6), torch.arange(60) % 3)
+    >>> screening = NTKScreening(num_samples=30, on_fail="stop", plot=False, progress_bar=False)
+    >>> trainer = pl.Trainer(max_epochs=1, callbacks=[screening], logger=False, enable_checkpointing=False,
+    ...                      enable_progress_bar=False, enable_model_summary=False)
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")
+    ...     trainer.fit(Reprog(), DataLoader(data, batch_size=20))
+    >>> screening.scores.decision in ("PASS", "WARN", "FAIL")
+    True
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_reuse._warnings import LightningReuseWarning
+from lightning_reuse.callbacks._windows import measurement_window
+from lightning_reuse.functional.ntk_scores import ScreeningScores, ScreeningThresholds, screen_reprogramming
+
+OnFail = Literal["warn", "stop"]
+
+
+class NTKScreeningWarning(LightningReuseWarning):
+    """The NTK screening predicts that reprogramming will fail (decision FAIL)."""
+
+
+def find_reprogrammed_model(module: nn.Module) -> nn.Module:
+    """The first sub-module (``module`` itself included) with ``source``, ``transform`` and ``mapping``."""
+    for sub in module.modules():
+        if all(isinstance(getattr(sub, a, None), nn.Module) for a in ("source", "transform", "mapping")):
+            return sub
+    raise TypeError(
+        f"NTKScreening needs a reprogrammed model inside the LightningModule: an nn.Module with `source`, "
+        f"`transform` and `mapping` (e.g. lightning_reuse.nn.ReprogrammedModel, as in ModelReprogramming); "
+        f"none found in {type(module).__name__}. HINT: remove the callback for other reuse strategies, or "
+        "use lightning_reuse.functional.empirical_ntk directly."
+    )
+
+
+@contextmanager
+def _untouched(module: nn.Module):
+    """Restore RNG states (torch, CUDA, numpy, random) and every sub-module's train/eval mode."""
+    modes = [(m, m.training) for m in module.modules()]
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002 (restore the global state)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        np.random.set_state(np_state)  # noqa: NPY002
+        random.setstate(py_state)
+        for m, mode in modes:
+            m.training = mode
+
+
+class NTKScreening(Callback):
+    """Before the first training step, compute the prompt-NTK scores and a PASS/WARN/FAIL decision.
+
+    Runs in ``on_train_start`` on a stratified subset of the training data (rank 0 computes, the
+    result is broadcast), logs the scores (``ntk/rho``, ``ntk/e_tau``, ``ntk/r_eff``, guard values,
+    ``ntk/decision`` 0/1/2) to every logger, the top-k spectrum as a PNG (and as a W&B line plot when a
+    ``WandbLogger`` is attached), and measures its own cost in the ``"ntk-screening"`` window of an
+    attached ``EnergyMonitor``. Model parameters, gradients, RNG states and train/eval modes are left
+    as they were. On FAIL it warns (``on_fail="warn"``) or warns and stops the fit (``"stop"``; the fit
+    ends before the first step unless ``min_epochs``/``min_steps`` forbid it).
+
+    Args:
+        num_samples: Size of the stratified subset (the spec's default 512).
+        on_fail: ``"warn"`` or ``"stop"``.
+        label_mapping: ``"flm"`` (frequency mapping on the subset, the start of FLM/ILM training) or
+            ``"model"`` (the module's mapping as it is).
+        pseudo: Use the ``n x n`` pseudo-NTK (for many target classes).
+        sketch: ``"auto"``, ``"none"``, ``"gaussian"`` or ``"countsketch"``.
+        sketch_dim: Sketch columns.
+        batch_size: Samples per forward/backward pass.
+        top_k: Eigenvalues computed, logged and used by ``E(tau)``.
+        num_permutations: Label permutations of ``rho``.
+        eps: Ridge of ``rho`` (times ``lam_bar``).
+        tau: Time of ``E(tau)`` (units of ``1/lam_bar``).
+        thresholds: Decision thresholds (default :class:`ScreeningThresholds`).
+        seed: Seed of the subset, the sketch and the permutations.
+        max_pool: Samples read from the train loader before subsampling (default ``4 * num_samples``).
+        plot: Save ``ntk_spectrum.png`` (in the trainer's log dir) and send it to image-capable loggers.
+        progress_bar: Show a progress bar (only when the trainer shows one).
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 512,
+        on_fail: OnFail = "warn",
+        label_mapping: Literal["flm", "model"] = "flm",
+        pseudo: bool = False,
+        sketch: Literal["auto", "none", "gaussian", "countsketch"] = "auto",
+        sketch_dim: int = 4096,
+        batch_size: int = 128,
+        top_k: int = 64,
+        num_permutations: int = 8,
+        eps: float = 1e-2,
+        tau: float = 100.0,
+        thresholds: ScreeningThresholds | None = None,
+        seed: int = 0,
+        max_pool: int | None = None,
+        plot: bool = True,
+        progress_bar: bool = True,
+    ) -> None:
+        for name, value, allowed in (
+            ("on_fail", on_fail, ("warn", "stop")),
+            ("label_mapping", label_mapping, ("flm", "model")),
+            ("sketch", sketch, ("auto", "none", "gaussian", "countsketch")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}.")
+        for name, value in (
+            ("num_samples", num_samples),
+            ("sketch_dim", sketch_dim),
+            ("batch_size", batch_size),
+            ("top_k", top_k),
+            ("num_permutations", num_permutations),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an int >= 1, got {value!r}.")
+        if eps <= 0 or tau <= 0:
+            raise ValueError(f"`eps` and `tau` must be > 0, got eps={eps}, tau={tau}.")
+        self.num_samples, self.on_fail, self.label_mapping = num_samples, on_fail, label_mapping
+        self.pseudo, self.sketch, self.sketch_dim, self.batch_size = pseudo, sketch, sketch_dim, batch_size
+        self.top_k, self.num_permutations, self.eps, self.tau = top_k, num_permutations, eps, tau
+        self.thresholds = thresholds or ScreeningThresholds()
+        self.seed, self.plot, self.progress_bar = seed, plot, progress_bar
+        self.max_pool = max_pool or 4 * num_samples
+        self.scores: ScreeningScores | None = None
+        self.energy: Any = None
+        self.plot_path: Path | None = None
+
+    # ------------------------------------------------------------------ hooks
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.scores is not None:  # restored from a checkpoint: the decision was already made
+            return
+        model = find_reprogrammed_model(pl_module)
+        with measurement_window(trainer, "ntk-screening") as record, _untouched(pl_module):
+            result = self._screen(trainer, model, pl_module.device) if trainer.is_global_zero else None
+            result = trainer.strategy.broadcast(result, src=0)
+        self.energy = record
+        self.scores = ScreeningScores(**result)
+        self._log(trainer)
+        self._act(trainer)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"scores": None if self.scores is None else self.scores.as_dict()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        s = state_dict.get("scores")
+        self.scores = None if s is None else ScreeningScores(**s)
+
+    # ------------------------------------------------------------------ work
+    def _collect(self, trainer: pl.Trainer, device: torch.device) -> tuple[Tensor, Tensor]:
+        loader = trainer.train_dataloader
+        if isinstance(loader, (list, tuple)):
+            loader = loader[0]
+        elif isinstance(loader, dict):
+            loader = next(iter(loader.values()))
+        xs, ys, count = [], [], 0
+        for batch in loader:
+            if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+                raise TypeError(
+                    f"NTKScreening expects training batches `(x, y, ...)`, got {type(batch).__name__}. "
+                    "HINT: return (inputs, labels) tuples from the training dataset."
+                )
+            xs.append(batch[0])
+            ys.append(batch[1])
+            count += len(batch[1])
+            if count >= self.max_pool:
+                break
+        return torch.cat(xs).to(device), torch.cat(ys).to(device).long()
+
+    def _screen(self, trainer: pl.Trainer, model: nn.Module, device: torch.device) -> dict[str, Any]:
+        x, y = self._collect(trainer, device)
+        n = min(self.num_samples, len(y))
+        show = self.progress_bar and trainer.progress_bar_callback is not None
+        bar = None
+        if show:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, desc="NTK screening", unit="sample", leave=False)
+        try:
+            scores = screen_reprogramming(
+                model,
+                x,
+                y,
+                num_samples=n,
+                label_mapping=self.label_mapping,
+                pseudo=self.pseudo,
+                sketch=self.sketch,
+                sketch_dim=self.sketch_dim,
+                batch_size=self.batch_size,
+                top_k=self.top_k,
+                num_permutations=self.num_permutations,
+                eps=self.eps,
+                tau=self.tau,
+                seed=self.seed,
+                thresholds=self.thresholds,
+                progress=None if bar is None else (lambda done: bar.update(done - bar.n)),
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        return scores.as_dict()
+
+    def _log(self, trainer: pl.Trainer) -> None:
+        assert self.scores is not None
+        s = self.scores
+        rank_zero_info(f"NTK screening: {s.decision} ({'; '.join(s.reasons)})")
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            logger.log_metrics(s.metrics(), step=trainer.global_step)
+        if self.plot:
+            self.plot_path = self._plot(trainer)
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                import wandb
+
+                table = wandb.Table(
+                    data=[[i + 1, v / s.lam_bar] for i, v in enumerate(s.eigenvalues)],
+                    columns=["index", "eigenvalue / lam_bar"],
+                )
+                payload: dict[str, Any] = {
+                    "ntk/spectrum": wandb.plot.line(
+                        table, "index", "eigenvalue / lam_bar", title=f"NTK top-{len(s.eigenvalues)} spectrum"
+                    )
+                }
+                if self.plot_path is not None:
+                    payload["ntk/spectrum_png"] = wandb.Image(str(self.plot_path))
+                logger.experiment.log(payload)
+            elif type(logger).__name__ == "TensorBoardLogger" and self.plot_path is not None:
+                logger.experiment.add_figure("ntk/spectrum", self._figure(), trainer.global_step)
+
+    def _figure(self) -> Any:
+        from matplotlib.figure import Figure
+
+        s = self.scores
+        assert s is not None
+        fig = Figure(figsize=(5, 3.2))
+        ax = fig.subplots()
+        ev = np.asarray(s.eigenvalues) / s.lam_bar
+        ax.semilogy(np.arange(1, len(ev) + 1), np.clip(ev, 1e-12, None), marker=".")
+        ax.set_xlabel("index")
+        ax.set_ylabel("eigenvalue / mean eigenvalue")
+        ax.set_title(f"NTK spectrum: {s.decision}, rho={s.rho:.3f}, E={s.e_tau:.2f}", fontsize=9)
+        fig.tight_layout()
+        return fig
+
+    def _plot(self, trainer: pl.Trainer) -> Path:
+        fig = self._figure()
+        folder = Path(trainer.log_dir or trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "ntk_spectrum.png"
+        fig.savefig(path, dpi=100)
+        return path
+
+    def _act(self, trainer: pl.Trainer) -> None:
+        s = self.scores
+        assert s is not None
+        if s.decision != "FAIL":
+            return
+        action = "stopping the fit" if self.on_fail == "stop" else "training continues"
+        if trainer.is_global_zero:
+            warnings.warn(
+                f"NTK screening predicts that reprogramming will fail ({action}): {'; '.join(s.reasons)}. "
+                "HINT: pick another source model or a different prompt/label mapping; set on_fail='warn' "
+                "to train anyway.",
+                NTKScreeningWarning,
+                stacklevel=2,
+            )
+        if self.on_fail == "stop":
+            trainer.should_stop = True

@@ -1,0 +1,207 @@
+"""NTKScreening in real Lightning fits: decisions, logging, untouched model state, refusals."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_reuse.callbacks.ntk_screening import NTKScreening, NTKScreeningWarning
+from lightning_reuse.functional.ntk_scores import ScreeningThresholds
+from lightning_reuse.nn.label_mapping import FrequencyLabelMapping
+from lightning_reuse.nn.prompts import PaddingPrompt
+from lightning_reuse.nn.reprogrammed import ReprogrammedModel
+from lightning_reuse.nn.small_cnn import SmallCNN
+
+PASS_ALL = ScreeningThresholds(rho_fail=10.0, rho_warn=10.0, e_warn=0.0, min_confidence=0.0, min_nmi=-1.0)
+FAIL_ALL = ScreeningThresholds(min_confidence=1e9)
+
+
+class Reprog(pl.LightningModule):
+    def __init__(self, source: nn.Module | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        source = source if source is not None else SmallCNN(width=4)
+        self.model = ReprogrammedModel(
+            source, PaddingPrompt((1, 6, 6), (1, 8, 8)), FrequencyLabelMapping(10, 3)
+        )
+
+    def training_step(self, batch, _):
+        return nn.functional.cross_entropy(self.model(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.model.trainable_parameters(), lr=0.01)
+
+
+def loader(n: int = 60) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.rand(n, 1, 6, 6, generator=g), torch.arange(n) % 3)
+    return DataLoader(data, batch_size=20, shuffle=True)  # a shuffled loader draws from the global RNG
+
+
+def trainer(tmp_path: Path, callbacks: list, **kw) -> pl.Trainer:
+    kw.setdefault("logger", False)
+    return pl.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        **kw,
+    )
+
+
+class Snapshot(Callback):
+    """Records parameters, grads, RNG states and modes in on_train_start (placed around the screening)."""
+
+    def __init__(self, set_grads: bool = False) -> None:
+        self.set_grads = set_grads
+        self.state: dict = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.set_grads:
+            for p in pl_module.parameters():
+                if p.requires_grad:
+                    p.grad = torch.full_like(p, 0.25)
+        self.state = {
+            "params": {k: v.detach().clone() for k, v in pl_module.state_dict().items()},
+            "grads": {k: None if p.grad is None else p.grad.clone() for k, p in pl_module.named_parameters()},
+            "requires_grad": {k: p.requires_grad for k, p in pl_module.named_parameters()},
+            "torch_rng": torch.get_rng_state(),
+            "np_rng": np.random.get_state()[1].copy(),  # noqa: NPY002
+            "py_rng": random.getstate(),
+            "modes": {k: m.training for k, m in pl_module.named_modules()},
+        }
+
+
+def test_screening_leaves_model_rng_and_modes_untouched(tmp_path: Path) -> None:
+    before, after = Snapshot(set_grads=True), Snapshot()
+    screening = NTKScreening(num_samples=30, plot=False, thresholds=PASS_ALL)
+    trainer(tmp_path, [before, screening, after], max_steps=1).fit(Reprog(), loader())
+    assert screening.scores is not None and screening.scores.n == 30
+    b, a = before.state, after.state
+    assert b["params"].keys() == a["params"].keys()
+    assert all(torch.equal(b["params"][k], a["params"][k]) for k in b["params"])
+    assert all(
+        (b["grads"][k] is None and a["grads"][k] is None) or torch.equal(b["grads"][k], a["grads"][k])
+        for k in b["grads"]
+    )
+    assert b["grads"]["model.transform.theta"] is not None
+    assert b["requires_grad"] == a["requires_grad"]
+    assert torch.equal(b["torch_rng"], a["torch_rng"])
+    assert np.array_equal(b["np_rng"], a["np_rng"]) and b["py_rng"] == a["py_rng"]
+    assert b["modes"] == a["modes"] and b["modes"]["model.transform"] is True
+    assert b["modes"]["model.source"] is False
+
+
+def test_fail_stops_the_fit_before_the_first_step(tmp_path: Path) -> None:
+    screening = NTKScreening(num_samples=30, on_fail="stop", plot=False, thresholds=FAIL_ALL)
+    t = trainer(tmp_path, [screening])
+    with pytest.warns(NTKScreeningWarning, match="stopping the fit.*near-uniform"):
+        t.fit(Reprog(), loader())
+    assert screening.scores.decision == "FAIL"
+    assert t.global_step == 0
+
+
+def test_fail_with_warn_keeps_training(tmp_path: Path) -> None:
+    screening = NTKScreening(num_samples=30, on_fail="warn", plot=False, thresholds=FAIL_ALL)
+    t = trainer(tmp_path, [screening])
+    with pytest.warns(NTKScreeningWarning, match="training continues"):
+        t.fit(Reprog(), loader())
+    assert t.global_step == 3
+
+
+def test_logs_scores_and_spectrum_plot_to_csv(tmp_path: Path) -> None:
+    screening = NTKScreening(num_samples=45, thresholds=PASS_ALL, top_k=16)
+    t = trainer(tmp_path, [screening], logger=CSVLogger(tmp_path), max_steps=1)
+    t.fit(Reprog(), loader())
+    rows = list(csv.DictReader(open(Path(t.logger.log_dir) / "metrics.csv")))
+    logged = {k: float(v) for r in rows for k, v in r.items() if k.startswith("ntk/") and v != ""}
+    assert logged["ntk/rho"] == pytest.approx(screening.scores.rho, rel=1e-6)
+    assert {"ntk/e_tau", "ntk/r_eff", "ntk/lam_bar", "ntk/guard_confidence", "ntk/guard_nmi"} <= logged.keys()
+    assert logged["ntk/decision"] == 0.0
+    assert len(screening.scores.eigenvalues) == 16
+    assert screening.plot_path is not None and screening.plot_path.stat().st_size > 1000
+
+
+def test_wandb_line_plot_of_the_spectrum(tmp_path: Path, wandb_offline) -> None:
+    from tests.helpers.wandb_read import find_offline_run_dirs, read_offline_run
+
+    screening = NTKScreening(num_samples=30, thresholds=PASS_ALL, top_k=8)
+    trainer(tmp_path, [screening], logger=wandb_offline(name="ntk"), max_steps=1).fit(Reprog(), loader())
+    import wandb
+
+    wandb.finish()
+    run = read_offline_run(find_offline_run_dirs(tmp_path)[0])
+    assert "ntk/rho" in run["keys"]
+    assert any(k.startswith("ntk/spectrum") for k in run["keys"])
+
+
+def test_energy_window_and_state_dict_round_trip(tmp_path: Path) -> None:
+    from lightning_reuse.callbacks.energy_monitor import EnergyMonitor
+
+    monitor = EnergyMonitor(backend="simulated")
+    screening = NTKScreening(num_samples=30, plot=False, thresholds=PASS_ALL)
+    trainer(tmp_path, [monitor, screening], max_steps=1).fit(Reprog(), loader())
+    assert "ntk-screening" in monitor.windows and screening.energy is not None
+    restored = NTKScreening(num_samples=30, plot=False)
+    restored.load_state_dict(screening.state_dict())
+    assert restored.scores == screening.scores
+
+
+def test_refuses_train_mode_batchnorm_with_a_fix(tmp_path: Path) -> None:
+    class Holder(nn.Module):  # no eval-mode guarantee for the source, unlike ReprogrammedModel
+        def __init__(self) -> None:
+            super().__init__()
+            self.source = nn.Sequential(
+                nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(72, 10)
+            )
+            self.transform = PaddingPrompt((1, 6, 6), (1, 8, 8))
+            self.mapping = FrequencyLabelMapping(10, 3)
+
+    class Module(Reprog):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = Holder()  # type: ignore[assignment]
+
+        def training_step(self, batch, _):
+            m = self.model
+            return nn.functional.cross_entropy(m.mapping(m.source(m.transform(batch[0]))), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.model.transform.parameters(), lr=0.01)
+
+    with pytest.raises(ValueError, match=r"BatchNorm2d.*\.eval\(\)"):
+        trainer(tmp_path, [NTKScreening(num_samples=30, plot=False)]).fit(Module(), loader())
+
+
+def test_constructor_and_model_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="`on_fail` must be one of"):
+        NTKScreening(on_fail="explode")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`num_samples` must be an int >= 1"):
+        NTKScreening(num_samples=0)
+
+    class Plain(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(36, 3)
+
+        def training_step(self, batch, _):
+            return nn.functional.cross_entropy(self.lin(batch[0].flatten(1)), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    with pytest.raises(TypeError, match="needs a reprogrammed model"):
+        trainer(tmp_path, [NTKScreening(plot=False)]).fit(Plain(), loader())
