@@ -7,7 +7,11 @@
   Representations", arXiv 2303.11277: shape adapters when sizes differ: a conv with kernel = stride = the
   size ratio when the sender is spatially larger (:class:`DownsampleStitch`), nearest upsampling then a
   1x1 conv when it is smaller (:class:`UpsampleStitch`), flatten + linear into a head
-  (:class:`FlattenLinearStitch`).
+  (:class:`FlattenLinearStitch`). The conv adapters are wrapped in BatchNorm like Bansal's stitch by
+  default (``batch_norm=False`` gives the bare adapter): without it a frozen receiver's eval-mode
+  BatchNorm amplifies any scale mismatch and short stitch trainings diverge.
+- All stitch BatchNorms keep cumulative running statistics (``momentum=None``): a stitch trains for few
+  steps, and an exponential average started at (0, 1) is still far off when the stitch is evaluated.
 - Csiszarik et al., NeurIPS 2021: a training-free affine stitch fitted in closed form by least squares
   (:class:`AffineStitch`).
 
@@ -37,14 +41,20 @@ StitchKind = Literal["conv1x1", "downsample", "upsample", "flatten_linear", "lin
 STITCH_KINDS: tuple[str, ...] = ("conv1x1", "downsample", "upsample", "flatten_linear", "linear")
 
 
+def _bn2d(channels: int) -> nn.BatchNorm2d:
+    # Cumulative (not exponential) running statistics: a stitch trains for few steps, and an exponential
+    # average started at (0, 1) would still be far from the data's statistics when it is evaluated.
+    return nn.BatchNorm2d(channels, momentum=None)
+
+
 class ConvStitch(nn.Sequential):
     """Bansal's stitch between conv maps of the same spatial size: ``BN2d -> Conv1x1 -> BN2d``."""
 
     def __init__(self, in_channels: int, out_channels: int, batch_norm: bool = True) -> None:
         super().__init__(
-            nn.BatchNorm2d(in_channels) if batch_norm else nn.Identity(),
+            _bn2d(in_channels) if batch_norm else nn.Identity(),
             nn.Conv2d(in_channels, out_channels, kernel_size=1),
-            nn.BatchNorm2d(out_channels) if batch_norm else nn.Identity(),
+            _bn2d(out_channels) if batch_norm else nn.Identity(),
         )
 
 
@@ -53,9 +63,9 @@ class LinearStitch(nn.Sequential):
 
     def __init__(self, in_features: int, out_features: int, batch_norm: bool = True) -> None:
         super().__init__(
-            nn.BatchNorm1d(in_features) if batch_norm else nn.Identity(),
+            nn.BatchNorm1d(in_features, momentum=None) if batch_norm else nn.Identity(),
             nn.Linear(in_features, out_features),
-            nn.BatchNorm1d(out_features) if batch_norm else nn.Identity(),
+            nn.BatchNorm1d(out_features, momentum=None) if batch_norm else nn.Identity(),
         )
 
 
@@ -63,12 +73,12 @@ class DownsampleStitch(nn.Sequential):
     """Hernandez's adapter for a spatially larger sender: a conv with ``kernel = stride = factor``."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, factor: int | tuple[int, int], batch_norm: bool = False
+        self, in_channels: int, out_channels: int, factor: int | tuple[int, int], batch_norm: bool = True
     ) -> None:
         super().__init__(
-            nn.BatchNorm2d(in_channels) if batch_norm else nn.Identity(),
+            _bn2d(in_channels) if batch_norm else nn.Identity(),
             nn.Conv2d(in_channels, out_channels, kernel_size=factor, stride=factor),
-            nn.BatchNorm2d(out_channels) if batch_norm else nn.Identity(),
+            _bn2d(out_channels) if batch_norm else nn.Identity(),
         )
 
 
@@ -76,14 +86,14 @@ class UpsampleStitch(nn.Sequential):
     """Hernandez's adapter for a spatially smaller sender: nearest upsampling by ``factor``, then a 1x1 conv."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, factor: int | tuple[int, int], batch_norm: bool = False
+        self, in_channels: int, out_channels: int, factor: int | tuple[int, int], batch_norm: bool = True
     ) -> None:
         scale = tuple(float(f) for f in factor) if isinstance(factor, tuple) else float(factor)
         super().__init__(
-            nn.BatchNorm2d(in_channels) if batch_norm else nn.Identity(),
+            _bn2d(in_channels) if batch_norm else nn.Identity(),
             nn.Upsample(scale_factor=scale, mode="nearest"),
             nn.Conv2d(in_channels, out_channels, kernel_size=1),
-            nn.BatchNorm2d(out_channels) if batch_norm else nn.Identity(),
+            _bn2d(out_channels) if batch_norm else nn.Identity(),
         )
 
 

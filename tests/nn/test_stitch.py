@@ -42,11 +42,11 @@ class _Block(nn.Module):
 class TinyResNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
-        self.block1 = _Block(4, 4, 1)
-        self.block2 = _Block(4, 8, 2)
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU())
+        self.block1 = _Block(8, 8, 1)
+        self.block2 = _Block(8, 16, 2)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(8, 10)
+        self.head = nn.Linear(16, 10)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.pool(self.block2(self.block1(self.stem(x)))).flatten(1))
@@ -91,8 +91,10 @@ def test_adapter_layouts_follow_the_papers() -> None:
     conv = [m for m in down.modules() if isinstance(m, nn.Conv2d)][0]
     assert conv.kernel_size == conv.stride == (4, 4)  # kernel = stride = size ratio
     up = make_stitch((8, 2, 2), (16, 8, 8))
-    assert [type(m).__name__ for m in up if not isinstance(m, nn.Identity)] == ["Upsample", "Conv2d"]
-    assert up[1].mode == "nearest"
+    assert [type(m).__name__ for m in up] == ["BatchNorm2d", "Upsample", "Conv2d", "BatchNorm2d"]
+    assert up[1].mode == "nearest" and up[2].kernel_size == (1, 1)
+    plain = UpsampleStitch(8, 16, 4, batch_norm=False)
+    assert [type(m).__name__ for m in plain if not isinstance(m, nn.Identity)] == ["Upsample", "Conv2d"]
     bansal = make_stitch((8, 4, 4), (16, 4, 4))
     assert [type(m).__name__ for m in bansal] == ["BatchNorm2d", "Conv2d", "BatchNorm2d"]
     assert bansal[1].kernel_size == (1, 1)
@@ -123,8 +125,8 @@ def test_stitchable_points_shapes_and_residual_cleanliness() -> None:
     torch.manual_seed(0)
     net = TinyResNet().eval()
     points = {p.name: p for p in stitchable_points(net, torch.randn(6, 1, 8, 8))}
-    assert points["stem"].shape == (4, 8, 8)
-    assert points["block2"].shape == (8, 4, 4)
+    assert points["stem"].shape == (8, 8, 8)
+    assert points["block2"].shape == (16, 4, 4)
     assert points["head"].shape == (10,)
     # block outputs are clean cuts; a layer inside a residual block is bypassed by the skip path
     assert points["stem"].clean and points["block1"].clean and points["block2"].clean
