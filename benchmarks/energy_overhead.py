@@ -1,0 +1,367 @@
+"""EnergyMonitor benchmark: step-time overhead, prediction accuracy, and a reuse-vs-retrain comparison.
+
+1. Overhead: the same Lightning fit with no monitor and with ``EnergyMonitor`` (codecarbon on CPU, NVML on a
+   GPU; the simulator isolates the logging cost), arms interleaved, time per training step measured from
+   the first epoch-start hook to the last epoch-end hook (so the monitor's own boundary reads and logging
+   count), first epoch of each fit excluded (warm-up). Fixed per-fit costs (tracker start) are reported apart.
+2. Prediction: 10-epoch fits; the total predicted after 1 and 3 epochs (ours, with its 90% interval, and
+   carbontracker's mean x epochs) against the measured total.
+3. Reuse vs retrain (CPU): fine-tuning the head of a pre-trained SmallCNN vs training one from scratch, both
+   measured; a markdown table and a PNG.
+
+Run (CPU):  nice -n 5 python benchmarks/energy_overhead.py --device cpu
+Run (GPU):  PYTHONPATH=. python3 benchmarks/energy_overhead.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lightning_reuse.callbacks.energy_monitor import EnergyMonitor  # noqa: E402
+from lightning_reuse.energy.backends import EnergyBackend, NVMLBackend, SimulatedBackend  # noqa: E402
+from lightning_reuse.energy.predict import carbontracker_prediction  # noqa: E402
+from lightning_reuse.nn.small_cnn import SmallCNN  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+class Classifier(pl.LightningModule):
+    def __init__(self, net: nn.Module, lr: float = 1e-2) -> None:
+        super().__init__()
+        self.net, self.lr = net, lr
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self.net(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.lr)
+
+
+class _Sync:
+    def __init__(self, device: str) -> None:
+        self.cuda = device == "cuda"
+
+    def __call__(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+class EpochStart(Callback):
+    """Put first in the callback list: stamps before any other callback's epoch-start work."""
+
+    def __init__(self, clock: _Sync) -> None:
+        self.clock, self.starts = clock, []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.starts.append(self.clock())
+
+
+class EpochEnd(Callback):
+    """Put last in the callback list: stamps after every other callback's epoch-end work."""
+
+    def __init__(self, clock: _Sync) -> None:
+        self.clock, self.ends = clock, []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.ends.append(self.clock())
+
+
+def make_data(workload: str, device: str) -> tuple[DataLoader, DataLoader, dict]:
+    if workload == "digits":
+        from lightning_reuse.datasets import load_digits_tensors, split_indices
+
+        x, y = load_digits_tensors()
+        tr, va = split_indices(len(x), (0.8, 0.2), seed=0)
+        train = DataLoader(TensorDataset(x[tr], y[tr]), batch_size=64, shuffle=True)
+        val = DataLoader(TensorDataset(x[va], y[va]), batch_size=256)
+        return train, val, {"in_channels": 1, "width": 32, "depth": 3}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256 * 40, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (len(x),), generator=g)
+    train = DataLoader(TensorDataset(x, y), batch_size=256, shuffle=True)
+    val = DataLoader(TensorDataset(x[:1024], y[:1024]), batch_size=512)
+    return train, val, {"in_channels": 3, "width": 256, "depth": 4}
+
+
+def energy_backend(device: str) -> EnergyBackend:
+    if device == "cuda":
+        return NVMLBackend(country_iso_code=None)
+    from lightning_reuse.energy.codecarbon_backend import CodeCarbonBackend
+
+    # process mode: the machine is shared, so only this process's CPU load is attributed to the fit
+    return CodeCarbonBackend(country_iso_code="USA", measure_power_secs=1.0, tracking_mode="process")
+
+
+_EPOCH_HOOKS = (
+    "on_train_epoch_start",
+    "on_train_batch_end",
+    "on_validation_start",
+    "on_validation_end",
+    "on_train_epoch_end",
+)
+
+
+def _time_hooks(monitor: Callback, clock: _Sync, acc: list[float]) -> None:
+    """Accumulate the wall time spent inside the monitor's per-epoch hooks (a low-noise overhead figure)."""
+    for name in _EPOCH_HOOKS:
+        hook = getattr(monitor, name)
+
+        def timed(*args, _hook=hook, **kwargs):
+            t0 = clock()
+            try:
+                return _hook(*args, **kwargs)
+            finally:
+                acc[0] += clock() - t0
+
+        setattr(monitor, name, timed)
+
+
+def fit(
+    arm: str, device: str, workload: str, epochs: int, seed: int = 0, net: nn.Module | None = None
+) -> dict:
+    torch.manual_seed(seed)
+    train, val, cfg = make_data(workload, device)
+    model = Classifier(net or SmallCNN(num_classes=10, **cfg))
+    clock = _Sync(device)
+    start, end = EpochStart(clock), EpochEnd(clock)
+    callbacks: list[Callback] = [start]
+    monitor = None
+    if arm == "monitor":
+        monitor = EnergyMonitor(backend=energy_backend(device))
+    elif arm == "simulated":
+        monitor = EnergyMonitor(backend=SimulatedBackend())
+    hook_s = [0.0]
+    if monitor is not None:
+        _time_hooks(monitor, clock, hook_s)
+        callbacks.append(monitor)
+    callbacks.append(end)
+    trainer = pl.Trainer(
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        max_epochs=epochs,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    t0 = time.perf_counter()
+    trainer.fit(model, train, val)
+    wall = time.perf_counter() - t0
+    steps = len(train)
+    epoch_s = [e - s for s, e in zip(start.starts, end.ends)]
+    out = {"arm": arm, "wall_s": wall, "epoch_s": epoch_s, "steps_per_epoch": steps, "hook_s": hook_s[0]}
+    if monitor is not None:
+        out["total"] = monitor.total.to_dict()
+        out["epochs"] = [e.energy_wh for e in monitor.epochs]
+        out["outside_epochs_wh"] = monitor.outside_epochs.energy_wh
+        out["outside_epochs_s"] = monitor.outside_epochs.duration_s
+        out["predictions"] = [p.to_dict() for p in monitor.predictions]
+        out["status"] = monitor.status
+    return out
+
+
+def overhead(device: str, workload: str, repeats: int, epochs: int) -> dict:
+    arms = ["none", "monitor", "simulated"]
+    per_arm: dict[str, list[float]] = {a: [] for a in arms}
+    ratios: dict[str, list[float]] = {a: [] for a in arms[1:]}
+    fixed: list[float] = []
+    hook_pct: dict[str, list[float]] = {a: [] for a in arms[1:]}
+    rng = random.Random(0)
+    for r in range(repeats):
+        order = arms[:]
+        rng.shuffle(order)
+        step_ms = {}
+        for arm in order:
+            res = fit(arm, device, workload, epochs, seed=r)
+            steady = res["epoch_s"][1:]
+            step_ms[arm] = 1000.0 * statistics.median(steady) / res["steps_per_epoch"]
+            per_arm[arm].append(step_ms[arm])
+            if arm == "monitor":
+                fixed.append(res["outside_epochs_s"])
+            if arm != "none":
+                hook_pct[arm].append(100.0 * res["hook_s"] / sum(res["epoch_s"]))
+        for arm in arms[1:]:
+            ratios[arm].append(100.0 * (step_ms[arm] / step_ms["none"] - 1.0))
+        print(f"repeat {r}: " + ", ".join(f"{a} {step_ms[a]:.3f} ms/step" for a in arms), flush=True)
+    return {
+        "step_ms_median": {a: statistics.median(v) for a, v in per_arm.items()},
+        "overhead_pct_median": {a: statistics.median(v) for a, v in ratios.items()},
+        "overhead_pct_all": ratios,
+        "fixed_outside_epochs_s_median": statistics.median(fixed),
+        "hook_time_pct_median": {a: statistics.median(v) for a, v in hook_pct.items()},
+        "repeats": repeats,
+        "epochs_per_fit": epochs,
+    }
+
+
+def prediction(device: str, workload: str, runs: int, epochs: int = 10) -> dict:
+    rows = []
+    for r in range(runs):
+        res = fit("monitor", device, workload, epochs, seed=100 + r)
+        total = res["total"]["energy_wh"]
+        row = {
+            "run": r,
+            "measured_total_wh": total,
+            "epoch_sum_wh": sum(res["epochs"]),
+            "status": res["status"],
+        }
+        for k in (1, 3):
+            p = res["predictions"][k - 1]
+            ct = carbontracker_prediction(res["epochs"][:k], epochs)
+            row[f"ours_{k}"] = p["energy_wh"]
+            row[f"ours_{k}_low"], row[f"ours_{k}_high"] = p["low_wh"], p["high_wh"]
+            row[f"ours_{k}_err_pct"] = 100.0 * (p["energy_wh"] / total - 1.0)
+            row[f"ours_{k}_covered"] = p["low_wh"] <= total <= p["high_wh"]
+            row[f"ct_{k}"] = ct
+            row[f"ct_{k}_err_pct"] = 100.0 * (ct / total - 1.0)
+        rows.append(row)
+        print(
+            f"prediction run {r}: total {total:.4g} Wh; after 1: ours {row['ours_1_err_pct']:+.1f}% "
+            f"ct {row['ct_1_err_pct']:+.1f}%; after 3: ours {row['ours_3_err_pct']:+.1f}% "
+            f"ct {row['ct_3_err_pct']:+.1f}%",
+            flush=True,
+        )
+    summary = {}
+    for k in (1, 3):
+        summary[f"ours_{k}_mae_pct"] = statistics.fmean(abs(r[f"ours_{k}_err_pct"]) for r in rows)
+        summary[f"ct_{k}_mae_pct"] = statistics.fmean(abs(r[f"ct_{k}_err_pct"]) for r in rows)
+        summary[f"ours_{k}_coverage"] = statistics.fmean(float(r[f"ours_{k}_covered"]) for r in rows)
+    return {"runs": rows, "summary": summary, "epochs": epochs}
+
+
+def reuse_vs_retrain(out_png: Path) -> dict:
+    from lightning_reuse.datasets import load_digits_tensors
+    from lightning_reuse.energy.report import plot_reuse_report, reuse_report
+    from lightning_reuse.nn.small_cnn import train_classifier
+
+    x, y = load_digits_tensors()
+    source = train_classifier(SmallCNN(num_classes=10, width=32, depth=3), x[y < 5], y[y < 5], epochs=5)
+    source.train()
+    for name, p in source.named_parameters():
+        p.requires_grad = name.startswith("head")
+    reuse = fit("monitor", "cpu", "digits", epochs=3, net=source)
+    retrain = fit("monitor", "cpu", "digits", epochs=10)
+    runs = {"reuse (head fine-tune, 3 ep)": reuse["total"], "retrain (scratch, 10 ep)": retrain["total"]}
+    table = reuse_report(runs)
+    plot_reuse_report(runs, out_png, title="Digits: reuse vs retrain (codecarbon, 2-core CPU)")
+    return {"table": table, "runs": runs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--prediction-runs", type=int, default=3)
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    import warnings
+
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    workload = "synthetic" if args.device == "cuda" else "digits"
+    hardware = torch.cuda.get_device_name(0) if args.device == "cuda" else "2-core CPU, 1 thread (shared)"
+    result: dict = {"device": args.device, "hardware": hardware, "workload": workload}
+    result["python"], result["torch"] = platform.python_version(), torch.__version__
+    # Prediction first: its first fit pays the tracker's one-off start-up, as a user's single fit does.
+    result["prediction"] = prediction(args.device, workload, args.prediction_runs)
+    result["overhead"] = overhead(args.device, workload, args.repeats, args.epochs)
+    if args.device == "cuda":
+        backend = NVMLBackend()
+        backend.start()
+        t0 = time.perf_counter()
+        for _ in range(100):
+            backend.read()
+        result["nvml_read_ms"] = (time.perf_counter() - t0) * 10.0
+        backend.stop()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    tag = "gpu" if args.device == "cuda" else "cpu"
+    if args.device == "cpu":
+        result["reuse_vs_retrain"] = reuse_vs_retrain(args.out_dir / "energy_reuse_vs_retrain.png")
+    md = render(result)
+    (args.out_dir / f"energy_overhead_{tag}.json").write_text(json.dumps(result, indent=2, default=str))
+    (args.out_dir / f"energy_overhead_{tag}.md").write_text(md)
+    print(md)
+
+
+def render(result: dict) -> str:
+    o, p = result["overhead"], result["prediction"]
+    backend = "NVML counter" if result["device"] == "cuda" else "codecarbon offline (process mode)"
+    lines = [
+        f"## EnergyMonitor overhead and prediction ({result['hardware']}, workload: {result['workload']})",
+        "",
+        f"Step time, median over {o['repeats']} interleaved repeats of {o['epochs_per_fit']}-epoch fits "
+        "(first epoch of each fit excluded; the monitor's epoch-boundary reads and logging included):",
+        "",
+        "| arm | ms / step | overhead vs none (median) | time inside the monitor's hooks | overhead per repeat |",
+        "|---|---:|---:|---:|---|",
+        f"| no monitor | {o['step_ms_median']['none']:.3f} | - | - | - |",
+    ]
+    for arm, label in (("monitor", f"EnergyMonitor ({backend})"), ("simulated", "EnergyMonitor (simulator)")):
+        per = ", ".join(f"{v:+.1f}" for v in o["overhead_pct_all"][arm])
+        lines.append(
+            f"| {label} | {o['step_ms_median'][arm]:.3f} | {o['overhead_pct_median'][arm]:+.2f}% | "
+            f"{o['hook_time_pct_median'][arm]:.3f}% | {per} |"
+        )
+    lines += [
+        "",
+        f"Fixed cost per fit outside the epochs (tracker start/stop, set-up): median "
+        f"{o['fixed_outside_epochs_s_median']:.3f} s.",
+    ]
+    if "nvml_read_ms" in result:
+        lines.append(f"NVML energy-counter read: {result['nvml_read_ms']:.3f} ms.")
+    lines += [
+        "",
+        f"Prediction of the {p['epochs']}-epoch total (measured by the monitor), mean absolute error over "
+        f"{len(p['runs'])} runs:",
+        "",
+        "| after | ours (steady-state + set-up, 90% interval) | coverage | carbontracker (mean x epochs) |",
+        "|---|---:|---:|---:|",
+    ]
+    s = p["summary"]
+    for k in (1, 3):
+        lines.append(
+            f"| {k} epoch{'s' if k > 1 else ''} | {s[f'ours_{k}_mae_pct']:.1f}% | "
+            f"{s[f'ours_{k}_coverage']:.0%} | {s[f'ct_{k}_mae_pct']:.1f}% |"
+        )
+    lines += ["", "| run | measured (Wh) | ours@1 | ct@1 | ours@3 | ct@3 |", "|---|---:|---:|---:|---:|---:|"]
+    for r in p["runs"]:
+        lines.append(
+            f"| {r['run']} | {r['measured_total_wh']:.4g} | {r['ours_1_err_pct']:+.1f}% | {r['ct_1_err_pct']:+.1f}% | "
+            f"{r['ours_3_err_pct']:+.1f}% | {r['ct_3_err_pct']:+.1f}% |"
+        )
+    if "reuse_vs_retrain" in result:
+        lines += ["", "### Reuse vs retrain (digits, measured)", "", result["reuse_vs_retrain"]["table"]]
+        lines += ["", "![reuse vs retrain](energy_reuse_vs_retrain.png)"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
