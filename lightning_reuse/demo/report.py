@@ -20,6 +20,7 @@ def summary_rows(summary: dict[str, Any]) -> list[list[str]]:
                 r["name"] + (" *" if r["name"] == summary["recommendation"]["strategy"] else ""),
                 _fmt(r["test_acc"]),
                 "-" if r["epochs_to_target"] is None else str(r["epochs_to_target"]),
+                _fmt(r.get("energy_to_target_wh"), ".4f"),
                 _fmt(r["duration_s"], ".1f"),
                 _fmt(r["energy_wh"], ".4f"),
                 _fmt(r["co2_g"], ".4f"),
@@ -33,6 +34,7 @@ HEADER = [
     "strategy",
     "test acc",
     "epochs to target",
+    "Wh to target",
     "time (s)",
     "energy (Wh)",
     "CO2 (g)",
@@ -94,10 +96,94 @@ def _plots(summary: dict[str, Any], run_dir: Path) -> dict[str, Path]:
     out["epochs"] = run_dir / "learning_curves_and_energy.png"
     fig.savefig(out["epochs"], dpi=110)
     plt.close(fig)
-    for key in ("resque_plot", "ntk_plot"):
-        if summary.get(key):
-            out[key] = Path(summary[key])
+    if summary.get("ntk", {}).get("plot"):
+        out["ntk_spectrum"] = Path(summary["ntk"]["plot"])
+    resque = summary.get("resque")
+    if resque and resque.get("per_class"):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        classes = sorted(resque["per_class"], key=int)
+        ax.bar([str(c) for c in classes], [resque["per_class"][c] for c in classes], color="tab:orange")
+        ax.axhline(resque["score"], color="k", ls="--", lw=1, label=f"RESQUE_dist = {resque['score']:.3f}")
+        ax.set(xlabel="class", ylabel="angle / pi", title="RESQUE per class (clean vs shifted features)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out["resque_per_class"] = run_dir / "resque_per_class.png"
+        fig.savefig(out["resque_per_class"], dpi=110)
+        plt.close(fig)
+        runs = resque.get("ledger_runs") or []
+        pts = [
+            (r["score"], r["epochs_to_target"], r["energy_wh"])
+            for r in runs
+            if r["epochs_to_target"] is not None
+        ]
+        if pts:
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], label="ledger runs (measured)")
+            est = resque["estimates"].get("epochs_to_target", {})
+            if est.get("value") is not None:
+                ax.errorbar(
+                    [resque["score"]],
+                    [est["value"]],
+                    yerr=[[est["value"] - est["lower"]], [est["upper"] - est["value"]]],
+                    fmt="o",
+                    color="tab:red",
+                    capsize=4,
+                    label="prediction for the new data",
+                )
+            ax.set(xlabel="RESQUE_dist", ylabel="epochs to target", title="Retraining cost vs RESQUE")
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            out["resque_cost_model"] = run_dir / "resque_cost_model.png"
+            fig.savefig(out["resque_cost_model"], dpi=110)
+            plt.close(fig)
     return out
+
+
+def resque_section(summary: dict[str, Any]) -> str:
+    """Markdown: the RESQUE score, the cost predicted from the ledger, and the ledger runs it rests on."""
+    r = summary.get("resque")
+    if not r:
+        return ""
+    lines = [
+        f"One frozen forward pass of the source over clean and shifted versions of the {summary['config']['train_limit']} "
+        f"new training samples (layer `{r.get('layer', 'model.block2.0')}`): **RESQUE_dist = {r['score']:.4f}** "
+        f"({r['duration_s']:.2f} s"
+        + ("" if r.get("energy_wh") is None else f", {r['energy_wh']:.5f} Wh")
+        + ").",
+        "",
+        "Predicted cost of retraining (full fine-tuning to the target accuracy), from a linear model fitted on "
+        f"the ledger's {len(r['ledger_runs'])} earlier real runs (`{r['ledger']}`):",
+        "",
+        *[f"- {e['message']}" for e in r["estimates"].values()],
+        "",
+        "| ledger run | RESQUE_dist | epochs to target | energy (Wh) | CO2 (g) |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {i + 1} | {run['score']:.4f} | {_fmt(run['epochs_to_target'], '.0f')} | {_fmt(run['energy_wh'], '.4f')} | "
+            f"{_fmt(run['co2_g'], '.4f')} |"
+            for i, run in enumerate(r["ledger_runs"])
+        ],
+    ]
+    return "\n".join(lines)
+
+
+def ntk_section(summary: dict[str, Any]) -> str:
+    """Markdown: the NTK screening decision for reprogramming, its scores and reasons."""
+    n = summary.get("ntk")
+    if not n:
+        return ""
+    lines = [
+        f"Prompt-NTK of the reprogrammed source (full-image prompt, frequency label mapping) on {n['n']} new "
+        f"samples, before any training: **{n['decision']}** ({n['duration_s']:.2f} s"
+        + ("" if n.get("energy_wh") is None else f", {n['energy_wh']:.5f} Wh")
+        + ").",
+        "",
+        f"- complexity ratio rho = {n['rho']:.3f} (near 1: the labels are no easier for this kernel than random ones)",
+        f"- learnable fraction E(100) = {n['e_tau']:.3f}; effective rank fraction r_eff = {n['r_eff']:.3f}",
+        *[f"- {reason}" for reason in n["reasons"]],
+    ]
+    return "\n".join(lines)
 
 
 def write_report(summary: dict[str, Any], run_dir: Path, use_wandb: bool = True) -> Path:
@@ -117,8 +203,12 @@ def write_report(summary: dict[str, Any], run_dir: Path, use_wandb: bool = True)
         *[f"- {reason}" for reason in rec["reasons"]],
         "",
     ]
-    for section in summary.get("sections", []):
-        lines += [f"## {section['title']}", "", section["body"], ""]
+    for title, body in (
+        ("RESQUE pre-check", resque_section(summary)),
+        ("NTK screening", ntk_section(summary)),
+    ):
+        if body:
+            lines += [f"## {title}", "", body, ""]
     lines += [
         "## Strategies",
         "",

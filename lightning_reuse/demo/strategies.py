@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from torch import nn
 
 from lightning_reuse.modules.classifier import ImageClassifier
@@ -33,7 +34,7 @@ def _linear_probe(source: nn.Module, num_classes: int) -> pl.LightningModule:
 
 
 def _scratch(source: nn.Module, num_classes: int) -> pl.LightningModule:
-    return ImageClassifier(copy.deepcopy(source), trainable="scratch", lr=3e-3)
+    return ImageClassifier(copy.deepcopy(source), trainable="scratch", lr=1e-2)
 
 
 def baseline_strategies() -> list[Strategy]:
@@ -41,10 +42,70 @@ def baseline_strategies() -> list[Strategy]:
     return [
         Strategy("full fine-tuning", "all weights trained from the source (Adam, lr 1e-3)", _full),
         Strategy("linear probe", "only the classification head trained", _linear_probe),
-        Strategy("from scratch", "same architecture, re-initialised: the retraining reference", _scratch),
+        Strategy(
+            "from scratch",
+            "same architecture, re-initialised (Adam, lr 1e-2): the retraining reference",
+            _scratch,
+        ),
+    ]
+
+
+def _ftp(source: nn.Module, num_classes: int) -> pl.LightningModule:
+    from lightning_reuse.optim.ftp_presets import configure_ftp
+
+    net = copy.deepcopy(source)
+    module = ImageClassifier(net, trainable="all", lr=1e-3)
+    # the head is excluded from the projection (its anchor is not a pre-trained feature extractor)
+    module.optimizer_factory = lambda params: configure_ftp(net, torch.optim.Adam, lr=1e-3, exclude="head")
+    return module
+
+
+def _additive(source: nn.Module, num_classes: int) -> pl.LightningModule:
+    from lightning_reuse.modules.additive import AdditiveFineTuning
+    from lightning_reuse.nn.side_network import SideConv
+
+    base = copy.deepcopy(source).requires_grad_(False).eval()
+    return AdditiveFineTuning(base, SideConv(1, num_classes, width=8), lr=3e-3)
+
+
+def _reprogramming(source: nn.Module, num_classes: int) -> pl.LightningModule:
+    from lightning_reuse.modules.reprogramming import ModelReprogramming
+    from lightning_reuse.nn.label_mapping import IterativeLabelMapping
+    from lightning_reuse.nn.prompts import FullPrompt
+
+    return ModelReprogramming(
+        copy.deepcopy(source),
+        FullPrompt((1, 8, 8), (1, 8, 8)),
+        IterativeLabelMapping(num_source=10, num_target=num_classes),
+        lr=0.01,
+    )
+
+
+def reuse_strategies() -> list[Strategy]:
+    """The lightning_reuse strategies: FTP fine-tuning, additive side network, model reprogramming."""
+    return [
+        Strategy(
+            "FTP fine-tuning",
+            "all weights, FTP projection toward the source (Adam, lr 1e-3)",
+            _ftp,
+            paper="Tian et al., NeurIPS 2023",
+        ),
+        Strategy(
+            "additive side network",
+            "frozen source + small zero-initialised conv side network",
+            _additive,
+            paper="Sohn et al., UAI 2024",
+        ),
+        Strategy(
+            "reprogramming",
+            "frozen source, trainable full-image prompt + iterative label mapping",
+            _reprogramming,
+            paper="Chen et al., CVPR 2023 (ILM-VP)",
+        ),
     ]
 
 
 def available_strategies() -> list[Strategy]:
-    """Every strategy the installed parts provide, cheapest-to-build first, scratch last."""
-    return baseline_strategies()
+    """Every strategy the demo compares; training from scratch (the reference) last."""
+    base = baseline_strategies()
+    return base[:2] + reuse_strategies() + base[2:]

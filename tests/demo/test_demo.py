@@ -41,16 +41,33 @@ def test_new_run_dir_never_clobbers(tmp_path: Path) -> None:
 
 def test_demo_quick_end_to_end(tmp_path: Path) -> None:
     assert main(["demo", "--quick", "--out", str(tmp_path / "reports"), "--seed", "1"]) == 0
-    (run_dir,) = list((tmp_path / "reports").iterdir())
+    (run_dir,) = list((tmp_path / "reports").glob("run-*"))
     summary = json.loads((run_dir / "summary.json").read_text())
     names = [r["name"] for r in summary["strategies"]]
-    assert {"full fine-tuning", "linear probe", "from scratch"} <= set(names)
+    assert set(names) == {
+        "full fine-tuning",
+        "linear probe",
+        "FTP fine-tuning",
+        "additive side network",
+        "reprogramming",
+        "from scratch",
+    }
     report = (run_dir / "report.md").read_text()
+    # pre-checks: the RESQUE score and the NTK decision come from the runs and reach the report
+    assert f"RESQUE_dist = {summary['resque']['score']:.4f}" in report
+    assert len(summary["resque"]["ledger_runs"]) >= 4  # calibrated with real runs, recorded in the ledger
+    assert (tmp_path / "reports" / "resque_ledger.sqlite").exists()
+    assert (
+        summary["ntk"]["decision"] in ("PASS", "WARN", "FAIL")
+        and f"**{summary['ntk']['decision']}**" in report
+    )
+    assert all(r["energy_wh"] > 0 for r in summary["strategies"])  # EnergyMonitor measured every fit
     for r in summary["strategies"]:  # the table shows the measured numbers, not placeholders
         assert f"{r['test_acc']:.3f}" in report
         assert 0.0 <= r["test_acc"] <= 1.0 and r["epochs"] == 2
     assert summary["recommendation"]["strategy"] in names
-    assert (run_dir / "accuracy_vs_energy.png").stat().st_size > 1000
+    for png in ("accuracy_vs_energy", "learning_curves_and_energy", "ntk_spectrum", "resque_per_class"):
+        assert (run_dir / f"{png}.png").stat().st_size > 1000
     (wandb_run,) = find_offline_run_dirs(run_dir)
     assert read_offline_run(wandb_run)["summary"]["recommendation"] == summary["recommendation"]["strategy"]
 

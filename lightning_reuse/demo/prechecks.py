@@ -1,0 +1,196 @@
+"""The demo's pre-checks: RESQUE (with a cost estimate from a ledger of real runs) and NTK screening."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning.pytorch as pl
+import torch
+
+from lightning_reuse.callbacks.resque_check import RESQUECheck
+from lightning_reuse.ledger import RetrainingLedger
+from lightning_reuse.modules.classifier import ImageClassifier
+
+if TYPE_CHECKING:
+    from lightning_reuse.demo.pipeline import DemoConfig
+
+RESQUE_LAYER = "model.block2.0"  # the last conv of the SmallCNN inside ImageClassifier
+CALIBRATION_FRACTIONS = (0.25, 0.5, 0.75, 1.25, 1.5)  # of the configured shift level
+
+
+def resque_check_for(
+    config: DemoConfig, ledger: RetrainingLedger, tag: str, level: float, record: bool
+) -> RESQUECheck:
+    """A RESQUECheck comparing clean and shifted versions of the same new training samples."""
+    from lightning_reuse.demo.pipeline import _datamodule
+
+    shifted = _datamodule(config, level=level)
+    original = _datamodule(config, shift="none", level=0.0)
+    return RESQUECheck(
+        shifted.train_dataloader(),
+        layer=RESQUE_LAYER,
+        original_dataloader=original.train_dataloader(),
+        num_classes=shifted.num_classes,
+        ledger=ledger,
+        ledger_tag=tag,
+        record_to_ledger=record,
+        target=("val_acc", config.target_acc) if record else None,
+        progress_bar=False,
+    )
+
+
+def calibrate_ledger(
+    config: DemoConfig, source: torch.nn.Module, run_dir: Path, ledger: RetrainingLedger, tag: str
+) -> int:
+    """Fill the ledger with real fine-tuning runs at other levels of the same shift until it can predict.
+
+    Each run is a full fine-tuning of the source with RESQUECheck recording (score, epochs to the target
+    accuracy, energy, CO2) into the ledger. Runs that miss the target are not recorded. Returns runs added.
+    """
+    from lightning_reuse.demo.pipeline import run_strategy
+    from lightning_reuse.demo.strategies import baseline_strategies
+
+    full = baseline_strategies()[0]
+    before = len(ledger.runs(tag=tag))
+    for fraction in CALIBRATION_FRACTIONS:
+        if len(ledger.runs(tag=tag)) >= ledger.min_runs + 1:
+            break
+        level = round(config.level * fraction, 4)
+        check = resque_check_for(config, ledger, tag, level, record=True)
+        run_strategy(
+            full,
+            source,
+            config,
+            run_dir,
+            config.target_acc,
+            extra_callbacks=[check],
+            level=level,
+            max_epochs=config.calibration_epochs,
+            label=f"calibration {config.shift} {level}",
+        )
+    return len(ledger.runs(tag=tag)) - before
+
+
+def resque_precheck(config: DemoConfig, source: torch.nn.Module, run_dir: Path, say: Any) -> dict[str, Any]:
+    """Score the shift with RESQUE and predict the retraining cost from the ledger (calibrating it first)."""
+    from lightning_reuse.demo.pipeline import _energy_monitor
+
+    ledger = RetrainingLedger(Path(config.out_dir) / "resque_ledger.sqlite")
+    tag = f"demo/smallcnn{config.source_width}/{config.shift}/n{config.train_limit}/t{config.target_acc}"
+    if len(ledger.runs(tag=tag)) < ledger.min_runs:
+        say(
+            f"      the ledger has {len(ledger.runs(tag=tag))} runs for this setting; calibrating with real "
+            f"fine-tuning runs at other {config.shift} levels (recorded for next time)"
+        )
+        added = calibrate_ledger(config, source, run_dir, ledger, tag)
+        say(f"      {added} calibration runs recorded in {ledger.path}")
+    check = resque_check_for(config, ledger, tag, config.level, record=False)
+    monitor = _energy_monitor(config)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[monitor] if monitor is not None else [],
+    )
+    module = ImageClassifier(copy.deepcopy(source), trainable="all")
+    result = check.run(trainer, module)
+    estimates = ledger.predict_all(result.score, variant="dist", tag=tag)
+    out = {
+        "score": result.score,
+        "per_class": result.per_class,
+        "duration_s": result.duration_s,
+        "energy_wh": None if result.energy is None else float(result.energy.energy_wh),
+        "ledger": str(ledger.path),
+        "ledger_runs": [
+            {
+                "score": r.score,
+                "epochs_to_target": r.epochs_to_target,
+                "energy_wh": r.energy_wh,
+                "co2_g": r.co2_g,
+            }
+            for r in ledger.runs(tag=tag)
+        ],
+        "estimates": {
+            k: {"value": e.value, "lower": e.lower, "upper": e.upper, "message": str(e)}
+            for k, e in estimates.items()
+        },
+        "tag": tag,
+    }
+    say(f"      RESQUE_dist = {result.score:.4f} ({result.duration_s:.2f} s)")
+    for e in estimates.values():
+        say(f"      predicted: {e}")
+    return out
+
+
+def _spectrum_plot(eigenvalues: list[float], decision: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.semilogy(range(1, len(eigenvalues) + 1), [max(v, 1e-30) for v in eigenvalues], marker=".")
+    ax.set(
+        xlabel="eigenvalue index",
+        ylabel="eigenvalue (log)",
+        title=f"Prompt-NTK spectrum on the new data: {decision}",
+    )
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def ntk_precheck(config: DemoConfig, source: torch.nn.Module, run_dir: Path, say: Any) -> dict[str, Any]:
+    """Screen reprogramming of the source for the new data with the prompt-NTK (before any training)."""
+    import time
+
+    from lightning_reuse.demo.pipeline import _datamodule, _energy_monitor
+    from lightning_reuse.functional.ntk_scores import screen_reprogramming
+    from lightning_reuse.nn.label_mapping import IterativeLabelMapping
+    from lightning_reuse.nn.prompts import FullPrompt
+    from lightning_reuse.nn.reprogrammed import ReprogrammedModel
+
+    dm = _datamodule(config)
+    x, y = dm.train_set.tensors
+    model = ReprogrammedModel(
+        copy.deepcopy(source), FullPrompt((1, 8, 8), (1, 8, 8)), IterativeLabelMapping(10, dm.num_classes)
+    )
+    monitor = _energy_monitor(config)
+    start = time.perf_counter()
+    if monitor is not None:
+        with monitor.window("ntk-screening") as record:
+            scores = screen_reprogramming(
+                model, x, y, num_samples=min(config.ntk_samples, len(x)), seed=config.seed
+            )
+    else:
+        record = None
+        scores = screen_reprogramming(
+            model, x, y, num_samples=min(config.ntk_samples, len(x)), seed=config.seed
+        )
+    duration = time.perf_counter() - start
+    plot = _spectrum_plot(scores.eigenvalues, scores.decision, run_dir / "ntk_spectrum.png")
+    say(
+        f"      {scores.decision}: rho = {scores.rho:.3f}, E(100) = {scores.e_tau:.3f}, r_eff = {scores.r_eff:.3f} "
+        f"({scores.n} samples, {duration:.2f} s)"
+    )
+    for reason in scores.reasons:
+        say(f"        - {reason}")
+    return {
+        "decision": scores.decision,
+        "reasons": list(scores.reasons),
+        "rho": scores.rho,
+        "e_tau": scores.e_tau,
+        "r_eff": scores.r_eff,
+        "n": scores.n,
+        "eigenvalues": list(scores.eigenvalues),
+        "guard_confidence": scores.guard_confidence,
+        "duration_s": duration,
+        "energy_wh": None if record is None else float(record.energy_wh),
+        "plot": str(plot),
+    }
