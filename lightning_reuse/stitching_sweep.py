@@ -37,7 +37,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -150,7 +150,15 @@ def _cell(
 
     def fit(snd: nn.Module, rcv: nn.Module) -> StitchedModel:
         torch.manual_seed(hp["seed"])
-        st = StitchedModel(snd, s_layer, rcv, r_layer, stitch="auto", example_input=example)
+        st = StitchedModel(
+            snd,
+            s_layer,
+            rcv,
+            r_layer,
+            stitch="auto",
+            example_input=example,
+            adapter=hp.get("adapter", "hernandez"),
+        )
         return train_stitch(st, xt, yt, hp["epochs"], hp["lr"], bs, hp["seed"])
 
     stitched = fit(sender, receiver)
@@ -205,6 +213,7 @@ def stitching_sweep(
     lr: float = 1e-3,
     batch_size: int = 128,
     ridge: float = 1e-3,
+    adapter: Literal["hernandez", "pooled"] = "hernandez",
     controls: Sequence[str] = CONTROLS,
     seed: int = 0,
     logger: Any = None,
@@ -220,6 +229,7 @@ def stitching_sweep(
             settings is resumed (finished cells are kept, not recomputed).
         epochs, lr, batch_size, seed: stitch training (Adam, cosine decay).
         ridge: L2 penalty of the least-squares baseline (stabilises rank-deficient activations).
+        adapter: stitch family for differing shapes, ``"hernandez"`` or ``"pooled"`` (see ``make_stitch``).
         controls: subset of ``("random_sender", "random_receiver")``.
         logger: a Lightning ``WandbLogger`` or a ``wandb`` run: the table and heatmap are logged to it.
         progress: show a progress bar over cells.
@@ -239,6 +249,8 @@ def stitching_sweep(
         "seed": seed,
         "controls": sorted(controls),
     }
+    if adapter != "hernandez":  # files written before the option existed stay resumable
+        hp["adapter"] = adapter
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"{name}.json"

@@ -13,10 +13,11 @@ low. This recipe reports the mean accuracy in and out of that triangle per pair 
 Run (2-core CPU, 1 thread; ~minutes)::
 
     python recipes/stitching_digits.py --seeds 0 1 2
+    python recipes/stitching_digits.py --seeds 0 1 2 --adapter pooled   # low-capacity stitches
     python recipes/stitching_digits.py --seeds 0 --quick   # a smoke run
 
 Writes ``benchmarks/results/stitching_<pair>_seed<s>.{json,csv,png}`` (per-cell tables and heatmaps)
-and ``benchmarks/results/stitching_summary.json``; prints a markdown table.
+and ``benchmarks/results/stitching_[pooled_]summary.json``; prints a markdown table.
 """
 
 from __future__ import annotations
@@ -111,6 +112,12 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--model-epochs", type=int, default=15)
     parser.add_argument("--stitch-epochs", type=int, default=4)
+    parser.add_argument(
+        "--adapter",
+        choices=["hernandez", "pooled"],
+        default="hernandez",
+        help="stitch family for differing shapes (pooled: fixed pooling + channel-only stitch)",
+    )
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--quick", action="store_true", help="one direction, fewer epochs (smoke run)")
     args = parser.parse_args()
@@ -119,6 +126,7 @@ def main() -> None:
     tr, va = split_indices(len(x), (0.7, 0.3), seed=0)
     train, val = (x[tr], y[tr]), (x[va], y[va])
     out = Path(args.out)
+    tag = "" if args.adapter == "hernandez" else f"{args.adapter}_"
     summary: dict[str, object] = {"hardware": "2-core CPU, 1 thread", "args": vars(args), "runs": []}
     rows = []
     t0 = time.perf_counter()
@@ -132,7 +140,7 @@ def main() -> None:
         pairs = [(d_big, d_small)] if args.quick else [(d_big, d_small), (d_small, d_big)]
         for d_s, d_r in pairs:
             sender, receiver = models[d_s], models[d_r]
-            name = f"stitching_d{3 * d_s}_to_d{3 * d_r}_seed{seed}"
+            name = f"stitching_{tag}d{3 * d_s}_to_d{3 * d_r}_seed{seed}"
             res = stitching_sweep(
                 sender,
                 receiver,
@@ -146,6 +154,7 @@ def main() -> None:
                 lr=1e-2,
                 batch_size=64,
                 seed=seed,
+                adapter=args.adapter,
             )
             tri = triangle_summary(res.matrix("stitched_acc"), res.matrix("random_sender_acc"))
             run = {
@@ -168,9 +177,9 @@ def main() -> None:
             rows.append(run)
             print(f"{name}: {tri}", flush=True)
             summary["wall_s"] = round(time.perf_counter() - t0, 1)
-            (out / "stitching_summary.json").write_text(json.dumps(summary, indent=1))
+            (out / f"stitching_{tag}summary.json").write_text(json.dumps(summary, indent=1))
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
-    (out / "stitching_summary.json").write_text(json.dumps(summary, indent=1))
+    (out / f"stitching_{tag}summary.json").write_text(json.dumps(summary, indent=1))
     print(
         "\n| pair | seed | sender acc | receiver acc | lower-left stitched | upper-right stitched | random sender |"
     )

@@ -45,7 +45,7 @@ class ModelStitching(pl.LightningModule):
     """Sender up to ``sender_layer`` -> trainable stitch -> receiver from ``receiver_layer``; only the stitch trains.
 
     Args:
-        sender, sender_layer, receiver, receiver_layer, stitch, example_input, receiver_input_shape:
+        sender, sender_layer, receiver, receiver_layer, stitch, example_input, receiver_input_shape, adapter:
             as in :class:`lightning_reuse.nn.stitched.StitchedModel` (both halves are frozen and kept in
             eval mode, also across Lightning's ``train()``/``eval()`` switches).
         optimizer: ``"adam"`` (Bansal et al.: Adam, cosine) or ``"sgd"`` (Hernandez et al.: SGD with
@@ -70,6 +70,7 @@ class ModelStitching(pl.LightningModule):
         weight_decay: float = 0.0,
         warmup_fraction: float = 0.0,
         schedule: Literal["cosine", "constant"] = "cosine",
+        adapter: Literal["hernandez", "pooled"] = "hernandez",
     ) -> None:
         super().__init__()
         if optimizer not in ("adam", "sgd"):
@@ -91,6 +92,7 @@ class ModelStitching(pl.LightningModule):
             stitch=stitch,
             example_input=example_input,
             receiver_input_shape=receiver_input_shape,
+            adapter=adapter,
         )
         if not any(p.requires_grad for p in self.model.stitch.parameters()):
             raise ValueError(

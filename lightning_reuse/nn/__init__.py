@@ -45,6 +45,8 @@ _NAMES: dict[str, str] = {
     "ParameterCount": ".parameter_count",
     "count_parameters": ".parameter_count",
     "format_parameter_count": ".parameter_count",
+    "PooledDownsampleStitch": ".stitch",
+    "PooledLinearStitch": ".stitch",
 }
 
 __all__ = list(_NAMES)

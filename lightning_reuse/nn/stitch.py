@@ -107,6 +107,28 @@ class FlattenLinearStitch(nn.Sequential):
         super().__init__(nn.Flatten(1), nn.Linear(in_features, out_features))
 
 
+class PooledDownsampleStitch(nn.Sequential):
+    """Low-capacity adapter for a larger sender: average-pool by ``factor``, then Bansal's BN-1x1 conv-BN.
+
+    Unlike :class:`DownsampleStitch` it cannot mix pixels: it only maps channels, like Bansal's stitch.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, factor: int | tuple[int, int]) -> None:
+        super().__init__(
+            _bn2d(in_channels),
+            nn.AvgPool2d(factor),
+            nn.Conv2d(in_channels, out_channels, kernel_size=1),
+            _bn2d(out_channels),
+        )
+
+
+class PooledLinearStitch(nn.Sequential):
+    """Low-capacity adapter from a conv map into a vector: global average pool, then BN1d-Linear-BN1d."""
+
+    def __init__(self, in_channels: int, out_features: int) -> None:
+        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), *LinearStitch(in_channels, out_features))
+
+
 def _check_shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
     shape = tuple(int(s) for s in shape)
     if len(shape) not in (1, 3) or min(shape) < 1:
@@ -164,8 +186,14 @@ def make_stitch(
     sender_shape: Sequence[int],
     receiver_shape: Sequence[int],
     kind: StitchKind | Literal["auto"] = "auto",
+    adapter: Literal["hernandez", "pooled"] = "hernandez",
 ) -> nn.Module:
     """Build the trainable stitch for the given per-sample shapes (``kind="auto"``: :func:`choose_stitch`).
+
+    ``adapter="hernandez"`` uses Hernandez et al.'s learned adapters (kernel = stride conv down, flatten +
+    linear into a head); ``adapter="pooled"`` replaces those two by parameter-free average pooling followed
+    by Bansal's channel-only stitch (:class:`PooledDownsampleStitch`, :class:`PooledLinearStitch`): less
+    capacity, so less room for the stitch to solve the task by itself.
 
     >>> make_stitch((8,), (4,))
     LinearStitch(
@@ -185,13 +213,17 @@ def make_stitch(
             f"`kind={kind!r}` does not fit sender shape {s} and receiver shape {r}; these shapes need "
             f"{auto!r}. HINT: use kind='auto'."
         )
+    if adapter not in ("hernandez", "pooled"):
+        raise ValueError(f"`adapter` must be 'hernandez' or 'pooled'; got {adapter!r}.")
     if kind == "linear":
         return LinearStitch(s[0], r[0])
     if kind == "flatten_linear":
-        return FlattenLinearStitch(s, r[0])
+        return FlattenLinearStitch(s, r[0]) if adapter == "hernandez" else PooledLinearStitch(s[0], r[0])
     if kind == "conv1x1":
         return ConvStitch(s[0], r[0])
     if kind == "downsample":
+        if adapter == "pooled":
+            return PooledDownsampleStitch(s[0], r[0], _factor(s[1:], r[1:]))
         return DownsampleStitch(s[0], r[0], _factor(s[1:], r[1:]))
     return UpsampleStitch(s[0], r[0], _factor(r[1:], s[1:]))
 

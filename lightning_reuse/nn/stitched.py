@@ -185,6 +185,8 @@ class StitchedModel(nn.Module):
         example_input: one batch used to trace both layers' output shapes.
         receiver_input_shape: per-sample input shape of the receiver (default: that of the sender input);
             the receiver runs on zeros of this shape with the cut layer's output replaced.
+        adapter: ``"hernandez"`` or ``"pooled"`` (see :func:`lightning_reuse.nn.stitch.make_stitch`), used
+            when the stitch is built from shapes.
     """
 
     def __init__(
@@ -196,6 +198,7 @@ class StitchedModel(nn.Module):
         stitch: nn.Module | Literal["auto"] | str = "auto",
         example_input: Tensor | None = None,
         receiver_input_shape: Sequence[int] | None = None,
+        adapter: Literal["hernandez", "pooled"] = "hernandez",
     ) -> None:
         super().__init__()
         get_layer(sender, sender_layer), get_layer(receiver, receiver_layer)  # fail early on a bad name
@@ -222,7 +225,7 @@ class StitchedModel(nn.Module):
                     f"`stitch={stitch!r}` builds the stitch from traced shapes, so `example_input` is "
                     "required. HINT: pass one batch as `example_input=x[:8]`, or pass an nn.Module."
                 )
-            stitch = make_stitch(self.sender_shape, self.receiver_shape, kind=stitch)  # type: ignore[arg-type]
+            stitch = make_stitch(self.sender_shape, self.receiver_shape, kind=stitch, adapter=adapter)  # type: ignore[arg-type]
         self.stitch = stitch
 
     def _dummy(self, n: int, like: Tensor | None = None) -> Tensor:

@@ -15,6 +15,8 @@ from lightning_reuse.nn.stitch import (
     DownsampleStitch,
     FlattenLinearStitch,
     LinearStitch,
+    PooledDownsampleStitch,
+    PooledLinearStitch,
     UpsampleStitch,
     choose_stitch,
     make_stitch,
@@ -98,6 +100,20 @@ def test_adapter_layouts_follow_the_papers() -> None:
     bansal = make_stitch((8, 4, 4), (16, 4, 4))
     assert [type(m).__name__ for m in bansal] == ["BatchNorm2d", "Conv2d", "BatchNorm2d"]
     assert bansal[1].kernel_size == (1, 1)
+
+
+def test_pooled_adapters_only_mix_channels() -> None:
+    down = make_stitch((8, 8, 8), (16, 2, 2), adapter="pooled")
+    assert isinstance(down, PooledDownsampleStitch)
+    assert all(m.kernel_size == (1, 1) for m in down.modules() if isinstance(m, nn.Conv2d))
+    head = make_stitch((8, 4, 4), (10,), adapter="pooled")
+    assert isinstance(head, PooledLinearStitch) and head.eval()(torch.randn(3, 8, 4, 4)).shape == (3, 10)
+    # a spatially constant input gives a spatially constant output: no pixel mixing
+    out = down.eval()(torch.randn(2, 8, 1, 1).expand(2, 8, 8, 8))
+    assert torch.allclose(out, out[:, :, :1, :1].expand_as(out))
+    assert isinstance(make_stitch((8, 2, 2), (16, 8, 8), adapter="pooled"), UpsampleStitch)
+    with pytest.raises(ValueError, match="`adapter` must be"):
+        make_stitch((8,), (4,), adapter="big")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
