@@ -86,6 +86,7 @@ def empirical_ntk(
     x2: Tensor | None = None,
     params: Mapping[str, Tensor] | Iterable[str] | None = None,
     mode: NTKMode = "jacobian_contraction",
+    chunk_size: int | None = None,
 ) -> Tensor:
     """The empirical NTK :math:`K[i, j, a, b] = \\langle \\partial f_a(x_{1,i})/\\partial p, \\partial f_b(x_{2,j})/\\partial p \\rangle`.
 
@@ -108,6 +109,8 @@ def empirical_ntk(
             of ``model.named_parameters()``; or a ``{name: tensor}`` dict of values to evaluate at
             (parameters not named stay fixed at the module's values).
         mode: ``"jacobian_contraction"`` or ``"ntk_vector_products"``.
+        chunk_size: Samples per vmapped Jacobian (contraction mode) or identity columns per vmap
+            (NTK-vector-product mode); ``None`` = all at once. Bounds the memory for large models.
 
     Returns:
         ``[N1, N2, O, O]`` tensor. :func:`ntk_matrix` flattens it to ``[N1 O, N2 O]`` (sample-major).
@@ -126,7 +129,7 @@ def empirical_ntk(
             return f_batch(p_, x.unsqueeze(0)).squeeze(0)
 
         def jac(x: Tensor) -> list[Tensor]:
-            j = vmap(jacrev(f_single), (None, 0))(p, x)
+            j = vmap(jacrev(f_single), (None, 0), chunk_size=chunk_size)(p, x)
             return [t.flatten(2) for t in j.values()]  # each [N, O, P_k]
 
         j1 = jac(x1)
@@ -141,7 +144,7 @@ def empirical_ntk(
         return jvp(lambda p_: f_batch(p_, x2_), (p,), (tangent,))[1]
 
     basis = torch.eye(n1 * o, dtype=out1.dtype, device=out1.device).view(n1 * o, n1, o)
-    cols = vmap(column)(basis)  # [N1 O, N2, O]
+    cols = vmap(column, chunk_size=chunk_size)(basis)  # [N1 O, N2, O]
     return cols.view(n1, o, cols.shape[1], o).permute(0, 2, 1, 3)
 
 

@@ -142,7 +142,7 @@ def test_stratified_subset_keeps_proportions() -> None:
 
 
 def test_decision_rules_and_reasons() -> None:
-    t = ScreeningThresholds()
+    t = ScreeningThresholds.spec()
     assert decide(0.5, 0.9, (5.0, 0.5), t)[0] == "PASS"
     d, reasons = decide(0.97, 0.9, None, t)
     assert d == "FAIL" and "rho=0.970" in reasons[0]
@@ -151,6 +151,33 @@ def test_decision_rules_and_reasons() -> None:
     d, reasons = decide(0.5, 0.9, (1.01, 0.5), t)
     assert d == "FAIL" and "near-uniform" in reasons[0]
     assert decide(0.5, 0.9, (5.0, 0.0), t)[0] == "FAIL"
+    default = ScreeningThresholds()  # calibrated rule: the NTK-predicted accuracy
+    assert decide(2.0, 0.0, (1.0, 0.0), default, ntk_accuracy_norm=0.9)[0] == "PASS"
+    d, reasons = decide(0.1, 1.0, None, default, ntk_accuracy_norm=0.1)
+    assert d == "FAIL" and "NTK-predicted accuracy 0.100" in reasons[0]
+    assert decide(0.1, 1.0, None, default, ntk_accuracy_norm=default.ntk_accuracy_fail + 0.01)[0] == "WARN"
+
+
+def test_crossfit_accuracy_matches_explicit_kernel_ridge() -> None:
+    phi, logits = cnn_features(40, 3, seed=4)
+    y = torch.randint(0, 3, (40,), generator=torch.Generator().manual_seed(2))
+    k = features_to_kernel(phi)
+    s_feat = screening_scores(phi, logits, y, seed=7)
+    s_dense = screening_scores(k, logits, y, seed=7)
+    # Reference: explicit kernel ridge on the residual, two folds (same split as the implementation).
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(8))
+    folds, correct = [perm[:20], perm[20:]], 0
+    r0 = residual_at_init(logits, y)
+    for a, b in (folds, folds[::-1]):
+        ra = (a[:, None] * 3 + torch.arange(3)).flatten()
+        rb = (b[:, None] * 3 + torch.arange(3)).flatten()
+        kaa = k[ra][:, ra]
+        mu = 1e-2 * torch.trace(kaa) / len(ra)
+        delta = k[rb][:, ra] @ torch.linalg.inv(kaa + mu * torch.eye(len(ra), dtype=D)) @ r0[a].flatten()
+        correct += int(((logits[b].softmax(-1) + delta.view(20, 3)).argmax(-1) == y[b]).sum())
+    assert s_feat.ntk_accuracy == pytest.approx(correct / 40)
+    assert s_dense.ntk_accuracy == pytest.approx(correct / 40)
+    assert s_feat.ntk_accuracy_norm == pytest.approx((correct / 40 - 1 / 3) / (2 / 3))
 
 
 def test_argument_errors() -> None:

@@ -1,0 +1,343 @@
+"""NTK screening benchmark: does the screening predict how far model reprogramming gets?
+
+Grid on digits (CPU): sources of graded quality x targets x seeds. Each cell: screen (prompt-NTK
+scores at the initial prompt, n = 512 stratified samples), then actually reprogram (padding prompt
++ ILM, Adam) and measure test accuracy; compare the scores with cheap baselines (zero-step FLM
+accuracy, linear probe on the source logits) by Spearman / Kendall and by the AUROC of FAIL for
+"reprogramming failed". Also times screening against one reprogramming epoch, and the fast path
+against Jacobian contraction (kernel + top-10 spectrum).
+
+Run: ``python benchmarks/ntk_screening.py`` (``--quick`` for a small grid). Hardware is stated in the
+output (the committed results: 2-core CPU, 1 thread, shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import kendalltau, spearmanr
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from lightning_reuse.datasets import load_digits_tensors, split_indices
+from lightning_reuse.functional.ntk_scores import screen_reprogramming
+from lightning_reuse.nn.label_mapping import IterativeLabelMapping, count_matrix, greedy_one_to_one
+from lightning_reuse.nn.prompts import PaddingPrompt
+from lightning_reuse.nn.reprogrammed import ReprogrammedModel
+from lightning_reuse.nn.small_cnn import train_classifier
+
+RESULTS = Path(__file__).parent / "results"
+SRC_SHAPE, TGT_SHAPE = (1, 16, 16), (1, 8, 8)
+
+
+class PoolCNN(nn.Module):
+    """conv-ReLU-maxpool blocks and a linear head on the flattened map: a decent 16x16 digit classifier."""
+
+    def __init__(self, width: int = 16, depth: int = 2) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c, size = 1, 16
+        for i in range(depth):
+            layers += [nn.Conv2d(c, width * 2**i, 3, padding=1), nn.ReLU()]
+            c = width * 2**i
+            if i < 2:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c * size * size, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(256, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def canvas(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """Digits in the centre of a 16x16 canvas whose border has a random grey level (source data)."""
+    g = torch.Generator().manual_seed(seed)
+    level = torch.rand(len(x), 1, 1, 1, generator=g)
+    out = level.expand(-1, *SRC_SHAPE).clone()
+    out[:, :, 4:12, 4:12] = x
+    return out
+
+
+def make_sources(x: torch.Tensor, y: torch.Tensor, seed: int) -> dict[str, nn.Module]:
+    xs = canvas(x, seed)
+    torch.manual_seed(seed)
+    shuffled = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + 7))]
+    out: dict[str, nn.Module] = {"random": PoolCNN().eval()}
+    out["few_steps"] = train_classifier(PoolCNN(), xs, y, epochs=2, lr=2e-3, seed=seed)
+    out["trained"] = train_classifier(PoolCNN(), xs, y, epochs=15, lr=3e-3, seed=seed)
+    out["wide"] = train_classifier(PoolCNN(width=32), xs, y, epochs=15, lr=3e-3, seed=seed)
+    out["deep"] = train_classifier(PoolCNN(depth=3), xs, y, epochs=15, lr=3e-3, seed=seed)
+    out["mlp"] = train_classifier(MLP(), xs, y, epochs=15, lr=3e-3, seed=seed)
+    out["shuffled"] = train_classifier(PoolCNN(), xs, shuffled, epochs=15, lr=3e-3, seed=seed)
+    return out
+
+
+def make_target(name: str, x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if name == "digits":
+        return x, y
+    if name == "inverted":
+        return 1 - x, y
+    if name == "rotated":
+        return torch.rot90(x, 1, (2, 3)), y
+    if name == "parity":
+        return x, y % 2
+    if name == "mod3":
+        return x, y % 3
+    if name == "random":
+        return x, torch.randint(0, 10, y.shape, generator=torch.Generator().manual_seed(seed + 99))
+    raise ValueError(name)
+
+
+def reprogram(source: nn.Module, xtr, ytr, xte, yte, epochs: int, seed: int) -> tuple[float, float]:
+    """Padding prompt + ILM (re-mapped every epoch), Adam: returns (test accuracy, seconds per epoch)."""
+    torch.manual_seed(seed)
+    c = int(ytr.max()) + 1
+    model = ReprogrammedModel(source, PaddingPrompt(TGT_SHAPE, SRC_SHAPE), IterativeLabelMapping(10, c))
+    opt = torch.optim.Adam([model.transform.theta], lr=0.05)
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        with torch.no_grad():
+            model.mapping.fit(model.source_logits(xtr), ytr)
+        perm = torch.randperm(len(xtr), generator=g)
+        for i in range(0, len(xtr), 64):
+            idx = perm[i : i + 64]
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xtr[idx]), ytr[idx]).backward()
+            opt.step()
+    per_epoch = (time.perf_counter() - t0) / max(1, epochs)
+    with torch.no_grad():
+        acc = float((model(xte).argmax(-1) == yte).float().mean())
+    return acc, per_epoch
+
+
+@torch.no_grad()
+def baselines(source: nn.Module, xtr, ytr, xte, yte) -> tuple[float, float]:
+    """Zero-step FLM accuracy and a linear probe (logistic regression) on source logits at theta = 0."""
+    c = int(ytr.max()) + 1
+    prompt = PaddingPrompt(TGT_SHAPE, SRC_SHAPE)
+    ltr, lte = source(prompt(xtr)), source(prompt(xte))
+    mapping = greedy_one_to_one(count_matrix(ltr.argmax(-1), ytr, 10, c))
+    flm = float((lte[:, mapping].argmax(-1) == yte).float().mean())
+    probe = LogisticRegression(max_iter=2000).fit(ltr.numpy(), ytr.numpy())
+    return flm, float(probe.score(lte.numpy(), yte.numpy()))
+
+
+def auroc(failed: np.ndarray, score: np.ndarray) -> float:
+    if failed.all() or not failed.any():
+        return float("nan")
+    return float(roc_auc_score(failed, score))
+
+
+def run_grid(args: argparse.Namespace) -> list[dict]:
+    x, y = load_digits_tensors()
+    rows = []
+    for seed in range(args.seeds):
+        src_idx, tgt_idx = split_indices(len(x), (0.4, 0.6), seed=seed)
+        sources = make_sources(x[src_idx], y[src_idx], seed)
+        xt, yt = x[tgt_idx], y[tgt_idx]
+        ntr = args.train_size
+        for sname in args.sources:
+            for tname in args.targets:
+                tx, ty = make_target(tname, xt, yt, seed)
+                xtr, ytr, xte, yte = tx[:ntr], ty[:ntr], tx[ntr:], ty[ntr:]
+                src = sources[sname]
+                c = int(ytr.max()) + 1
+                model = ReprogrammedModel(
+                    src, PaddingPrompt(TGT_SHAPE, SRC_SHAPE), IterativeLabelMapping(10, c)
+                )
+                t0 = time.perf_counter()
+                s = screen_reprogramming(model, xtr, ytr, num_samples=args.n, seed=seed)
+                t_screen = time.perf_counter() - t0
+                flm0, probe = baselines(src, xtr, ytr, xte, yte)
+                acc, t_epoch = reprogram(src, xtr, ytr, xte, yte, args.epochs, seed)
+                row = dict(
+                    seed=seed,
+                    source=sname,
+                    target=tname,
+                    classes=c,
+                    acc=acc,
+                    acc_norm=(acc - 1 / c) / (1 - 1 / c),
+                    flm0=flm0,
+                    probe=probe,
+                    flm0_norm=(flm0 - 1 / c) / (1 - 1 / c),
+                    probe_norm=(probe - 1 / c) / (1 - 1 / c),
+                    rho=s.rho,
+                    e_tau=s.e_tau,
+                    r_eff=s.r_eff,
+                    conf=s.guard_confidence,
+                    nmi=s.guard_nmi,
+                    rho_labels=s.rho_labels,
+                    residual=s.residual,
+                    predicted_residual=s.predicted_residual,
+                    ntk_acc=s.ntk_accuracy,
+                    ntk_acc_norm=s.ntk_accuracy_norm,
+                    decision=s.decision,
+                    reasons=s.reasons,
+                    t_screen=t_screen,
+                    t_epoch=t_epoch,
+                )
+                rows.append(row)
+                print(
+                    f"seed={seed} {sname:9s} {tname:8s} acc={acc:.3f} flm0={flm0:.3f} probe={probe:.3f} "
+                    f"rho={s.rho:.3f} rho_y={s.rho_labels:.3f} E={s.e_tau:.3f} res={s.residual:.3f} "
+                    f"ntk_acc={s.ntk_accuracy:.3f} reff={s.r_eff:.4f} conf={s.guard_confidence:.2f} "
+                    f"nmi={s.guard_nmi:.3f} {s.decision} screen={t_screen:.2f}s epoch={t_epoch:.2f}s",
+                    flush=True,
+                )
+    return rows
+
+
+FAILED_BELOW = 0.25  # normalised accuracy (acc - 1/C) / (1 - 1/C) below which reprogramming "failed"
+SCORES = {  # name -> (row key, sign): sign * value is "higher = predicts higher accuracy"
+    "rho (spec, residual r0)": ("rho", -1),
+    "rho_labels (centred labels)": ("rho_labels", -1),
+    "E(100)": ("e_tau", 1),
+    "predicted residual r0^2 (1 - E)": ("predicted_residual", -1),
+    "NTK accuracy (cross-fitted ridge)": ("ntk_acc_norm", 1),
+    "r_eff": ("r_eff", 1),
+    "guard: confidence": ("conf", 1),
+    "guard: FLM NMI": ("nmi", 1),
+    "baseline: zero-step FLM accuracy": ("flm0_norm", 1),
+    "baseline: linear probe on source logits": ("probe_norm", 1),
+}
+
+
+def best_threshold(values: np.ndarray, failed: np.ndarray) -> tuple[float, float]:
+    """Threshold t (FAIL iff value < t) maximising balanced accuracy; returns (t, balanced accuracy)."""
+    best = (float(values.min()), 0.0)
+    for t in np.unique(values):
+        pred = values < t + 1e-12
+        bal = 0.5 * (pred[failed].mean() + (~pred[~failed]).mean())
+        if bal > best[1]:
+            best = (float(t + 1e-12), float(bal))
+    return best
+
+
+def analyze(rows: list[dict]) -> dict:
+    acc = np.array([r["acc_norm"] for r in rows])
+    failed = acc < FAILED_BELOW
+    not_random_src = np.array([r["source"] != "random" for r in rows])
+    out: dict = {"cells": len(rows), "failed": int(failed.sum()), "failed_below": FAILED_BELOW, "scores": {}}
+    for name, (key, sign) in SCORES.items():
+        v = sign * np.array([r[key] for r in rows], dtype=float)
+        out["scores"][name] = {
+            "spearman": float(spearmanr(v, acc).statistic),
+            "kendall": float(kendalltau(v, acc).statistic),
+            "spearman_without_random_source": float(
+                spearmanr(v[not_random_src], acc[not_random_src]).statistic
+            ),
+            "auroc_failed": auroc(failed, -v),
+        }
+    # Decisions: the spec's initial rule (as run), and the calibrated rule with leave-one-seed-out thresholds.
+    spec_fail = np.array([r["decision"] == "FAIL" for r in rows])
+    out["spec_rule"] = {
+        "auroc_fail": auroc(failed, spec_fail.astype(float)),
+        "decisions": {d: int(sum(r["decision"] == d for r in rows)) for d in ("PASS", "WARN", "FAIL")},
+        "pass_on_random_labels": int(sum(r["decision"] == "PASS" and r["target"] == "random" for r in rows)),
+    }
+    ntk = np.array([r["ntk_acc_norm"] for r in rows])
+    seeds = np.array([r["seed"] for r in rows])
+    loso_fail = np.zeros(len(rows), dtype=bool)
+    thresholds = []
+    for s_ in np.unique(seeds):
+        t, _ = best_threshold(ntk[seeds != s_], failed[seeds != s_])
+        thresholds.append(t)
+        loso_fail[seeds == s_] = ntk[seeds == s_] < t
+    t_all, bal_all = best_threshold(ntk, failed)
+    out["calibrated_rule"] = {
+        "rule": "FAIL iff NTK accuracy (normalised) < t",
+        "t_all_cells": t_all,
+        "balanced_accuracy_in_sample": bal_all,
+        "t_leave_one_seed_out": thresholds,
+        "auroc_fail_leave_one_seed_out": auroc(failed, loso_fail.astype(float)),
+        "fail_on_random_labels": int(sum(f and r["target"] == "random" for f, r in zip(loso_fail, rows))),
+        "random_label_cells": int(sum(r["target"] == "random" for r in rows)),
+        "max_ntk_acc_norm_random_labels": float(
+            max(r["ntk_acc_norm"] for r in rows if r["target"] == "random")
+        ),
+    }
+    for base in ("flm0_norm", "probe_norm"):
+        b = np.array([r[base] for r in rows])
+        bf = np.zeros(len(rows), dtype=bool)
+        for s_ in np.unique(seeds):
+            t, _ = best_threshold(b[seeds != s_], failed[seeds != s_])
+            bf[seeds == s_] = b[seeds == s_] < t
+        out["calibrated_rule"][f"baseline_{base}_auroc_fail_leave_one_seed_out"] = auroc(
+            failed, bf.astype(float)
+        )
+    t_s = np.array([r["t_screen"] for r in rows])
+    t_e = np.array([r["t_epoch"] for r in rows])
+    out["speed"] = {
+        "screen_s_median": float(np.median(t_s)),
+        "epoch_s_median": float(np.median(t_e)),
+        "screen_over_epoch_median": float(np.median(t_s / t_e)),
+    }
+    return out
+
+
+def markdown(res: dict) -> str:
+    lines = [
+        f"Cells: {res['cells']}, failed (normalised accuracy < {res['failed_below']}): {res['failed']}",
+        "",
+        "| score | Spearman | Kendall | Spearman w/o random source | AUROC(failed) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in res["scores"].items():
+        lines.append(
+            f"| {name} | {m['spearman']:.3f} | {m['kendall']:.3f} | {m['spearman_without_random_source']:.3f} "
+            f"| {m['auroc_failed']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument(
+        "--sources", nargs="+", default=["random", "few_steps", "trained", "wide", "deep", "mlp", "shuffled"]
+    )
+    p.add_argument(
+        "--targets", nargs="+", default=["digits", "inverted", "rotated", "parity", "mod3", "random"]
+    )
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--train-size", type=int, default=600)
+    p.add_argument("--n", type=int, default=512)
+    p.add_argument("--out", default=str(RESULTS / "ntk_screening.json"))
+    p.add_argument("--analyze", default=None, help="only analyse an existing results JSON")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    if args.analyze:
+        rows = json.loads(Path(args.analyze).read_text())["rows"]
+    else:
+        rows = run_grid(args)
+    res = analyze(rows)
+    print(markdown(res))
+    print(json.dumps({k: v for k, v in res.items() if k != "scores"}, indent=1))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    hw = "2-core CPU (shared), 1 thread"
+    Path(args.out).write_text(json.dumps({"hardware": hw, "analysis": res, "rows": rows}, indent=1))
+    Path(args.out).with_suffix(".md").write_text(
+        f"# NTK screening benchmark ({hw})\n\n" + markdown(res) + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
