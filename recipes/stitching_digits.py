@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from lightning_reuse.datasets import load_digits_tensors, split_indices
 from lightning_reuse.nn.small_cnn import accuracy, train_classifier
-from lightning_reuse.stitching_sweep import stitching_sweep
+from lightning_reuse.stitching_sweep import SweepResult, plot_sweep, stitching_sweep
 
 
 class ResidualBlock(nn.Module):
@@ -99,8 +99,60 @@ def triangle_summary(result_matrix: np.ndarray, random_matrix: np.ndarray) -> di
         "lower_left_acc": float(np.nanmean(result_matrix[lower])),
         "upper_right_acc": float(np.nanmean(result_matrix[~lower])),
         "random_sender_lower_left_acc": float(np.nanmean(random_matrix[lower])),
-        "random_sender_acc": float(np.nanmean(random_matrix)),
+        "random_sender_mean_acc": float(np.nanmean(random_matrix)),
     }
+
+
+def _markdown_matrix(m: np.ndarray, rows: list[str], cols: list[str]) -> str:
+    lines = ["| sender \\ receiver | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {r} | " + " | ".join(f"{v:.3f}" for v in m[i]) + " |" for i, r in enumerate(rows)]
+    return "\n".join(lines)
+
+
+def _matrix(out: Path, name: str, rows: list[str], cols: list[str], metric: str) -> np.ndarray:
+    """A metric's matrix, read back from the sweep's own JSON (the per-cell record)."""
+    cells = json.loads((out / f"{name}.json").read_text())["cells"]
+    return SweepResult(rows, cols, cells).matrix(metric)
+
+
+def report(summary: dict, out: Path, tag: str) -> None:
+    """Print per-run and seed-averaged results; write mean heatmaps and the summary JSON."""
+    runs = summary["runs"]
+    print("\n| pair (blocks) | seed | sender acc | receiver acc | stitched: lower-left | upper-right "
+          "| random sender | random receiver |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for r in runs:
+        rows_, cols_ = r["sender_layers"], r["receiver_layers"]
+        print(
+            f"| {r['sender_blocks']}->{r['receiver_blocks']} | {r['seed']} | {r['sender_acc']:.3f} | "
+            f"{r['receiver_acc']:.3f} | {r['lower_left_acc']:.3f} | {r['upper_right_acc']:.3f} | "
+            f"{np.nanmean(_matrix(out, r['name'], rows_, cols_, 'random_sender_acc')):.3f} | "
+            f"{np.nanmean(_matrix(out, r['name'], rows_, cols_, 'random_receiver_acc')):.3f} |"
+        )
+    summary["mean"] = {}
+    for pair in sorted({(r["sender_blocks"], r["receiver_blocks"]) for r in runs}):
+        group = [r for r in runs if (r["sender_blocks"], r["receiver_blocks"]) == pair]
+        metrics = ("stitched_acc", "random_sender_acc", "random_receiver_acc", "ls_acc", "cka")
+        rows, cols = group[0]["sender_layers"], group[0]["receiver_layers"]
+        mean = {k: np.mean([_matrix(out, r["name"], rows, cols, k) for r in group], axis=0) for k in metrics}
+        key = f"d{pair[0]}_to_d{pair[1]}"
+        tri = triangle_summary(mean["stitched_acc"], mean["random_sender_acc"])
+        summary["mean"][key] = {"seeds": [r["seed"] for r in group], **tri,
+                                **{k: v.round(4).tolist() for k, v in mean.items()}}  # fmt: skip
+        cells = [
+            {"sender_layer": s, "receiver_layer": c, **{k: float(mean[k][i, j]) for k in metrics}}
+            for i, s in enumerate(rows)
+            for j, c in enumerate(cols)
+        ]
+        title = f"{pair[0]}-block sender -> {pair[1]}-block receiver, mean of {len(group)} seeds ({tag.rstrip('_') or 'hernandez'} adapters)"
+        plot_sweep(SweepResult(rows, cols, cells), out / f"stitching_{tag}mean_{key}.png", title=title)
+        print(f"\n{title}: {tri}")
+        for k in ("stitched_acc", "random_sender_acc", "random_receiver_acc", "cka"):
+            print(f"\n{k}:\n" + _markdown_matrix(mean[k], rows, cols))
+    (out / f"stitching_{tag}summary.json").write_text(json.dumps(summary, indent=1))
+    print(
+        f"\nwall time {summary.get('wall_s')} s on a 2-core CPU, 1 thread (finished cells are not recomputed)"
+    )
 
 
 def main() -> None:
@@ -120,15 +172,20 @@ def main() -> None:
     )
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--quick", action="store_true", help="one direction, fewer epochs (smoke run)")
+    parser.add_argument("--report-only", action="store_true", help="re-print and re-plot a finished run")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.report_only:
+        tag = "" if args.adapter == "hernandez" else f"{args.adapter}_"
+        path = Path(args.out) / f"stitching_{tag}summary.json"
+        report(json.loads(path.read_text()), Path(args.out), tag)
+        return
     x, y = load_digits_tensors()
     tr, va = split_indices(len(x), (0.7, 0.3), seed=0)
     train, val = (x[tr], y[tr]), (x[va], y[va])
     out = Path(args.out)
     tag = "" if args.adapter == "hernandez" else f"{args.adapter}_"
     summary: dict[str, object] = {"hardware": "2-core CPU, 1 thread", "args": vars(args), "runs": []}
-    rows = []
     t0 = time.perf_counter()
     for seed in args.seeds:
         models = {}
@@ -174,23 +231,11 @@ def main() -> None:
                 **tri,
             }
             summary["runs"].append(run)  # type: ignore[union-attr]
-            rows.append(run)
             print(f"{name}: {tri}", flush=True)
             summary["wall_s"] = round(time.perf_counter() - t0, 1)
             (out / f"stitching_{tag}summary.json").write_text(json.dumps(summary, indent=1))
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
-    (out / f"stitching_{tag}summary.json").write_text(json.dumps(summary, indent=1))
-    print(
-        "\n| pair | seed | sender acc | receiver acc | lower-left stitched | upper-right stitched | random sender |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['sender_blocks']}->{r['receiver_blocks']} blocks | {r['seed']} | {r['sender_acc']:.3f} | "
-            f"{r['receiver_acc']:.3f} | {r['lower_left_acc']:.3f} | {r['upper_right_acc']:.3f} | "
-            f"{r['random_sender_acc']:.3f} |"
-        )
-    print(f"\nwall time {summary['wall_s']} s on a 2-core CPU, 1 thread")
+    report(summary, out, tag)
 
 
 if __name__ == "__main__":
