@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,7 +50,7 @@ class DemoConfig:
     wandb: bool = True
     country_iso_code: str = "USA"
     target_acc: float = 0.75
-    calibration_epochs: int = 12
+    calibration_epochs: int = 20
     ntk_samples: int = 256
     quick: bool = False
     progress: bool = True
@@ -85,27 +86,43 @@ class StrategyResult:
 
 
 class _EpochRecorder(Callback):
-    """Records val_acc per epoch and prints one progress line per epoch."""
+    """Records val_acc per epoch, shows progress, and optionally stops the fit once ``stop_at`` is reached.
 
-    def __init__(self, label: str, progress: bool) -> None:
-        self.label, self.progress = label, progress
+    On a terminal the progress line updates in place; in a log it prints every ``every`` epochs and once
+    at the end of the fit.
+    """
+
+    def __init__(self, label: str, progress: bool, stop_at: float | None = None, every: int = 4) -> None:
+        self.label, self.progress, self.stop_at, self.every = label, progress, stop_at, every
         self.val_acc: list[float] = []
         self._t0 = 0.0
+        self._tty = sys.stdout.isatty()
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t0 = time.perf_counter()
+
+    def _line(self, trainer: pl.Trainer) -> str:
+        acc = self.val_acc[-1] if self.val_acc else float("nan")
+        return (
+            f"    [{self.label}] epoch {len(self.val_acc)}/{trainer.max_epochs}  val_acc {acc:.3f}  "
+            f"(best {max(self.val_acc, default=float('nan')):.3f}, {time.perf_counter() - self._t0:.1f} s)"
+        )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         acc = float(trainer.callback_metrics.get("val_acc", float("nan")))
         self.val_acc.append(acc)
-        if self.progress:
-            print(
-                f"    [{self.label}] epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  "
-                f"val_acc {acc:.3f}  ({time.perf_counter() - self._t0:.1f} s)",
-                flush=True,
-            )
+        if self.stop_at is not None and acc >= self.stop_at:
+            trainer.should_stop = True
+        if self.progress and self._tty:
+            print("\r" + self._line(trainer), end="", flush=True)
+        elif self.progress and len(self.val_acc) % self.every == 0:
+            print(self._line(trainer), flush=True)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.progress and (self._tty or len(self.val_acc) % self.every != 0):
+            print(("\r" if self._tty else "") + self._line(trainer), flush=True)
 
 
 def new_run_dir(parent: str | Path) -> Path:
@@ -140,12 +157,15 @@ def run_strategy(
     level: float | None = None,
     max_epochs: int | None = None,
     label: str | None = None,
+    stop_at_target: bool = False,
 ) -> StrategyResult:
     """Fit one strategy on the new data with the energy monitor on; test it; return what was measured."""
     torch.manual_seed(config.seed)
     dm = _datamodule(config, level=level)
     module = strategy.build(source, dm.num_classes)
-    recorder = _EpochRecorder(label or strategy.name, config.progress)
+    recorder = _EpochRecorder(
+        label or strategy.name, config.progress, stop_at=target_acc if stop_at_target else None
+    )
     monitor = _energy_monitor(config)
     callbacks: list[Callback] = [recorder, *(extra_callbacks or [])] + (
         [monitor] if monitor is not None else []
@@ -277,7 +297,7 @@ def _quiet_lightning() -> None:
 
 def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
     """Run the whole demo and write the report; return the summary dictionary (also saved as JSON)."""
-    from lightning_reuse.demo.prechecks import ntk_precheck, resque_check_for, resque_precheck
+    from lightning_reuse.demo.prechecks import ntk_precheck, resque_precheck
 
     config = config or DemoConfig()
     torch.set_num_threads(1)
@@ -321,15 +341,7 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
     results = []
     for strategy in strategies:
         say(f"  - {strategy.name}: {strategy.description}")
-        extra = []
-        if strategy.name == "full fine-tuning":  # record this real run in the RESQUE ledger too
-            from lightning_reuse.ledger import RetrainingLedger
-
-            ledger = RetrainingLedger(summary["resque"]["ledger"])
-            extra = [resque_check_for(config, ledger, summary["resque"]["tag"], config.level, record=True)]
-        results.append(
-            run_strategy(strategy, source, config, run_dir, config.target_acc, extra_callbacks=extra)
-        )
+        results.append(run_strategy(strategy, source, config, run_dir, config.target_acc))
     pick, reasons = recommend(results)
     reasons += _precheck_reasons(summary, results)
     summary["strategies"] = [asdict(r) for r in results]
@@ -359,6 +371,17 @@ def _precheck_reasons(summary: dict[str, Any], results: list[StrategyResult]) ->
             f"RESQUE_dist = {resque['score']:.3f}: predicted {est['value']:.1f} epochs to "
             f"{summary['target_acc']:.0%} validation accuracy [{est['lower']:.1f}, {est['upper']:.1f}]; "
             f"full fine-tuning took {actual}"
+        )
+    est_wh = (resque.get("estimates") or {}).get("energy_wh")
+    if (
+        est_wh
+        and est_wh.get("value") is not None
+        and full is not None
+        and full.energy_to_target_wh is not None
+    ):
+        reasons.append(
+            f"RESQUE predicted {est_wh['value']:.4f} Wh [{est_wh['lower']:.4f}, {est_wh['upper']:.4f}] to reach "
+            f"the target by full fine-tuning; measured: {full.energy_to_target_wh:.4f} Wh"
         )
     ntk = summary.get("ntk") or {}
     if ntk.get("decision"):

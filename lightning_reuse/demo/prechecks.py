@@ -46,8 +46,9 @@ def calibrate_ledger(
 ) -> int:
     """Fill the ledger with real fine-tuning runs at other levels of the same shift until it can predict.
 
-    Each run is a full fine-tuning of the source with RESQUECheck recording (score, epochs to the target
-    accuracy, energy, CO2) into the ledger. Runs that miss the target are not recorded. Returns runs added.
+    Each run is a full fine-tuning of the source, stopped once it reaches the target accuracy, with
+    RESQUECheck recording (score, epochs to the target, energy, CO2 of the run) into the ledger. Runs that
+    miss the target are not recorded. Returns the number of runs added.
     """
     from lightning_reuse.demo.pipeline import run_strategy
     from lightning_reuse.demo.strategies import baseline_strategies
@@ -69,8 +70,29 @@ def calibrate_ledger(
             level=level,
             max_epochs=config.calibration_epochs,
             label=f"calibration {config.shift} {level}",
+            stop_at_target=True,
         )
     return len(ledger.runs(tag=tag)) - before
+
+
+def format_estimates(estimates: dict[str, Any], target_acc: float) -> str:
+    """One line: the predicted epochs / Wh / gCO2 to reach the target, with intervals, or why there are none."""
+    units = {"epochs_to_target": "epochs", "energy_wh": "Wh", "co2_g": "g CO2"}
+    parts = []
+    for key, unit in units.items():
+        e = estimates.get(key)
+        if e is None:
+            continue
+        if e.value is None:
+            return f"no cost prediction: {e}"
+        parts.append(f"{e.value:.3g} {unit} [{e.lower:.3g}, {e.upper:.3g}]")
+    n = next(iter(estimates.values())).n_runs if estimates else 0
+    level = next(iter(estimates.values())).level if estimates else 0.9
+    return (
+        f"predicted cost to {target_acc:.0%} validation accuracy by full fine-tuning: "
+        + ", ".join(parts)
+        + f" ({level:.0%} intervals, from {n} ledger runs)"
+    )
 
 
 def resque_precheck(config: DemoConfig, source: torch.nn.Module, run_dir: Path, say: Any) -> dict[str, Any]:
@@ -121,8 +143,7 @@ def resque_precheck(config: DemoConfig, source: torch.nn.Module, run_dir: Path, 
         "tag": tag,
     }
     say(f"      RESQUE_dist = {result.score:.4f} ({result.duration_s:.2f} s)")
-    for e in estimates.values():
-        say(f"      predicted: {e}")
+    say("      " + format_estimates(estimates, config.target_acc))
     return out
 
 
