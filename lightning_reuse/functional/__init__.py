@@ -17,6 +17,7 @@ _NAMES: dict[str, str] = {
     "depth3_construction": ".ftc",
     "project_to_line": ".ftc",
     "ftc_neurons": ".ftc",
+    "ftc_widths": ".ftc",
     "empirical_ntk": ".ntk",
     "ntk_matrix": ".ntk",
     "ntk_vector_product": ".ntk",

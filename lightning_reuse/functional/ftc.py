@@ -108,6 +108,21 @@ def fine_tuning_capacity(
     return _depth3_best_segments(num_changed)[1]
 
 
+def ftc_widths(num_changed: int, depth: int = 2, num_samples: int | None = None) -> tuple[int, ...]:
+    """Hidden widths of our construction for ``N`` changes: ``(m,)`` or ``(2S - 1, 4 ceil(N/S))``.
+
+    Feed them to a side network: ``SideMLP(d, c, width=ftc_widths(N, 3), depth=3)``.
+
+    >>> ftc_widths(10, 2), ftc_widths(10, 3), sum(ftc_widths(10, 3)) == fine_tuning_capacity(10, 3)
+    ((30,), (9, 8), True)
+    """
+    m = fine_tuning_capacity(num_changed, depth, num_samples)
+    if depth == 2 or num_changed == 0:
+        return (max(1, m),) * (depth - 1) if num_changed else (1,) * (depth - 1)
+    s, _ = _depth3_best_segments(num_changed)
+    return (2 * s - 1, 4 * math.ceil(num_changed / s))
+
+
 def max_changed(num_neurons: int, depth: int = 2, num_samples: int | None = None) -> int:
     """Inverse of :func:`fine_tuning_capacity`: the largest ``N`` whose constructive ``m`` fits ``num_neurons``.
 

@@ -16,6 +16,7 @@ from lightning_reuse.functional.ftc import (
     depth3_construction,
     fine_tuning_capacity,
     ftc_neurons,
+    ftc_widths,
     max_changed,
     project_to_line,
 )
@@ -176,3 +177,12 @@ def test_property_any_subset_any_targets(k: int, data: st.DataObject) -> None:
         assert fits(net, x[:, None], t)
         if n:
             assert ftc_neurons(net) <= fine_tuning_capacity(n, depth, num_samples=k)
+
+
+@pytest.mark.parametrize("n", [1, 5, 20, 100])
+def test_widths_match_the_construction(n: int) -> None:
+    x, t = instance(4 * n + 1, n, seed=n)
+    net = depth3_construction(x, t)
+    widths = tuple(m.out_features for m in net if isinstance(m, nn.Linear))[:-1]
+    assert widths == ftc_widths(n, 3) and sum(widths) == fine_tuning_capacity(n, 3)
+    assert ftc_widths(n, 2) == (3 * n,)
