@@ -27,7 +27,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from lightning_reuse.datasets import load_digits_tensors, split_indices
-from lightning_reuse.functional.ntk_scores import screen_reprogramming
+from lightning_reuse.functional.ntk_scores import ScreeningThresholds, decide, screen_reprogramming
 from lightning_reuse.nn.label_mapping import IterativeLabelMapping, count_matrix, greedy_one_to_one
 from lightning_reuse.nn.prompts import PaddingPrompt
 from lightning_reuse.nn.reprogrammed import ReprogrammedModel
@@ -149,7 +149,7 @@ def auroc(failed: np.ndarray, score: np.ndarray) -> float:
 def run_grid(args: argparse.Namespace) -> list[dict]:
     x, y = load_digits_tensors()
     rows = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         src_idx, tgt_idx = split_indices(len(x), (0.4, 0.6), seed=seed)
         sources = make_sources(x[src_idx], y[src_idx], seed)
         xt, yt = x[tgt_idx], y[tgt_idx]
@@ -207,84 +207,108 @@ def run_grid(args: argparse.Namespace) -> list[dict]:
 
 FAILED_BELOW = 0.25  # normalised accuracy (acc - 1/C) / (1 - 1/C) below which reprogramming "failed"
 SCORES = {  # name -> (row key, sign): sign * value is "higher = predicts higher accuracy"
+    "NTK score = NTK accuracy x source gate (default)": ("ntk_score", 1),
+    "NTK accuracy (cross-fitted ridge)": ("ntk_acc_norm", 1),
     "rho (spec, residual r0)": ("rho", -1),
     "rho_labels (centred labels)": ("rho_labels", -1),
     "E(100)": ("e_tau", 1),
     "predicted residual r0^2 (1 - E)": ("predicted_residual", -1),
-    "NTK accuracy (cross-fitted ridge)": ("ntk_acc_norm", 1),
     "r_eff": ("r_eff", 1),
     "guard: confidence": ("conf", 1),
     "guard: FLM NMI": ("nmi", 1),
     "baseline: zero-step FLM accuracy": ("flm0_norm", 1),
     "baseline: linear probe on source logits": ("probe_norm", 1),
 }
+WARN_MARGIN = 0.2  # WARN band above the FAIL threshold
 
 
-def best_threshold(values: np.ndarray, failed: np.ndarray) -> tuple[float, float]:
-    """Threshold t (FAIL iff value < t) maximising balanced accuracy; returns (t, balanced accuracy)."""
-    best = (float(values.min()), 0.0)
-    for t in np.unique(values):
-        pred = values < t + 1e-12
-        bal = 0.5 * (pred[failed].mean() + (~pred[~failed]).mean())
-        if bal > best[1]:
-            best = (float(t + 1e-12), float(bal))
-    return best
+def best_threshold(values: np.ndarray, failed: np.ndarray) -> float:
+    """Threshold t (FAIL iff value < t) maximising balanced accuracy (ties: the midpoint gap)."""
+    cand = np.unique(values)
+    cuts = np.concatenate([[cand[0] - 1e-9], (cand[1:] + cand[:-1]) / 2, [cand[-1] + 1e-9]])
+    bal = [0.5 * ((values[failed] < t).mean() + (values[~failed] >= t).mean()) for t in cuts]
+    return float(cuts[int(np.argmax(bal))])
 
 
-def analyze(rows: list[dict]) -> dict:
+def complete(rows: list[dict]) -> list[dict]:
+    """Fill scores that older result files lack (same formulas as the library)."""
+    for r in rows:
+        gate = min(1.0, max(0.0, (r["conf"] - 1.0) / 0.5))
+        r.setdefault("ntk_score", r["ntk_acc_norm"] * gate)
+    return rows
+
+
+def correlations(rows: list[dict]) -> dict:
     acc = np.array([r["acc_norm"] for r in rows])
     failed = acc < FAILED_BELOW
-    not_random_src = np.array([r["source"] != "random" for r in rows])
-    out: dict = {"cells": len(rows), "failed": int(failed.sum()), "failed_below": FAILED_BELOW, "scores": {}}
+    keep = np.array([r["source"] != "random" for r in rows])
+    out = {}
     for name, (key, sign) in SCORES.items():
         v = sign * np.array([r[key] for r in rows], dtype=float)
-        out["scores"][name] = {
+        out[name] = {
             "spearman": float(spearmanr(v, acc).statistic),
             "kendall": float(kendalltau(v, acc).statistic),
-            "spearman_without_random_source": float(
-                spearmanr(v[not_random_src], acc[not_random_src]).statistic
-            ),
+            "spearman_without_random_source": float(spearmanr(v[keep], acc[keep]).statistic),
             "auroc_failed": auroc(failed, -v),
         }
-    # Decisions: the spec's initial rule (as run), and the calibrated rule with leave-one-seed-out thresholds.
-    spec_fail = np.array([r["decision"] == "FAIL" for r in rows])
-    out["spec_rule"] = {
-        "auroc_fail": auroc(failed, spec_fail.astype(float)),
-        "decisions": {d: int(sum(r["decision"] == d for r in rows)) for d in ("PASS", "WARN", "FAIL")},
-        "pass_on_random_labels": int(sum(r["decision"] == "PASS" and r["target"] == "random" for r in rows)),
+    return out
+
+
+def decisions(rows: list[dict], key: str, t_fail: float) -> list[str]:
+    return [
+        "FAIL" if r[key] < t_fail else ("WARN" if r[key] < t_fail + WARN_MARGIN else "PASS") for r in rows
+    ]
+
+
+def rule_summary(rows: list[dict], decided: list[str]) -> dict:
+    failed = np.array([r["acc_norm"] < FAILED_BELOW for r in rows])
+    fail = np.array([d == "FAIL" for d in decided], dtype=float)
+    return {
+        "auroc_fail": auroc(failed, fail),
+        "decisions": {d: decided.count(d) for d in ("PASS", "WARN", "FAIL")},
+        "pass_on_random_labels": sum(d == "PASS" and r["target"] == "random" for d, r in zip(decided, rows)),
+        "random_label_cells": sum(r["target"] == "random" for r in rows),
     }
-    ntk = np.array([r["ntk_acc_norm"] for r in rows])
+
+
+def analyze(rows: list[dict], holdout: list[dict] | None = None) -> dict:
+    rows = complete(rows)
+    acc = np.array([r["acc_norm"] for r in rows])
+    failed = acc < FAILED_BELOW
+    out: dict = {"cells": len(rows), "failed": int(failed.sum()), "failed_below": FAILED_BELOW}
+    out["scores"] = correlations(rows)
+    spec = ScreeningThresholds.spec()
+    out["spec_rule"] = rule_summary(
+        rows, [decide(r["rho"], r["e_tau"], (r["conf"], r["nmi"]), spec)[0] for r in rows]
+    )
     seeds = np.array([r["seed"] for r in rows])
-    loso_fail = np.zeros(len(rows), dtype=bool)
-    thresholds = []
-    for s_ in np.unique(seeds):
-        t, _ = best_threshold(ntk[seeds != s_], failed[seeds != s_])
-        thresholds.append(t)
-        loso_fail[seeds == s_] = ntk[seeds == s_] < t
-    t_all, bal_all = best_threshold(ntk, failed)
-    out["calibrated_rule"] = {
-        "rule": "FAIL iff NTK accuracy (normalised) < t",
-        "t_all_cells": t_all,
-        "balanced_accuracy_in_sample": bal_all,
-        "t_leave_one_seed_out": thresholds,
-        "auroc_fail_leave_one_seed_out": auroc(failed, loso_fail.astype(float)),
-        "fail_on_random_labels": int(sum(f and r["target"] == "random" for f, r in zip(loso_fail, rows))),
-        "random_label_cells": int(sum(r["target"] == "random" for r in rows)),
-        "max_ntk_acc_norm_random_labels": float(
-            max(r["ntk_acc_norm"] for r in rows if r["target"] == "random")
-        ),
-    }
-    for base in ("flm0_norm", "probe_norm"):
-        b = np.array([r[base] for r in rows])
-        bf = np.zeros(len(rows), dtype=bool)
+    for key in ("ntk_score", "flm0_norm", "probe_norm"):
+        v = np.array([r[key] for r in rows])
+        loso = []
         for s_ in np.unique(seeds):
-            t, _ = best_threshold(b[seeds != s_], failed[seeds != s_])
-            bf[seeds == s_] = b[seeds == s_] < t
-        out["calibrated_rule"][f"baseline_{base}_auroc_fail_leave_one_seed_out"] = auroc(
-            failed, bf.astype(float)
+            t = best_threshold(v[seeds != s_], failed[seeds != s_])
+            loso += [(i, t) for i in np.nonzero(seeds == s_)[0]]
+        decided = ["" for _ in rows]
+        for i, t in loso:
+            decided[i] = decisions([rows[i]], key, t)[0]
+        t_all = best_threshold(v, failed)
+        out[f"rule_{key}"] = {
+            "t_fail_all_cells": t_all,
+            "t_fail_leave_one_seed_out": sorted({t for _, t in loso}),
+            "leave_one_seed_out": rule_summary(rows, decided),
+            "in_sample": rule_summary(rows, decisions(rows, key, t_all)),
+        }
+        if holdout:
+            out[f"rule_{key}"]["holdout"] = rule_summary(holdout, decisions(complete(holdout), key, t_all))
+    if holdout:
+        out["holdout_cells"] = len(holdout)
+        out["holdout_scores"] = correlations(complete(holdout))
+        out["holdout_spec_rule"] = rule_summary(
+            holdout, [decide(r["rho"], r["e_tau"], (r["conf"], r["nmi"]), spec)[0] for r in holdout]
         )
-    t_s = np.array([r["t_screen"] for r in rows])
-    t_e = np.array([r["t_epoch"] for r in rows])
+    every = rows + (holdout or [])
+    t_s = np.array([r["t_screen"] for r in every])
+    t_e = np.array([r["t_epoch"] for r in every])
     out["speed"] = {
         "screen_s_median": float(np.median(t_s)),
         "epoch_s_median": float(np.median(t_e)),
@@ -294,23 +318,56 @@ def analyze(rows: list[dict]) -> dict:
 
 
 def markdown(res: dict) -> str:
+    def table(scores: dict) -> list[str]:
+        lines = [
+            "| score | Spearman | Kendall | Spearman w/o random source | AUROC(failed) |",
+            "|---|---|---|---|---|",
+        ]
+        for name, m in scores.items():
+            lines.append(
+                f"| {name} | {m['spearman']:.3f} | {m['kendall']:.3f} | "
+                f"{m['spearman_without_random_source']:.3f} | {m['auroc_failed']:.3f} |"
+            )
+        return lines
+
     lines = [
-        f"Cells: {res['cells']}, failed (normalised accuracy < {res['failed_below']}): {res['failed']}",
-        "",
-        "| score | Spearman | Kendall | Spearman w/o random source | AUROC(failed) |",
-        "|---|---|---|---|---|",
+        f"Calibration grid: {res['cells']} cells, failed (normalised accuracy < {res['failed_below']}): "
     ]
-    for name, m in res["scores"].items():
-        lines.append(
-            f"| {name} | {m['spearman']:.3f} | {m['kendall']:.3f} | {m['spearman_without_random_source']:.3f} "
-            f"| {m['auroc_failed']:.3f} |"
+    lines[0] += f"{res['failed']}", ""
+    lines += table(res["scores"])
+    if "holdout_scores" in res:
+        lines += ["", f"Held-out seed ({res['holdout_cells']} cells, not used for any choice):", ""]
+        lines += table(res["holdout_scores"])
+    lines += [
+        "",
+        "| decision rule | AUROC of FAIL | PASS/WARN/FAIL | PASS on random labels |",
+        "|---|---|---|---|",
+    ]
+
+    def row(name: str, r: dict) -> str:
+        d = r["decisions"]
+        return (
+            f"| {name} | {r['auroc_fail']:.3f} | {d['PASS']}/{d['WARN']}/{d['FAIL']} | "
+            f"{r['pass_on_random_labels']}/{r['random_label_cells']} |"
         )
+
+    lines.append(row("spec rule (rho/E/guard), calibration grid", res["spec_rule"]))
+    if "holdout_spec_rule" in res:
+        lines.append(row("spec rule, held-out seed", res["holdout_spec_rule"]))
+    for key in ("ntk_score", "flm0_norm", "probe_norm"):
+        r = res[f"rule_{key}"]
+        lines.append(row(f"{key} < t, leave-one-seed-out t", r["leave_one_seed_out"]))
+        if "holdout" in r:
+            lines.append(
+                row(f"{key} < {r['t_fail_all_cells']:.3f} (fitted on grid), held-out seed", r["holdout"])
+            )
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0)
     p.add_argument(
         "--sources", nargs="+", default=["random", "few_steps", "trained", "wide", "deep", "mlp", "shuffled"]
     )
@@ -322,13 +379,17 @@ def main() -> None:
     p.add_argument("--n", type=int, default=512)
     p.add_argument("--out", default=str(RESULTS / "ntk_screening.json"))
     p.add_argument("--analyze", default=None, help="only analyse an existing results JSON")
+    p.add_argument("--holdout", default=None, help="results JSON of held-out seeds (with --analyze)")
     args = p.parse_args()
     torch.set_num_threads(1)
+    holdout = None
     if args.analyze:
         rows = json.loads(Path(args.analyze).read_text())["rows"]
+        if args.holdout:
+            holdout = json.loads(Path(args.holdout).read_text())["rows"]
     else:
         rows = run_grid(args)
-    res = analyze(rows)
+    res = analyze(rows, holdout)
     print(markdown(res))
     print(json.dumps({k: v for k, v in res.items() if k != "scores"}, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -57,15 +57,20 @@ __all__ = [
 class ScreeningThresholds:
     """Decision thresholds; a rule set to ``None`` is off. Defaults calibrated on the digits benchmark.
 
-    FAIL if ``ntk_accuracy_norm < ntk_accuracy_fail``, ``rho >= rho_fail``, ``confidence <
-    min_confidence`` (a multiple of the uniform level ``1/K_s``) or ``nmi < min_nmi``; WARN if
-    ``ntk_accuracy_norm < ntk_accuracy_warn``, ``rho >= rho_warn`` or ``E(tau) < e_warn``; else PASS.
+    The primary score is ``ntk_score = ntk_accuracy_norm * gate``: the cross-fitted NTK-predicted
+    accuracy (0 = chance, 1 = perfect) times the source gate ``clip((confidence - 1) /
+    (gate_confidence - 1), 0, 1)`` (the source's mean max-softmax in units of the uniform level
+    ``1/K_s``: a near-uniform source has nothing to offer, claim 2 of Chung et al.).
+    FAIL if ``ntk_score < ntk_accuracy_fail``, ``rho >= rho_fail``, ``confidence < min_confidence`` or
+    ``nmi < min_nmi``; WARN if ``ntk_score < ntk_accuracy_warn``, ``rho >= rho_warn`` or
+    ``E(tau) < e_warn``; else PASS.
     :meth:`spec` gives the specification's initial rho/E/guard rule, which the benchmark found
     unreliable (``docs/ntk_screening.md``).
     """
 
     ntk_accuracy_fail: float | None = 0.25
     ntk_accuracy_warn: float | None = 0.45
+    gate_confidence: float = 1.5
     rho_fail: float | None = None
     rho_warn: float | None = None
     e_warn: float | None = None
@@ -97,6 +102,8 @@ class ScreeningScores:
     exact_spectrum: bool = False
     ntk_accuracy: float = float("nan")
     ntk_accuracy_norm: float = float("nan")
+    source_gate: float = 1.0
+    ntk_score: float = float("nan")
     guard_confidence: float | None = None
     guard_nmi: float | None = None
     decision: str = "PASS"
@@ -158,7 +165,7 @@ def source_guard(source_logits: Tensor, y: Tensor, num_classes: int) -> tuple[fl
     """
     k_s = source_logits.shape[1]
     conf = float(source_logits.double().softmax(-1).max(-1).values.mean()) * k_s
-    top1 = source_logits.argmax(-1)
+    top1, y = source_logits.argmax(-1).cpu(), y.cpu()
     counts = torch.zeros(k_s, num_classes, dtype=torch.float64)
     counts.index_put_((top1, y), torch.ones(len(y), dtype=torch.float64), accumulate=True)
     p = counts / counts.sum()
@@ -273,12 +280,14 @@ def _crossfit_accuracy(
         if feats is not None:  # push-through: Phi_B (Phi_A^T Phi_A + mu I)^-1 Phi_A^T r
             fa, fb = feats[ra], feats[rb]
             mu = eps * float((fa * fa).sum()) / len(ra)
-            gram = fa.T @ fa + mu * torch.eye(fa.shape[1], dtype=fa.dtype)
+            gram = fa.T @ fa + mu * torch.eye(fa.shape[1], dtype=fa.dtype, device=fa.device)
             delta = fb @ torch.linalg.solve(gram, fa.T @ rhs)
         else:
             kaa = kd[ra][:, ra]
             mu = eps * float(torch.diagonal(kaa).mean())
-            delta = kd[rb][:, ra] @ torch.linalg.solve(kaa + mu * torch.eye(len(ra), dtype=kd.dtype), rhs)
+            delta = kd[rb][:, ra] @ torch.linalg.solve(
+                kaa + mu * torch.eye(len(ra), dtype=kd.dtype, device=kd.device), rhs
+            )
         pred = p0[b] + delta.reshape(len(b), c)
         correct += int((pred.argmax(-1) == y[b]).sum())
     return correct / n
@@ -378,7 +387,7 @@ def screening_scores(
         proj = vecs.T @ b
         sol = vecs @ (proj / (vals + mu)[:, None]) + (b - vecs @ proj) / mu
     elif feats is None:
-        chol = torch.linalg.cholesky(kd + mu * torch.eye(dim, dtype=kd.dtype))
+        chol = torch.linalg.cholesky(kd + mu * torch.eye(dim, dtype=kd.dtype, device=kd.device))
         sol = torch.cholesky_solve(b, chol)
     else:
         lam_k = float(vals[-1]) if len(vals) else 0.0
@@ -406,11 +415,13 @@ def screening_scores(
     residual = float(r0.pow(2).sum()) / (n * (1 - 1 / c))
     ntk_acc = _crossfit_accuracy(kd, feats, logits.double(), y, c, eps, pseudo, seed)
 
-    guard = None
+    guard, gate = None, 1.0
     if source_logits is not None:
         conf, nmi, _ = source_guard(source_logits, y, c)
         guard = (conf, nmi)
-    decision, reasons = decide(rho, e_tau, guard, thresholds, (ntk_acc - 1 / c) / (1 - 1 / c))
+        gate = min(1.0, max(0.0, (conf - 1.0) / (thresholds.gate_confidence - 1.0)))
+    ntk_norm = (ntk_acc - 1 / c) / (1 - 1 / c)
+    decision, reasons = decide(rho, e_tau, guard, thresholds, ntk_norm * gate)
     return ScreeningScores(
         rho=rho,
         q_true=q[0],
@@ -425,7 +436,9 @@ def screening_scores(
         residual=residual,
         predicted_residual=residual * (1 - e_tau),
         ntk_accuracy=ntk_acc,
-        ntk_accuracy_norm=(ntk_acc - 1 / c) / (1 - 1 / c),
+        ntk_accuracy_norm=ntk_norm,
+        source_gate=gate,
+        ntk_score=ntk_norm * gate,
         exact_spectrum=bool(exact),
         guard_confidence=None if guard is None else guard[0],
         guard_nmi=None if guard is None else guard[1],

@@ -185,3 +185,18 @@ def test_argument_errors() -> None:
         screening_scores(torch.ones(4, 2, 3), torch.zeros(4, 2), torch.zeros(5).long())
     with pytest.raises(ValueError, match="kernel is zero"):
         screening_scores(torch.zeros(4, 2, 3), torch.zeros(4, 2), torch.zeros(4).long())
+
+
+def test_source_gate_scales_the_ntk_accuracy() -> None:
+    phi, logits = cnn_features(30, 3, seed=5)
+    y = torch.arange(30) % 3
+    plain = screening_scores(phi, logits, y)
+    assert plain.source_gate == 1.0 and plain.ntk_score == plain.ntk_accuracy_norm
+    uniform = screening_scores(phi, logits, y, source_logits=torch.zeros(30, 10))
+    assert uniform.source_gate == 0.0 and uniform.ntk_score == 0.0 and uniform.decision == "FAIL"
+    # confidence 1.25x uniform -> gate (1.25 - 1) / (1.5 - 1) = 0.5
+    p = torch.full((30, 10), 0.875 / 9)
+    p[:, 0] = 0.125
+    half = screening_scores(phi, logits, y, source_logits=p.log())
+    assert half.source_gate == pytest.approx(0.5)
+    assert half.ntk_score == pytest.approx(0.5 * half.ntk_accuracy_norm)
