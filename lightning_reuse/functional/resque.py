@@ -97,7 +97,18 @@ def pool_features(output: Tensor, pooling: Pooling = "default") -> Tensor:
     )
 
 
-def _check_inputs(features: Tensor, labels: Tensor | None, name: str = "features") -> None:
+def _raise_not_finite(features: Tensor, name: str) -> None:
+    bad = int((~torch.isfinite(features)).any(1).sum())
+    raise ValueError(
+        f"`{name}` contains NaN or inf in {bad} of {features.shape[0]} samples. HINT: check the inputs "
+        "and the layer (e.g. overflow in half precision); RESQUE needs finite features."
+    )
+
+
+def _check_inputs(
+    features: Tensor, labels: Tensor | None, name: str = "features", check_finite: bool = True
+) -> tuple[int, int]:
+    """Validate a batch; return the smallest and largest label."""
     if labels is None:
         raise ValueError(
             f"RESQUE groups `{name}` by class, but no labels were given. HINT: pass the class labels "
@@ -116,30 +127,31 @@ def _check_inputs(features: Tensor, labels: Tensor | None, name: str = "features
         raise ValueError(f"labels of `{name}` must be a [N={features.shape[0]}] tensor, got {shape}.")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
         raise TypeError(f"labels of `{name}` must be integer class indices, got dtype {labels.dtype}.")
-    if int(labels.min()) < 0:
-        raise ValueError(f"labels of `{name}` must be >= 0, got minimum {int(labels.min())}.")
-    if not bool(torch.isfinite(features).all()):
-        bad = int((~torch.isfinite(features)).any(1).sum())
-        raise ValueError(
-            f"`{name}` contains NaN or inf in {bad} of {features.shape[0]} samples. HINT: check the inputs "
-            "and the layer (e.g. overflow in half precision); RESQUE needs finite features."
-        )
+    low, high = (int(v) for v in torch.aminmax(labels))
+    if low < 0:
+        raise ValueError(f"labels of `{name}` must be >= 0, got minimum {low}.")
+    if check_finite and not bool(torch.isfinite(features).all()):
+        _raise_not_finite(features, name)
+    return low, high
 
 
 def _resque_dist_update(
     features: Tensor, labels: Tensor | None, num_classes: int, name: str = "features"
 ) -> tuple[Tensor, Tensor]:
     """Per-class float64 feature sums ``[K, D]`` and sample counts ``[K]`` of one batch."""
-    _check_inputs(features, labels, name)
-    if int(labels.max()) >= num_classes:
+    _, high = _check_inputs(features, labels, name, check_finite=False)
+    if high >= num_classes:
         raise ValueError(
-            f"label {int(labels.max())} is out of range for num_classes={num_classes}. "
+            f"label {high} is out of range for num_classes={num_classes}. "
             "HINT: raise `num_classes` or remap the labels to [0, num_classes)."
         )
     feats = features.detach().to(torch.float64)
+    labels = labels.to(feats.device)
     sums = torch.zeros(num_classes, feats.shape[1], dtype=torch.float64, device=feats.device)
-    sums.index_add_(0, labels.to(feats.device), feats)
-    counts = torch.bincount(labels.to(feats.device), minlength=num_classes).to(torch.float64)
+    sums.index_add_(0, labels, feats)
+    if not bool(torch.isfinite(sums).all()):  # NaN / inf propagate into the sums: one check on [K, D]
+        _raise_not_finite(features, name)
+    counts = torch.bincount(labels, minlength=num_classes).to(torch.float64)
     return sums, counts
 
 

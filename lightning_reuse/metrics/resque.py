@@ -83,20 +83,19 @@ class RESQUEDist(Metric):
 
     def update(self, features: Tensor, labels: Tensor | None = None, shifted: bool = False) -> None:
         """Add a batch of ``features [B, D]`` with class ``labels [B]`` to the original or shifted side."""
-        name = "shifted features" if shifted else "features"
-        sums, counts = _resque_dist_update(features, labels, self.num_classes, name)
-        prefix = "shifted_" if shifted else ""
-        current = getattr(self, f"{prefix}sums")
-        if current.shape[1] == 0:  # width inferred from the first batch
+        sums, counts = _resque_dist_update(
+            features, labels, self.num_classes, "shifted features" if shifted else "features"
+        )
+        if self.sums.shape[1] == 0:  # width inferred from the first batch
             self.sums = torch.zeros_like(sums)
             self.shifted_sums = torch.zeros_like(sums)
-            current = getattr(self, f"{prefix}sums")
+        current = self.shifted_sums if shifted else self.sums
         if current.shape[1] != sums.shape[1]:
             raise ValueError(
                 f"feature width changed from {current.shape[1]} to {sums.shape[1]} between batches."
             )
-        setattr(self, f"{prefix}sums", current + sums.to(current.device))
-        setattr(self, f"{prefix}counts", getattr(self, f"{prefix}counts") + counts.to(current.device))
+        current += sums
+        (self.shifted_counts if shifted else self.counts).add_(counts)
 
     def compute(self) -> Tensor | tuple[Tensor, Tensor]:
         """The score in [0, 1] (float64), or ``(score, per_class)``."""
@@ -167,15 +166,15 @@ class RESQUETask(Metric):
 
     def update(self, features: Tensor, labels: Tensor | None = None) -> None:
         """Add a batch of new-task ``features [B, D]`` with their new-task ``labels [B]``."""
-        _check_inputs(features, labels)
+        _, high = _check_inputs(features, labels)
         feats = features.detach().to(torch.float64)
         if self.reservoir_size is None:
             self.features.append(feats)
             self.labels.append(labels.detach().to(feats.device))
             return
-        if int(labels.max()) >= self.num_classes:
+        if high >= self.num_classes:
             raise ValueError(
-                f"label {int(labels.max())} is out of range for num_classes={self.num_classes}. "
+                f"label {high} is out of range for num_classes={self.num_classes}. "
                 "HINT: raise `num_classes` or remap the labels to [0, num_classes)."
             )
         if self.res_features.shape[1] == 0:
