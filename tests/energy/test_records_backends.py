@@ -106,7 +106,7 @@ def test_nvml_backend_converts_millijoules(monkeypatch: pytest.MonkeyPatch) -> N
         nvmlDeviceGetTotalEnergyConsumption=lambda h: counters[h],
     )
     monkeypatch.setitem(sys.modules, "pynvml", fake)
-    backend = NVMLBackend(carbon_intensity_g_per_kwh=1000.0, cpu_w=None)
+    backend = NVMLBackend(carbon_intensity_g_per_kwh=1000.0, cpu_w=None, min_interval_s=0.0)
     backend.start()
     counters[0] += 3_600_000  # 3.6 kJ = 1 Wh
     counters[1] += 7_200_000
@@ -116,3 +116,27 @@ def test_nvml_backend_converts_millijoules(monkeypatch: pytest.MonkeyPatch) -> N
     assert r.method == {"gpu": "NVML", "cpu": "not measured", "ram": "not measured"}
     fake.nvmlDeviceGetTotalEnergyConsumption = lambda h: (_ for _ in ()).throw(RuntimeError("gone"))
     assert backend.read() is None and backend.status.startswith("failed: RuntimeError")
+
+
+def test_nvml_reads_closer_than_min_interval_share_one_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def counter(handle):
+        calls.append(handle)
+        return 3_600_000 * len(calls)
+
+    fake = _FakeNVML(
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetCount=lambda: 1,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetTotalEnergyConsumption=counter,
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    backend = NVMLBackend(min_interval_s=3600.0)
+    backend.start()  # 1 counter read
+    first = backend.read()  # 2
+    assert backend.read() is first and len(calls) == 2  # cached: no NVML call
+    assert backend.stop().gpu_wh == pytest.approx(2.0) and len(calls) == 3  # stop always reads
+    with pytest.raises(ValueError, match="min_interval_s"):
+        NVMLBackend(min_interval_s=-1.0)
