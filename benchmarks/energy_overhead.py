@@ -109,8 +109,8 @@ def energy_backend(device: str) -> EnergyBackend:
         return NVMLBackend(country_iso_code=None)
     from lightning_reuse.energy.codecarbon_backend import CodeCarbonBackend
 
-    # process mode: the machine is shared, so only this process's CPU load is attributed to the fit
-    return CodeCarbonBackend(country_iso_code="USA", measure_power_secs=1.0, tracking_mode="process")
+    # The defaults (machine mode): a process-mode read walks /proc and cost ~19 ms here, vs ~0.7 ms.
+    return CodeCarbonBackend(country_iso_code="USA", measure_power_secs=1.0, tracking_mode="machine")
 
 
 _EPOCH_HOOKS = (
@@ -314,7 +314,7 @@ def main() -> None:
 
 def render(result: dict) -> str:
     o, p = result["overhead"], result["prediction"]
-    backend = "NVML counter" if result["device"] == "cuda" else "codecarbon offline (process mode)"
+    backend = "NVML counter" if result["device"] == "cuda" else "codecarbon offline, machine mode"
     lines = [
         f"## EnergyMonitor overhead and prediction ({result['hardware']}, workload: {result['workload']})",
         "",

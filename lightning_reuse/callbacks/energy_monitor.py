@@ -124,6 +124,7 @@ class EnergyMonitor(Callback):
         self.status = "idle"
         self._offset = EnergyRecord()
         self._final: EnergyRecord | None = None
+        self._stage: str | None = None
         self._reset_fit_state()
         self._fit_done = False
 
@@ -192,7 +193,12 @@ class EnergyMonitor(Callback):
         """The fit so far (live while fitting, final and summed over ranks after it)."""
         if self._final is not None:
             return self._final
-        if self.meter is not None and self.meter.running and self._fit_start is not None:
+        if (
+            self._stage == "fit"
+            and self.meter is not None
+            and self.meter.running
+            and self._fit_start is not None
+        ):
             return self._offset + (self.meter.read() - self._fit_start)
         return self._offset + EnergyRecord()
 
@@ -221,6 +227,7 @@ class EnergyMonitor(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         measuring = self.ddp_mode == "process" or trainer.local_rank == 0
+        self._stage = stage
         if stage == "fit":
             if self._fit_done:  # a new fit with the same monitor: start from zero
                 self.epochs, self.predictions = [], []
