@@ -45,9 +45,16 @@ class ModelStitching(pl.LightningModule):
     """Sender up to ``sender_layer`` -> trainable stitch -> receiver from ``receiver_layer``; only the stitch trains.
 
     Args:
-        sender, sender_layer, receiver, receiver_layer, stitch, example_input, receiver_input_shape, adapter:
-            as in :class:`lightning_reuse.nn.stitched.StitchedModel` (both halves are frozen and kept in
-            eval mode, also across Lightning's ``train()``/``eval()`` switches).
+        sender: the frozen model whose layers up to ``sender_layer`` are reused (kept in eval mode, also
+            across Lightning's ``train()``/``eval()`` switches).
+        sender_layer: name of the sender layer whose output is sent (a block output).
+        receiver: the frozen model whose layers after ``receiver_layer`` are reused (kept in eval mode).
+        receiver_layer: name of the receiver layer whose output the stitch replaces.
+        stitch: an ``nn.Module``, ``"auto"`` (choose from the traced shapes) or a stitch kind.
+        example_input: one batch to trace the shapes of both layers.
+        receiver_input_shape: per-sample input shape of the receiver (default: the sender's).
+        adapter: ``"hernandez"`` (learned shape adapters) or ``"pooled"`` (pooling + channel-only stitch).
+        input_shape: per-sample sender input shape, to trace shapes on zeros when no ``example_input``.
         optimizer: ``"adam"`` (Bansal et al.: Adam, cosine) or ``"sgd"`` (Hernandez et al.: SGD with
             momentum 0.9, linear warm-up then cosine).
         lr: learning rate (Bansal 1e-3, Hernandez 1e-2).
@@ -71,6 +78,7 @@ class ModelStitching(pl.LightningModule):
         warmup_fraction: float = 0.0,
         schedule: Literal["cosine", "constant"] = "cosine",
         adapter: Literal["hernandez", "pooled"] = "hernandez",
+        input_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if optimizer not in ("adam", "sgd"):
@@ -93,6 +101,7 @@ class ModelStitching(pl.LightningModule):
             example_input=example_input,
             receiver_input_shape=receiver_input_shape,
             adapter=adapter,
+            input_shape=input_shape,
         )
         if not any(p.requires_grad for p in self.model.stitch.parameters()):
             raise ValueError(

@@ -187,6 +187,8 @@ class StitchedModel(nn.Module):
             the receiver runs on zeros of this shape with the cut layer's output replaced.
         adapter: ``"hernandez"`` or ``"pooled"`` (see :func:`lightning_reuse.nn.stitch.make_stitch`), used
             when the stitch is built from shapes.
+        input_shape: per-sample input shape of the sender; without ``example_input``, shapes are traced
+            on a zero batch of this shape (default: ``receiver_input_shape``).
     """
 
     def __init__(
@@ -199,6 +201,7 @@ class StitchedModel(nn.Module):
         example_input: Tensor | None = None,
         receiver_input_shape: Sequence[int] | None = None,
         adapter: Literal["hernandez", "pooled"] = "hernandez",
+        input_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         get_layer(sender, sender_layer), get_layer(receiver, receiver_layer)  # fail early on a bad name
@@ -210,6 +213,8 @@ class StitchedModel(nn.Module):
             half.eval()
         self.sender_shape: tuple[int, ...] | None = None
         self.receiver_shape: tuple[int, ...] | None = None
+        if example_input is None and (input_shape or receiver_input_shape) is not None:
+            example_input = torch.zeros(2, *(input_shape or receiver_input_shape))  # type: ignore[misc]
         if example_input is not None:
             with torch.no_grad():
                 self.sender_shape = tuple(layer_output(sender, sender_layer, example_input).shape[1:])
@@ -223,7 +228,8 @@ class StitchedModel(nn.Module):
             if self.sender_shape is None or self.receiver_shape is None:
                 raise ValueError(
                     f"`stitch={stitch!r}` builds the stitch from traced shapes, so `example_input` is "
-                    "required. HINT: pass one batch as `example_input=x[:8]`, or pass an nn.Module."
+                    "required. HINT: pass one batch as `example_input=x[:8]` (or `input_shape=(1, 8, 8)`), or "
+                    "pass an nn.Module."
                 )
             stitch = make_stitch(self.sender_shape, self.receiver_shape, kind=stitch, adapter=adapter)  # type: ignore[arg-type]
         self.stitch = stitch

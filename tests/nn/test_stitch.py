@@ -205,6 +205,8 @@ def test_wrong_layer_name_lists_valid_names(trained: SmallCNN) -> None:
         StitchedModel(trained, "block1", trained, "layer9", stitch=nn.Identity())
 
 
-def test_auto_stitch_needs_an_example_input(trained: SmallCNN) -> None:
+def test_auto_stitch_needs_an_example_input_or_shape(trained: SmallCNN) -> None:
     with pytest.raises(ValueError, match="example_input"):
         StitchedModel(trained, "block1", trained, "block2")
+    by_shape = StitchedModel(trained, "block1", trained, "head", input_shape=(1, 8, 8))  # traced on zeros
+    assert isinstance(by_shape.stitch, FlattenLinearStitch) and by_shape.receiver_shape == (10,)
