@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
@@ -92,3 +93,30 @@ class DigitsDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
+
+
+class DigitsLoader(DataLoader):
+    """A ``DataLoader`` over one split of :class:`DigitsDataModule` (for callbacks configured from YAML).
+
+    Example:
+        >>> loader = DigitsLoader(shift="blur", level=1.0, split="val", batch_size=100)
+        >>> len(loader.dataset)
+        359
+    """
+
+    def __init__(
+        self,
+        shift: str = "none",
+        level: float = 0.0,
+        split: Literal["train", "val", "test"] = "train",
+        batch_size: int = 64,
+        seed: int = 0,
+        train_limit: int | None = None,
+    ) -> None:
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"`split` must be 'train', 'val' or 'test', got {split!r}.")
+        dm = DigitsDataModule(
+            shift=shift, level=level, batch_size=batch_size, seed=seed, train_limit=train_limit
+        )
+        dm.setup("fit")
+        super().__init__(getattr(dm, f"{split}_set"), batch_size=batch_size, shuffle=False)

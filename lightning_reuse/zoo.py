@@ -88,8 +88,12 @@ class PretrainedSmallCNN(SmallCNN):
     ``model: {class_path: lightning_reuse.zoo.PretrainedSmallCNN, init_args: {width: 32}}``.
     """
 
-    def __init__(self, width: int = 32, depth: int = 2, epochs: int = 30, seed: int = 0) -> None:
+    def __init__(
+        self, width: int = 32, depth: int = 2, epochs: int = 30, seed: int = 0, frozen: bool = False
+    ) -> None:
         super().__init__(num_classes=10, width=width, depth=depth)
         trained = pretrained_small_cnn(width=width, depth=depth, epochs=epochs, seed=seed)
         self.load_state_dict(trained.state_dict())
         self.eval()
+        if frozen:  # e.g. the base of additive fine-tuning
+            self.requires_grad_(False)

@@ -30,7 +30,9 @@ class ImageClassifier(pl.LightningModule):
         trainable: ``"all"`` (full fine-tuning), ``"head"`` (linear probe: everything else frozen and kept in
             eval mode), ``"scratch"`` (all parameters re-initialised first: the from-scratch reference).
         lr: learning rate of the default Adam optimizer.
-        optimizer: optional factory ``params -> optimizer`` (e.g. an FTP wrapper) instead of Adam.
+        optimizer: optional factory ``params -> optimizer`` instead of Adam; it receives the trainable
+            ``(name, parameter)`` pairs of ``model``, so ``FTPAdamW(params, lr=1e-3, exclude="head")`` works
+            (in YAML: ``optimizer: {class_path: lightning_reuse.optim.ftp_presets.FTPAdamW, init_args: ...}``).
         head_name: attribute name of the classification head.
         num_classes: output classes (for the accuracy metrics); read from the head when omitted.
     """
@@ -110,7 +112,8 @@ class ImageClassifier(pl.LightningModule):
         self.log("test_acc", self.test_acc, on_epoch=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        # named parameters (relative to ``model``): name rules such as FTP's ``exclude="head"`` resolve
+        params = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
         if self.optimizer_factory is not None:
             return self.optimizer_factory(params)
         return torch.optim.Adam(params, lr=self.lr)

@@ -40,6 +40,8 @@ os.environ.update(
         "WANDB_CONFIG_DIR": str(_SESSION_DIR / "wandb_config"),
         "WANDB_DATA_DIR": str(_SESSION_DIR / "wandb_data"),
         "HF_HUB_OFFLINE": "1",
+        # pre-trained digits sources are trained once per test session, not once per test
+        "LIGHTNING_REUSE_CACHE": str(_SESSION_DIR / "model_cache"),
         "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0"),
     }
 )
