@@ -71,7 +71,8 @@ class EnergyRecord:
             return NotImplemented
         values = {k: getattr(self, k) + sign * getattr(other, k) for k in _NUMERIC}
         status = self.status if self.status != "ok" else other.status
-        return EnergyRecord(**values, method={**other.method, **self.method}, status=status, pue=self.pue)
+        pue = max(self.pue, other.pue)  # a zero record (PUE 1) must not mask the measured one's PUE
+        return EnergyRecord(**values, method={**other.method, **self.method}, status=status, pue=pue)
 
     def __add__(self, other: EnergyRecord) -> EnergyRecord:
         return self._combine(other, 1.0)

@@ -298,3 +298,29 @@ with open(f"rank{trainer.global_rank}.json", "w") as fh:
         rows = list(csv.DictReader(open(next((result.workdir / mode).rglob("metrics.csv")))))
         assert len(_column(rows, "energy/total_wh")) == 1  # logged once, by rank 0
         assert len(_column(rows, "energy/epoch_wh")) == 2
+
+
+def test_lightning_cli_class_path(tmp_path: Path) -> None:
+    from lightning.pytorch.cli import LightningCLI
+
+    cli = LightningCLI(
+        BoringModel,
+        run=False,
+        save_config_callback=None,
+        args=[
+            "--trainer.callbacks+=lightning_reuse.callbacks.EnergyMonitor",
+            "--trainer.callbacks.backend=simulated",
+            "--trainer.callbacks.country_iso_code=FRA",
+            "--trainer.callbacks.pue=1.2",
+            "--trainer.logger=false",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
+    )
+    monitors = [cb for cb in cli.trainer.callbacks if isinstance(cb, EnergyMonitor)]
+    assert len(monitors) == 1 and monitors[0].country_iso_code == "FRA" and monitors[0].pue == 1.2
+    cli.trainer.fit(cli.model)
+    assert monitors[0].total.energy_wh > 0 and monitors[0].total.pue == 1.2
