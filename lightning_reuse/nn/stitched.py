@@ -218,7 +218,7 @@ class StitchedModel(nn.Module):
         if example_input is not None:
             with torch.no_grad():
                 self.sender_shape = tuple(layer_output(sender, sender_layer, example_input).shape[1:])
-                r_in = example_input if receiver_input_shape is None else self._dummy(len(example_input))
+                r_in = self._receiver_dummy(example_input) if receiver_input_shape else example_input
                 self.receiver_shape = tuple(layer_output(receiver, receiver_layer, r_in).shape[1:])
         if isinstance(stitch, str):
             if stitch != "auto" and stitch not in STITCH_KINDS:
@@ -228,18 +228,18 @@ class StitchedModel(nn.Module):
             if self.sender_shape is None or self.receiver_shape is None:
                 raise ValueError(
                     f"`stitch={stitch!r}` builds the stitch from traced shapes, so `example_input` is "
-                    "required. HINT: pass one batch as `example_input=x[:8]` (or `input_shape=(1, 8, 8)`), or "
-                    "pass an nn.Module."
+                    "required. HINT: pass one batch as `example_input=x[:8]` (or "
+                    "`input_shape=(1, 8, 8)`), or pass an nn.Module."
                 )
-            stitch = make_stitch(self.sender_shape, self.receiver_shape, kind=stitch, adapter=adapter)  # type: ignore[arg-type]
+            kind = stitch
+            stitch = make_stitch(self.sender_shape, self.receiver_shape, kind=kind, adapter=adapter)  # type: ignore[arg-type]
         self.stitch = stitch
 
-    def _dummy(self, n: int, like: Tensor | None = None) -> Tensor:
-        shape = self.receiver_input_shape
-        kwargs: dict[str, Any] = {} if like is None else {"device": like.device}
-        if shape is None:
-            raise RuntimeError("no receiver input shape")  # pragma: no cover - guarded by callers
-        return torch.zeros(n, *shape, **kwargs)
+    def _receiver_dummy(self, x: Tensor) -> Tensor:
+        """Zeros of the receiver's input shape for a batch like ``x`` (the receiver's prefix runs on it)."""
+        if self.receiver_input_shape is None:
+            return torch.zeros_like(x)
+        return torch.zeros(len(x), *self.receiver_input_shape, dtype=x.dtype, device=x.device)
 
     def train(self, mode: bool = True) -> StitchedModel:
         """Set the stitch's mode; sender and receiver always stay in eval mode."""
@@ -254,7 +254,10 @@ class StitchedModel(nn.Module):
             return layer_output(self.sender, self.sender_layer, x)
 
     def receiver_features(self, x: Tensor) -> Tensor:
-        """The receiver's own representation at ``receiver_layer`` for input ``x`` (for the controls)."""
+        """The receiver's own representation at ``receiver_layer`` for input ``x`` (for the controls).
+
+        ``x`` must be a valid receiver input (the controls compare both models on the same inputs).
+        """
         with torch.no_grad():
             return layer_output(self.receiver, self.receiver_layer, x)
 
@@ -264,8 +267,9 @@ class StitchedModel(nn.Module):
 
     def receiver_from(self, activation: Tensor, x: Tensor) -> Tensor:
         """Run the receiver from ``receiver_layer`` on, with ``activation`` in place of that layer's output."""
-        dummy = torch.zeros_like(x) if self.receiver_input_shape is None else self._dummy(len(x), x)
-        out = run_with_replaced_output(self.receiver, self.receiver_layer, dummy, activation)
+        out = run_with_replaced_output(
+            self.receiver, self.receiver_layer, self._receiver_dummy(x), activation
+        )
         return _first_tensor(out) if not isinstance(out, Tensor) else out  # type: ignore[return-value]
 
     def forward(self, x: Tensor) -> Tensor:
