@@ -155,3 +155,75 @@ def ftp_project_foreach(params: list[Tensor], states: list[State]) -> None:
     torch._foreach_mul_(c, inv_n)
     for s, d in zip(states, c):
         s["direction"] = d
+
+
+class FlatLayout:
+    """Segment lengths of a fixed list of tensors laid end to end (built once per set, kept on the device).
+
+    ``tensor_lengths[i]`` = numel of tensor i; ``rows[i]`` = its rows (dim 0, or 1 for 0-D/1-D);
+    ``row_lengths`` = the length of every row of every tensor, in order.
+    """
+
+    def __init__(self, tensors: list[Tensor], device: torch.device) -> None:
+        self.shapes = [t.shape for t in tensors]
+        self.sizes = [t.numel() for t in tensors]
+        self.rows = [t.shape[0] if t.dim() >= 2 else 1 for t in tensors]
+        self.numel, self.n_rows = sum(self.sizes), sum(self.rows)
+        row_lengths = [size // rows for size, rows in zip(self.sizes, self.rows) for _ in range(rows)]
+        self.tensor_lengths = torch.tensor(self.sizes, dtype=torch.long, device=device)
+        self.rows_per_tensor = torch.tensor(self.rows, dtype=torch.long, device=device)
+        self.row_lengths = torch.tensor(row_lengths, dtype=torch.long, device=device)
+
+    def cat(self, tensors: list[Tensor], dtype: torch.dtype) -> Tensor:
+        return torch.cat([t.reshape(-1) for t in tensors]).to(dtype)
+
+    def split(self, flat: Tensor) -> list[Tensor]:
+        return [x.view(shape) for x, shape in zip(flat.split(self.sizes), self.shapes)]
+
+
+def _segment(data: Tensor, reduce: str, lengths: Tensor) -> Tensor:
+    return torch.segment_reduce(data, reduce, lengths=lengths, unsafe=True)
+
+
+def ftp_radius_flat(
+    grads: list[Tensor], states: list[State], layout: FlatLayout, *, t: int, k: float, mu: float
+) -> None:
+    """:func:`ftp_radius_single` on the concatenation of all tensors: a fixed number of kernels."""
+    if not grads:
+        return
+    bc1, bc2 = _bias_corrections(t)
+    b1, b2 = RADIUS_BETAS
+    dtype = states[0]["anchor"].dtype
+    prod = layout.cat(grads, dtype).mul_(layout.cat([s["direction"] for s in states], dtype))
+    h = _segment(prod, "sum", layout.tensor_lengths)
+    if k != 1.0:
+        h = torch.where(h > 0, h * k, h)
+    m = torch.stack([s["exp_avg"] for s in states]).mul_(b1).add_(h, alpha=1 - b1)
+    v = torch.stack([s["exp_avg_sq"] for s in states]).mul_(b2).addcmul_(h, h, value=1 - b2)
+    gamma = torch.stack([s["gamma"] for s in states])
+    gamma.sub_(mu * (m / bc1) / (torch.sqrt(v / bc2) + RADIUS_EPS))
+    for key, value in (("exp_avg", m), ("exp_avg_sq", v), ("gamma", gamma)):
+        torch._foreach_copy_([s[key] for s in states], list(value.unbind(0)))
+
+
+def ftp_project_flat(params: list[Tensor], states: list[State], layout: FlatLayout) -> None:
+    """:func:`ftp_project_single` on the concatenation of all tensors (segment reductions for the rows)."""
+    if not params:
+        return
+    dtype = states[0]["anchor"].dtype
+    anchors = layout.cat([s["anchor"] for s in states], dtype)
+    c = layout.cat(params, dtype).sub_(anchors)
+    n = _segment(c.abs(), "sum", layout.row_lengths).add_(NORM_EPS)
+    max_n = _segment(n, "max", layout.rows_per_tensor)
+    gamma = torch.stack([s["gamma"] for s in states]).clamp_(min=GAMMA_MIN)
+    gamma = torch.minimum(gamma, max_n)
+    torch._foreach_copy_([s["gamma"] for s in states], list(gamma.unbind(0)))
+    inv_n = torch.reciprocal(n)
+    gamma_rows = torch.repeat_interleave(gamma, layout.rows_per_tensor, output_size=layout.n_rows)
+    scale = (gamma_rows * inv_n).clamp_(max=1.0)
+    scale_el = torch.repeat_interleave(scale, layout.row_lengths, output_size=layout.numel)
+    new = torch.addcmul(anchors, scale_el, c)
+    torch._foreach_copy_(params, layout.split(new))
+    inv_el = torch.repeat_interleave(inv_n, layout.row_lengths, output_size=layout.numel)
+    for s, d in zip(states, layout.split(c.mul_(inv_el))):
+        s["direction"] = d

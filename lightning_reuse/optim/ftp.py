@@ -68,7 +68,11 @@ class FTP(Optimizer):
         anchors: the pre-trained values: None (the values at construction), a module or a state_dict.
         model: where to read parameter names from when the base optimizer was not built from
             ``named_parameters()`` (names are needed for name rules and state_dict anchors).
-        foreach: use the multi-tensor path (default: yes, unless parameters are on several devices).
+        foreach: use a multi-tensor path (default: yes, unless parameters are on several devices);
+            ``False`` runs the readable one-tensor-at-a-time path.
+        flat: among multi-tensor paths, use the one that concatenates all tensors and reduces rows with
+            segment reductions: a fixed number of kernels whatever the number of tensors (default: on CUDA,
+            where launch overhead dominates; on CPU the per-tensor ``_foreach`` path is faster).
 
     Raises:
         TypeError: ``base_optimizer`` is not an optimizer.
@@ -85,6 +89,7 @@ class FTP(Optimizer):
         anchors: AnchorSpec = None,
         model: nn.Module | None = None,
         foreach: bool | None = None,
+        flat: bool | None = None,
     ) -> None:
         if not isinstance(base_optimizer, Optimizer):
             raise TypeError(
@@ -100,7 +105,8 @@ class FTP(Optimizer):
         if not mu > 0.0:
             raise ValueError(f"Invalid `mu`: expected a positive radius learning rate, got {mu}.")
         self.base_optimizer = base_optimizer
-        self.k, self.mu, self.foreach = float(k), float(mu), foreach
+        self.k, self.mu, self.foreach, self.flat = float(k), float(mu), foreach, flat
+        self._layouts: dict[tuple[int, ...], F.FlatLayout] = {}
         self._exclude, self._anchor_spec, self._model = exclude, anchors, model
         super().__init__(base_optimizer.param_groups, {})
         self.param_groups = base_optimizer.param_groups
@@ -167,18 +173,37 @@ class FTP(Optimizer):
                 s["gamma"].fill_(F.GAMMA_MIN)
                 s["exp_avg"].zero_()
                 s["exp_avg_sq"].zero_()
-        foreach = self._use_foreach(active)
-        radius = F.ftp_radius_foreach if foreach else F.ftp_radius_single
-        project = F.ftp_project_foreach if foreach else F.ftp_project_single
-        radius([p.grad for p, _ in warm], [s for _, s in warm], t=t, k=self.k, mu=self.mu)
+        impl = self._implementation(active, states)
+        warm_params, warm_states = [p for p, _ in warm], [s for _, s in warm]
+        if impl == "flat":
+            layout = self._layout(warm_params)
+            F.ftp_radius_flat([p.grad for p in warm_params], warm_states, layout, t=t, k=self.k, mu=self.mu)
+            self.base_optimizer.step()
+            F.ftp_project_flat(active, states, self._layout(active))
+            return loss
+        radius = F.ftp_radius_foreach if impl == "foreach" else F.ftp_radius_single
+        project = F.ftp_project_foreach if impl == "foreach" else F.ftp_project_single
+        radius([p.grad for p in warm_params], warm_states, t=t, k=self.k, mu=self.mu)
         self.base_optimizer.step()
         project(active, states)
         return loss
 
-    def _use_foreach(self, params: list[Tensor]) -> bool:
-        if self.foreach is not None:
-            return self.foreach
-        return len({p.device for p in params}) <= 1
+    def _implementation(self, params: list[Tensor], states: list[dict[str, Any]]) -> str:
+        one_device = len({p.device for p in params}) <= 1
+        if self.foreach is False or (self.foreach is None and not one_device):
+            return "single"
+        one_dtype = len({s["anchor"].dtype for s in states}) <= 1
+        flat = self.flat if self.flat is not None else bool(params) and params[0].device.type == "cuda"
+        return "flat" if flat and one_device and one_dtype else "foreach"
+
+    def _layout(self, params: list[Tensor]) -> F.FlatLayout:
+        key = tuple(id(p) for p in params)
+        if key not in self._layouts:
+            if len(self._layouts) >= 8:  # the set of parameters with gradients rarely changes
+                self._layouts.clear()
+            device = params[0].device if params else torch.device("cpu")
+            self._layouts[key] = F.FlatLayout(params, device)
+        return self._layouts[key]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base_optimizer.zero_grad(set_to_none=set_to_none)

@@ -68,14 +68,16 @@ def projected_params(model: Net) -> list[torch.Tensor]:
 
 
 # --- 1. golden ---------------------------------------------------------------------------------------
-GOLDEN = [(b, k, False) for b in ("sgd", "adam", "adamw") for k in (0.0, 0.3, 1.0)]
-GOLDEN += [("sgd", 0.0, True), ("adam", 0.3, True), ("adamw", 1.0, True)]
+IMPLS = {"single": {"foreach": False}, "foreach": {"foreach": True, "flat": False}, "flat": {"flat": True}}
+GOLDEN = [(b, k, "single") for b in ("sgd", "adam", "adamw") for k in (0.0, 0.3, 1.0)]
+GOLDEN += [("sgd", 0.0, "foreach"), ("adam", 0.3, "foreach"), ("adamw", 1.0, "foreach")]
+GOLDEN += [("sgd", 0.3, "flat"), ("adam", 1.0, "flat"), ("adamw", 0.0, "flat")]
 
 
-@pytest.mark.parametrize(("base", "k", "foreach"), GOLDEN)
-def test_matches_literal_reference_float64_200_steps(base: str, k: float, foreach: bool) -> None:
+@pytest.mark.parametrize(("base", "k", "impl"), GOLDEN)
+def test_matches_literal_reference_float64_200_steps(base: str, k: float, impl: str) -> None:
     ours, ref = make_net(), make_net()
-    opt = FTP(make_base(base, ours.named_parameters()), k=k, exclude="head", foreach=foreach)
+    opt = FTP(make_base(base, ours.named_parameters()), k=k, exclude="head", **IMPLS[impl])
     ref_opt = ReferenceFTP(make_base(base, ref.parameters()), projected_params(ref), k=k)
     data = batches(10)
     for step in range(200):
@@ -107,11 +109,11 @@ def test_first_step_snaps_projected_back_and_moves_excluded_like_base() -> None:
 
 
 # --- 3 and 4. invariant and bounds ------------------------------------------------------------------------
-@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
-def test_rows_stay_in_ball_and_gamma_is_bounded(foreach: bool) -> None:
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_rows_stay_in_ball_and_gamma_is_bounded(impl: str) -> None:
     model = make_net(torch.float32)
     base = torch.optim.SGD(model.named_parameters(), lr=0.2, momentum=0.9)
-    opt = FTP(base, exclude="head", foreach=foreach)
+    opt = FTP(base, exclude="head", **IMPLS[impl])
     unconstrained: dict = {}  # p' of the base step, captured before the projection
     base.register_step_post_hook(
         lambda *_: unconstrained.update({p: p.detach().clone() for p in projected_params(model)})
@@ -194,16 +196,20 @@ def test_k_matters_when_some_hypergradient_is_positive() -> None:
 
 
 # --- 6. resume -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("via_bytes", [False, True], ids=["in-memory", "torch.save-map_location-cpu"])
-def test_state_dict_resume_is_bit_identical(via_bytes: bool) -> None:
+@pytest.mark.parametrize(
+    ("via_bytes", "impl"),
+    [(False, "foreach"), (True, "foreach"), (True, "flat")],
+    ids=["in-memory", "saved", "saved-flat"],
+)
+def test_state_dict_resume_is_bit_identical(via_bytes: bool, impl: str) -> None:
     data = batches(30, torch.float32)
     ref = make_net(torch.float32)
-    ref_opt = FTP(torch.optim.AdamW(ref.named_parameters(), lr=1e-2), exclude="head", k=0.3)
+    ref_opt = FTP(torch.optim.AdamW(ref.named_parameters(), lr=1e-2), exclude="head", k=0.3, **IMPLS[impl])
     for batch in data:
         train_step(ref, ref_opt, batch)
 
     model = make_net(torch.float32)
-    opt = FTP(torch.optim.AdamW(model.named_parameters(), lr=1e-2), exclude="head", k=0.3)
+    opt = FTP(torch.optim.AdamW(model.named_parameters(), lr=1e-2), exclude="head", k=0.3, **IMPLS[impl])
     for batch in data[:12]:
         train_step(model, opt, batch)
     ckpt = {"model": model.state_dict(), "opt": opt.state_dict()}
@@ -215,7 +221,7 @@ def test_state_dict_resume_is_bit_identical(via_bytes: bool) -> None:
 
     resumed = make_net(torch.float32, seed=123)  # other init: everything must come from the checkpoint
     resumed.load_state_dict(ckpt["model"])
-    opt2 = FTP(torch.optim.AdamW(resumed.named_parameters(), lr=1e-2), exclude="head", k=0.3)
+    opt2 = FTP(torch.optim.AdamW(resumed.named_parameters(), lr=1e-2), exclude="head", k=0.3, **IMPLS[impl])
     opt2.load_state_dict(ckpt["opt"])
     assert opt2.ftp_step == 12
     for batch in data[12:]:
@@ -259,11 +265,12 @@ def test_parameter_without_grad_is_skipped_and_others_unaffected() -> None:
 
 
 # --- 9. foreach == single ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("impl", ["foreach", "flat"])
 @pytest.mark.parametrize("base", ["sgd", "adamw"])
-def test_foreach_path_matches_single_tensor_path_fp32(base: str) -> None:
+def test_multi_tensor_paths_match_single_tensor_path_fp32(base: str, impl: str) -> None:
     a, b = make_net(torch.float32), make_net(torch.float32)
     opt_a = FTP(make_base(base, a.named_parameters()), k=0.3, exclude="head", foreach=False)
-    opt_b = FTP(make_base(base, b.named_parameters()), k=0.3, exclude="head", foreach=True)
+    opt_b = FTP(make_base(base, b.named_parameters()), k=0.3, exclude="head", **IMPLS[impl])
     for batch in batches(100, torch.float32):
         train_step(a, opt_a, batch)
         train_step(b, opt_b, batch)
@@ -304,9 +311,10 @@ def test_anchors_from_pretrained_state_dict_and_missing_from() -> None:
         FTP(torch.optim.SGD(model.named_parameters(), lr=0.1), anchors=pre_sd)
 
 
-def test_bf16_parameters_keep_fp32_anchors_and_state() -> None:
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_bf16_parameters_keep_fp32_anchors_and_state(impl: str) -> None:
     model = make_net(torch.bfloat16)
-    opt = FTP(torch.optim.SGD(model.named_parameters(), lr=0.1), exclude="head")
+    opt = FTP(torch.optim.SGD(model.named_parameters(), lr=0.1), exclude="head", **IMPLS[impl])
     for batch in batches(3, torch.bfloat16):
         train_step(model, opt, batch)
     for p in projected_params(model):
