@@ -104,13 +104,12 @@ def make_data(workload: str, device: str) -> tuple[DataLoader, DataLoader, dict]
     return train, val, {"in_channels": 3, "width": 256, "depth": 4}
 
 
-def energy_backend(device: str) -> EnergyBackend:
+def energy_backend(device: str, tracking_mode: str = "machine") -> EnergyBackend:
     if device == "cuda":
         return NVMLBackend(country_iso_code=None)
     from lightning_reuse.energy.codecarbon_backend import CodeCarbonBackend
 
-    # The defaults (machine mode): a process-mode read walks /proc and cost ~19 ms here, vs ~0.7 ms.
-    return CodeCarbonBackend(country_iso_code="USA", measure_power_secs=1.0, tracking_mode="machine")
+    return CodeCarbonBackend(country_iso_code="USA", measure_power_secs=1.0, tracking_mode=tracking_mode)
 
 
 _EPOCH_HOOKS = (
@@ -141,7 +140,13 @@ def _time_hooks(monitor: Callback, acc: list[float]) -> None:
 
 
 def fit(
-    arm: str, device: str, workload: str, epochs: int, seed: int = 0, net: nn.Module | None = None
+    arm: str,
+    device: str,
+    workload: str,
+    epochs: int,
+    seed: int = 0,
+    net: nn.Module | None = None,
+    tracking_mode: str = "machine",
 ) -> dict:
     torch.manual_seed(seed)
     train, val, cfg = make_data(workload, device)
@@ -151,7 +156,7 @@ def fit(
     callbacks: list[Callback] = [start]
     monitor = None
     if arm == "monitor":
-        monitor = EnergyMonitor(backend=energy_backend(device))
+        monitor = EnergyMonitor(backend=energy_backend(device, tracking_mode))
     elif arm == "simulated":
         monitor = EnergyMonitor(backend=SimulatedBackend())
     hook_s = [0.0]
@@ -222,7 +227,10 @@ def overhead(device: str, workload: str, repeats: int, epochs: int) -> dict:
 def prediction(device: str, workload: str, runs: int, epochs: int = 10) -> dict:
     rows = []
     for r in range(runs):
-        res = fit("monitor", device, workload, epochs, seed=100 + r)
+        # Process mode: on a shared machine, machine mode would attribute other users' load to the fit,
+        # and no prediction can foresee that. (The overhead arms use the default machine mode: a
+        # process-mode read walks /proc and cost ~19 ms here, against ~0.7 ms.)
+        res = fit("monitor", device, workload, epochs, seed=100 + r, tracking_mode="process")
         total = res["total"]["energy_wh"]
         row = {
             "run": r,
@@ -342,7 +350,8 @@ def render(result: dict) -> str:
         lines.append(f"NVML energy-counter read: {result['nvml_read_ms']:.3f} ms.")
     lines += [
         "",
-        f"Prediction of the {p['epochs']}-epoch total (measured by the monitor), mean absolute error over "
+        f"Prediction of the {p['epochs']}-epoch total (measured by the monitor; codecarbon in process mode on "
+        "CPU), mean absolute error over "
         f"{len(p['runs'])} runs:",
         "",
         "| after | ours (steady-state + set-up, 90% interval) | coverage | carbontracker (mean x epochs) |",
