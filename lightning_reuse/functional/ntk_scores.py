@@ -189,11 +189,15 @@ def decide(
     if ntk_accuracy_norm is not None and t.ntk_accuracy_fail is not None:
         a = ntk_accuracy_norm
         if a < t.ntk_accuracy_fail:
-            fail.append(f"NTK-predicted accuracy {a:.3f} (0 = chance, 1 = perfect) < {t.ntk_accuracy_fail}")
+            fail.append(
+                f"NTK score {a:.3f} < {t.ntk_accuracy_fail} (NTK-predicted accuracy x source gate; 0 = chance, 1 = perfect)"
+            )
         elif t.ntk_accuracy_warn is not None and a < t.ntk_accuracy_warn:
-            warn.append(f"NTK-predicted accuracy {a:.3f} (0 = chance, 1 = perfect) < {t.ntk_accuracy_warn}")
+            warn.append(
+                f"NTK score {a:.3f} < {t.ntk_accuracy_warn} (NTK-predicted accuracy x source gate; 0 = chance, 1 = perfect)"
+            )
         else:
-            ok.append(f"NTK-predicted accuracy {a:.3f} (0 = chance, 1 = perfect)")
+            ok.append(f"NTK score {a:.3f} (NTK-predicted accuracy x source gate; 0 = chance, 1 = perfect)")
     if t.rho_fail is not None and rho >= t.rho_fail:
         fail.append(f"rho={rho:.3f} >= {t.rho_fail}: true labels are no easier for the NTK than random ones")
     elif t.rho_warn is not None and rho >= t.rho_warn:

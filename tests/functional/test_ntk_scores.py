@@ -154,7 +154,7 @@ def test_decision_rules_and_reasons() -> None:
     default = ScreeningThresholds()  # calibrated rule: the NTK-predicted accuracy
     assert decide(2.0, 0.0, (1.0, 0.0), default, ntk_accuracy_norm=0.9)[0] == "PASS"
     d, reasons = decide(0.1, 1.0, None, default, ntk_accuracy_norm=0.1)
-    assert d == "FAIL" and "NTK-predicted accuracy 0.100" in reasons[0]
+    assert d == "FAIL" and "NTK score 0.100 < 0.25" in reasons[0]
     assert decide(0.1, 1.0, None, default, ntk_accuracy_norm=default.ntk_accuracy_fail + 0.01)[0] == "WARN"
 
 
