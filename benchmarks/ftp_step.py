@@ -4,7 +4,8 @@ Parameter sets are built from the architectures' shapes (no torchvision): ResNet
 ResNet-50 (25.6M) and ViT-B/16 (86.6M); the classification head is excluded from FTP, as in fine-tuning.
 Gradients are fixed random tensors; only ``step()`` is timed.
 
-- CPU (``--device cpu``): 1 thread, ``time.perf_counter`` per step, median; baseline foreach AdamW.
+- CPU (``--device cpu``): 1 thread, ``time.perf_counter`` per step, the variants interleaved step by step
+  (shared machines drift), median; baseline foreach AdamW.
 - CUDA (``--device cuda``): CUDA events around every step after a warm-up, median; baseline fused AdamW.
   Also checks that an FTP step makes no host synchronisation (``torch.cuda.set_sync_debug_mode("error")``),
   and (``--e2e``) times a whole ViT-B/16 fine-tuning iteration (bf16 autocast forward + backward + step).
@@ -209,6 +210,22 @@ def time_steps(opt: object, device: str, warmup: int, steps: int) -> list[float]
     return times
 
 
+def time_interleaved(variants: list[str], shapes: Shapes, warmup: int, steps: int) -> dict[str, dict]:
+    """CPU timing: one step of each variant in turn, ``steps`` rounds; medians per variant."""
+    opts = {v: build(v, make_params(shapes, "cpu"), "cpu") for v in variants}
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for i in range(warmup + steps):
+        for v, opt in opts.items():
+            t0 = time.perf_counter()
+            opt.step()
+            if i >= warmup:
+                times[v].append((time.perf_counter() - t0) * 1e3)
+    out = {v: {"median_ms": statistics.median(t), "min_ms": min(t), "steps": steps} for v, t in times.items()}
+    for v, m in out.items():
+        print(f"{v}: {m}", flush=True)
+    return out
+
+
 def sync_free(opt: object) -> str:
     try:
         torch.cuda.synchronize()
@@ -336,6 +353,10 @@ def main() -> None:
         shapes = SETS[set_name]()
         n_params = sum(torch.Size(s).numel() for _, s in shapes)
         entry = result["sets"][set_name] = {"params": n_params, "tensors": len(shapes), "variants": {}}
+        if not cuda:  # shared CPUs: interleave the variants step by step so load drifts hit all alike
+            entry["variants"] = time_interleaved(variants, shapes, warmup, steps)
+            save()
+            continue
         for variant in variants:
             named = make_params(shapes, args.device)
             t0 = time.perf_counter()
@@ -353,13 +374,12 @@ def main() -> None:
                 "steps": n,
                 "wall_s": time.perf_counter() - t0,
             }
-            if cuda and variant.startswith("ftp"):
+            if variant.startswith("ftp"):
                 m["sync"] = sync_free(opt)
             entry["variants"][variant] = m
             print(f"{set_name} {variant}: {m}", flush=True)
             del opt, named
-            if cuda:
-                torch.cuda.empty_cache()
+            torch.cuda.empty_cache()
         save()
     if args.profile:
         set_name, variant = args.profile.split(":")

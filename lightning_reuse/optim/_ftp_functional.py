@@ -106,7 +106,10 @@ def ftp_project_single(params: list[Tensor], states: list[State]) -> None:
         gamma = s["gamma"]
         torch.clamp(gamma, min=GAMMA_MIN, max=n.max(), out=gamma)
         scale = torch.clamp(gamma / n, 0.0, 1.0)
-        p.copy_(anchor + scale * c)
+        if p.dtype == anchor.dtype:  # p0 + scale c == p' + (scale - 1) c: in place, exact where scale is 1
+            p.addcmul_(c, scale - 1.0)
+        else:  # low-precision parameter: from the fp32 anchor, then one rounding
+            p.copy_(anchor + scale * c)
         s["direction"] = c * (1.0 / n)
 
 
@@ -150,8 +153,11 @@ def ftp_project_foreach(params: list[Tensor], states: list[State]) -> None:
     inv_n = torch._foreach_reciprocal(n)
     scale = torch._foreach_mul(inv_n, gamma)
     torch._foreach_clamp_max_(scale, 1.0)  # gamma, n > 0, so the lower clamp at 0 is a no-op
-    new = torch._foreach_addcmul(anchors, c, scale)
-    torch._foreach_copy_(params, new)
+    if same_dtype:  # p0 + scale c == p' + (scale - 1) c: in place, exact where scale is 1
+        torch._foreach_sub_(scale, 1.0)
+        torch._foreach_addcmul_(params, c, scale)
+    else:
+        torch._foreach_copy_(params, torch._foreach_addcmul(anchors, c, scale))
     torch._foreach_mul_(c, inv_n)
     for s, d in zip(states, c):
         s["direction"] = d
