@@ -128,6 +128,13 @@ class _Slow(BoringModel):
         return super().training_step(batch, batch_idx)
 
 
+def test_validation_window_can_be_switched_off(tmp_path: Path) -> None:
+    monitor = EnergyMonitor(backend=_tick_backend(), measure_validation=False)
+    _trainer(tmp_path, [monitor], max_epochs=2, logger=False).fit(BoringModel())
+    assert "fit-validation" not in monitor.windows and len(monitor.epochs) == 2
+    assert _sum(monitor.epochs).energy_wh + monitor.outside_epochs.energy_wh == monitor.total.energy_wh
+
+
 def test_real_codecarbon_fit_offline_no_threads(tmp_path: Path, network_guard: list[str]) -> None:
     threads_before = set(threading.enumerate())
     monitor = EnergyMonitor(country_iso_code="DEU", measure_power_secs=0.5)
