@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -314,7 +315,11 @@ def main() -> None:
         else "adamw-foreach,ftp-foreach,ftp-flat,ftp-single"
     )
     variants = (args.variants or default).split(",")
-    hardware = torch.cuda.get_device_name() if cuda else f"CPU ({platform.machine()}), 1 thread"
+    hardware = (
+        torch.cuda.get_device_name()
+        if cuda
+        else f"{os.cpu_count()}-core CPU ({platform.machine()}), 1 thread"
+    )
     out = args.out or Path(f"benchmarks/results/ftp_step_{args.device}")
     result: dict = {"hardware": hardware, "torch": torch.__version__, "sets": {}}
 

@@ -89,7 +89,7 @@ def test_resume_from_model_checkpoint_is_bit_identical(tmp_path: Path, map_locat
     assert torch.equal(anchor, tiny_net(0).body[0].weight)  # the original anchor, not the resumed init
 
 
-def test_gradient_clipping_and_lr_monitor_see_the_shared_groups(tmp_path: Path) -> None:
+def _fit_with(tmp_path: Path, clip: float | None) -> tuple[FTPModule, pl.Trainer]:
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import CSVLogger
 
@@ -98,7 +98,7 @@ def test_gradient_clipping_and_lr_monitor_see_the_shared_groups(tmp_path: Path) 
         default_root_dir=tmp_path,
         accelerator="cpu",
         max_epochs=1,
-        gradient_clip_val=0.01,
+        gradient_clip_val=clip,
         logger=CSVLogger(tmp_path),
         callbacks=[LearningRateMonitor(logging_interval="step")],
         enable_progress_bar=False,
@@ -107,9 +107,19 @@ def test_gradient_clipping_and_lr_monitor_see_the_shared_groups(tmp_path: Path) 
         log_every_n_steps=1,
     )
     t.fit(model, loader())
-    metrics = (Path(t.logger.log_dir) / "metrics.csv").read_text()
-    assert "lr-FTP" in metrics or "lr-" in metrics
-    assert not t.optimizers[0].is_projected(model.net.head.weight)
+    return model, t
+
+
+def test_gradient_clipping_and_lr_monitor_see_the_shared_groups(tmp_path: Path) -> None:
+    clipped, t = _fit_with(tmp_path / "clip", 1e-3)
+    free, _ = _fit_with(tmp_path / "free", None)
+    rows = (Path(t.logger.log_dir) / "metrics.csv").read_text().splitlines()
+    assert "lr-FTP" in rows[0]  # LearningRateMonitor reads the shared param_groups
+    lrs = [float(r.split(",")[rows[0].split(",").index("lr-FTP")]) for r in rows[1:]]
+    assert lrs[0] == pytest.approx(0.2) and lrs[-1] == pytest.approx(0.2 * 0.7)  # StepLR after 3 steps
+    head_move_clipped = (clipped.net.head.weight - tiny_net(0).head.weight).abs().max()
+    head_move_free = (free.net.head.weight - tiny_net(0).head.weight).abs().max()
+    assert head_move_clipped < head_move_free / 10  # clipping acted on the gradients FTP's base used
 
 
 CLI_MODULE = """
