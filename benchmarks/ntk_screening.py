@@ -392,6 +392,11 @@ def main() -> None:
             holdout = json.loads(Path(args.holdout).read_text())["rows"]
     else:
         rows = run_grid(args)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"rows": rows}, indent=1))  # raw rows first
+    if len({r["seed"] for r in rows}) < 2:
+        print("one seed only: analyse it as --holdout of a calibration grid")
+        return
     res = analyze(rows, holdout)
     print(markdown(res))
     print(json.dumps({k: v for k, v in res.items() if k != "scores"}, indent=1))

@@ -205,3 +205,47 @@ def test_constructor_and_model_errors(tmp_path: Path) -> None:
 
     with pytest.raises(TypeError, match="needs a reprogrammed model"):
         trainer(tmp_path, [NTKScreening(plot=False)]).fit(Plain(), loader())
+
+
+@pytest.mark.ddp
+@pytest.mark.slow  # ~15-20 s idle (two processes), more on a loaded machine
+def test_ddp_ranks_share_rank_zero_decision_and_stop_together(ddp_runner) -> None:
+    result = ddp_runner(
+        """
+import warnings
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader, TensorDataset
+from lightning_reuse.callbacks.ntk_screening import NTKScreening
+from lightning_reuse.functional.ntk_scores import ScreeningThresholds
+from lightning_reuse.nn.label_mapping import FrequencyLabelMapping
+from lightning_reuse.nn.prompts import PaddingPrompt
+from lightning_reuse.nn.reprogrammed import ReprogrammedModel
+from lightning_reuse.nn.small_cnn import SmallCNN
+
+class Reprog(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = ReprogrammedModel(SmallCNN(width=4), PaddingPrompt((1, 6, 6), (1, 8, 8)),
+                                       FrequencyLabelMapping(10, 3))
+    def training_step(self, batch, _):
+        return torch.nn.functional.cross_entropy(self.model(batch[0]), batch[1])
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.model.trainable_parameters(), lr=0.01)
+
+g = torch.Generator().manual_seed(0)
+data = TensorDataset(torch.rand(80, 1, 6, 6, generator=g), torch.arange(80) % 3)
+screening = NTKScreening(num_samples=30, on_fail="stop", plot=False, thresholds=ScreeningThresholds(min_confidence=1e9))
+trainer = pl.Trainer(accelerator="cpu", devices=int(os.environ["LIGHTNING_REUSE_TEST_NPROCS"]), strategy="ddp",
+                     max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, callbacks=[screening])
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    trainer.fit(Reprog(), DataLoader(data, batch_size=10))
+torch.save({"step": trainer.global_step, "scores": screening.scores.as_dict()}, f"rank{trainer.global_rank}.pt")
+"""
+    )
+    r0 = torch.load(result.workdir / "rank0.pt")
+    r1 = torch.load(result.workdir / "rank1.pt")
+    assert r0["scores"] == r1["scores"] and r0["scores"]["decision"] == "FAIL"
+    assert r0["step"] == r1["step"] == 0
