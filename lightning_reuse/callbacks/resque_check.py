@@ -216,6 +216,7 @@ class RESQUECheck(Callback):
 
             bar = tqdm(total=total, desc=f"RESQUE ({side})", leave=False, dynamic_ncols=True)
         seen = 0
+        device = getattr(pl_module, "device", None) or next(pl_module.parameters()).device
         with capture_output(pl_module, self.layer) as store:
             for i, batch in enumerate(loader):
                 if bar is not None:
@@ -223,7 +224,7 @@ class RESQUECheck(Callback):
                 if i % world != rank:  # batch-level sharding: exact, no padded duplicates
                     continue
                 x, y = self.batch_fn(batch)
-                x = x.to(pl_module.device)
+                x = x.to(device)
                 store.pop("output", None)
                 out = pl_module(x)
                 if "output" not in store:
@@ -240,7 +241,7 @@ class RESQUECheck(Callback):
                         "unlabeled shifted data, `label_source='prediction'`."
                     )
                 seen += 1
-                yield pool_features(store["output"], self.pooling), y.to(pl_module.device)
+                yield pool_features(store["output"], self.pooling), y.to(device)
         if bar is not None:
             bar.close()
         if seen == 0 and total is None:
@@ -257,7 +258,7 @@ class RESQUECheck(Callback):
             else:
                 metric = RESQUETask(num_classes=self.num_classes, reservoir_size=self.reservoir_size)
                 sides = (("new task", self.dataloader),)
-            metric = metric.to(pl_module.device)
+            metric = metric.to(getattr(pl_module, "device", None) or next(pl_module.parameters()).device)
             counts = {}
             for side, loader in sides:
                 n = 0

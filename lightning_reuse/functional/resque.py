@@ -105,10 +105,8 @@ def _raise_not_finite(features: Tensor, name: str) -> None:
     )
 
 
-def _check_inputs(
-    features: Tensor, labels: Tensor | None, name: str = "features", check_finite: bool = True
-) -> tuple[int, int]:
-    """Validate a batch; return the smallest and largest label."""
+def _check_structure(features: Tensor, labels: Tensor | None, name: str = "features") -> None:
+    """Shapes and dtypes only (no look at the values, so no host-device sync)."""
     if labels is None:
         raise ValueError(
             f"RESQUE groups `{name}` by class, but no labels were given. HINT: pass the class labels "
@@ -127,6 +125,13 @@ def _check_inputs(
         raise ValueError(f"labels of `{name}` must be a [N={features.shape[0]}] tensor, got {shape}.")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
         raise TypeError(f"labels of `{name}` must be integer class indices, got dtype {labels.dtype}.")
+
+
+def _check_inputs(
+    features: Tensor, labels: Tensor | None, name: str = "features", check_finite: bool = True
+) -> tuple[int, int]:
+    """Validate a batch; return the smallest and largest label."""
+    _check_structure(features, labels, name)
     low, high = (int(v) for v in torch.aminmax(labels))
     if low < 0:
         raise ValueError(f"labels of `{name}` must be >= 0, got minimum {low}.")
@@ -155,6 +160,26 @@ def _resque_dist_update(
     return sums, counts
 
 
+def _resque_dist_update_lazy(
+    features: Tensor, labels: Tensor | None, num_classes: int, name: str = "features"
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Like :func:`_resque_dist_update` but without a host-device sync (for streaming on accelerators).
+
+    Out-of-range labels are not added; their number is returned (``[]`` int64) so that ``compute`` can
+    refuse. NaN / inf reach the sums, where ``_resque_dist_compute`` detects them.
+    """
+    _check_structure(features, labels, name)
+    feats = features.detach().to(torch.float64)
+    labels = labels.to(feats.device)
+    valid = (labels >= 0) & (labels < num_classes)
+    safe = torch.where(valid, labels, torch.zeros_like(labels))
+    sums = torch.zeros(num_classes, feats.shape[1], dtype=torch.float64, device=feats.device)
+    sums.index_add_(0, safe, torch.where(valid[:, None], feats, torch.zeros_like(feats)))
+    counts = torch.zeros(num_classes, dtype=torch.float64, device=feats.device)
+    counts.index_add_(0, safe, valid.to(torch.float64))
+    return sums, counts, (~valid).sum()
+
+
 def angular_distance(u: Tensor, v: Tensor) -> Tensor:
     """Row-wise angle between ``u`` and ``v`` divided by pi, in [0, 1], computed stably in float64.
 
@@ -178,6 +203,12 @@ def _resque_dist_compute(
         raise ValueError(
             f"RESQUE_dist saw no {side} samples. HINT: check that the {side} dataloader is not empty."
         )
+    for side, total in (("original", sums), ("shifted", shifted_sums)):
+        if not bool(torch.isfinite(total).all()):
+            raise ValueError(
+                f"RESQUE_dist: the {side} features contained NaN or inf. HINT: check the inputs and the layer "
+                "(e.g. overflow in half precision); RESQUE needs finite features."
+            )
     theta = angular_distance(sums, shifted_sums)
     present = (counts > 0) & (shifted_counts > 0)
     degenerate = present & ((sums.norm(dim=1) == 0) | (shifted_sums.norm(dim=1) == 0))

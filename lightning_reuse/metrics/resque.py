@@ -31,7 +31,7 @@ from lightning_reuse.functional.resque import (
     TaskInit,
     _check_inputs,
     _resque_dist_compute,
-    _resque_dist_update,
+    _resque_dist_update_lazy,
     _resque_task_compute,
 )
 
@@ -80,10 +80,11 @@ class RESQUEDist(Metric):
             self.add_state(
                 f"{prefix}counts", torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum"
             )
+        self.add_state("invalid", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, features: Tensor, labels: Tensor | None = None, shifted: bool = False) -> None:
         """Add a batch of ``features [B, D]`` with class ``labels [B]`` to the original or shifted side."""
-        sums, counts = _resque_dist_update(
+        sums, counts, invalid = _resque_dist_update_lazy(  # no host-device sync per batch
             features, labels, self.num_classes, "shifted features" if shifted else "features"
         )
         if self.sums.shape[1] == 0:  # width inferred from the first batch
@@ -96,9 +97,15 @@ class RESQUEDist(Metric):
             )
         current += sums
         (self.shifted_counts if shifted else self.counts).add_(counts)
+        self.invalid.add_(invalid)
 
     def compute(self) -> Tensor | tuple[Tensor, Tensor]:
         """The score in [0, 1] (float64), or ``(score, per_class)``."""
+        if int(self.invalid):
+            raise ValueError(
+                f"RESQUEDist: {int(self.invalid)} samples had labels outside [0, num_classes={self.num_classes}) "
+                "and were not counted. HINT: raise `num_classes` or remap the labels to [0, num_classes)."
+            )
         score, per_class = _resque_dist_compute(
             self.sums, self.counts, self.shifted_sums, self.shifted_counts
         )

@@ -50,8 +50,16 @@ def test_dist_metric_errors_reset_and_warning() -> None:
     metric = RESQUEDist(num_classes=4)
     with pytest.raises(ValueError, match="no labels were given"):
         metric.update(f)
-    with pytest.raises(ValueError, match="NaN or inf"):
-        metric.update(f * float("inf"), y)
+    bad = RESQUEDist(num_classes=4)
+    bad.update(f * float("inf"), y)  # no host-device sync per batch: detected at compute
+    bad.update(f2, y2, shifted=True)
+    with pytest.raises(ValueError, match="original features contained NaN or inf"):
+        bad.compute()
+    out_of_range = RESQUEDist(num_classes=3)
+    out_of_range.update(f, y)
+    out_of_range.update(f2, y2, shifted=True)
+    with pytest.raises(ValueError, match=r"samples had labels outside \[0, num_classes=3\)"):
+        out_of_range.compute()
     metric.update(f, y)
     with pytest.raises(ValueError, match="no shifted samples"):
         metric.compute()
