@@ -105,6 +105,20 @@ def test_screening_leaves_model_rng_and_modes_untouched(tmp_path: Path) -> None:
     assert b["modes"]["model.source"] is False
 
 
+def test_works_with_model_reprogramming_module(tmp_path: Path) -> None:
+    from lightning_reuse.modules.reprogramming import ModelReprogramming
+    from lightning_reuse.nn.label_mapping import IterativeLabelMapping
+
+    torch.manual_seed(0)
+    module = ModelReprogramming(
+        SmallCNN(width=4), PaddingPrompt((1, 6, 6), (1, 8, 8)), IterativeLabelMapping(10, 3)
+    )
+    screening = NTKScreening(num_samples=30, plot=False, thresholds=PASS_ALL)
+    trainer(tmp_path, [screening], max_steps=2).fit(module, loader())
+    assert screening.scores.n == 30 and screening.scores.num_classes == 3
+    assert module.remap_history  # the module's own ILM re-mapping still ran after the screening
+
+
 def test_fail_stops_the_fit_before_the_first_step(tmp_path: Path) -> None:
     screening = NTKScreening(num_samples=30, on_fail="stop", plot=False, thresholds=FAIL_ALL)
     t = trainer(tmp_path, [screening])
