@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -126,8 +127,6 @@ class FTP(Optimizer):
         if warn_unmatched:
             excluded = resolve_exclude(self._exclude, params, names)
         else:  # a later group: only rules that match something in it apply, silently
-            import warnings
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 excluded = resolve_exclude(self._exclude, params, names)
@@ -167,6 +166,10 @@ class FTP(Optimizer):
         t = self.ftp_step
         active = [p for p in self._all_params() if p.grad is not None and p in self.ftp_state]
         states = [self.ftp_state[p] for p in active]
+        for p, s in zip(active, states):  # the model was moved after the optimizer was built
+            if s["anchor"].device != p.device:
+                for key, value in s.items():
+                    s[key] = None if value is None else value.to(p.device)
         warm = [(p, s) for p, s in zip(active, states) if t > 1 and s["direction"] is not None]
         for s in states:  # first step of this tensor: radius 1e-8, moments 0
             if t == 1 or s["direction"] is None:
