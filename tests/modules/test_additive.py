@@ -166,6 +166,7 @@ def test_optimizer_factory_gets_one_unanchored_side_group() -> None:
 
 
 @pytest.mark.ddp
+@pytest.mark.slow  # ~18 s on an idle 2-core machine, more under load
 def test_ddp_fit_keeps_base_and_syncs_side(ddp_runner) -> None:
     result = ddp_runner(
         """
@@ -239,6 +240,7 @@ def test_energy_monitor_measures_an_additive_fit(tmp_path: Path) -> None:
     assert len(monitor.epochs) == 2 and monitor.total.energy_wh > 0 and monitor.total.duration_s > 0
 
 
+@pytest.mark.filterwarnings("ignore:.*self.trainer. reference is not registered.*")
 def test_ignored_labels_only_feel_the_output_penalty() -> None:
     from lightning_reuse.modules.additive import IGNORE_INDEX
 
