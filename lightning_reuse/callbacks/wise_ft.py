@@ -103,6 +103,18 @@ class WiSEFT(Callback):
         if self.monitor is not None and self.results:
             for logger in trainer.loggers:
                 logger.log_metrics({"wise_ft/chosen_alpha": self.chosen_alpha}, step=len(self.alphas))
+        if self.results and trainer.is_global_zero:
+            self._wandb_table(trainer)
+
+    def _wandb_table(self, trainer: pl.Trainer) -> None:
+        """The sweep as a W&B table ``wise_ft/sweep`` when a ``WandbLogger`` is attached (rank 0 only)."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        columns = list(self.results[0])
+        rows = [[r[c] for c in columns] for r in self.results]
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_table(key="wise_ft/sweep", columns=columns, data=rows)
 
     def _apply(self, pl_module: pl.LightningModule, finetuned: Mapping[str, torch.Tensor], a: float) -> None:
         mixed = interpolate_state_dicts(self.pretrained, finetuned, a)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -126,3 +127,32 @@ def test_fixed_alpha_without_eval_and_validation() -> None:
     restored = WiSEFT(alpha=0.25)
     restored.load_state_dict({"pretrained": {"w": torch.ones(1)}, "chosen_alpha": None, "results": []})
     assert torch.equal(restored.pretrained["w"], torch.ones(1)) and cb.pretrained is None
+
+
+def test_sweep_is_a_wandb_table_in_an_offline_run(tmp_path: Path, wandb_offline) -> None:
+    import wandb
+
+    from tests.helpers.wandb_read import find_offline_run_dirs, read_offline_run
+
+    x, y = _data(1)
+    cb = WiSEFT(alphas=(0.0, 1.0), alpha="best", eval_fn=Accuracy(*_data(2)), monitor="acc")
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        max_epochs=1,
+        logger=wandb_offline(name="wise"),
+        callbacks=[cb],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(Classifier(), DataLoader(TensorDataset(x, y), batch_size=16))
+    wandb.finish()
+    run_dir = find_offline_run_dirs(tmp_path)[0]
+    run = read_offline_run(run_dir)
+    tables = [h for h in run["history"] if h.get("wise_ft/sweep/_type") == "table-file"]
+    assert len(tables) == 1 and tables[0]["wise_ft/sweep/nrows"] == 2
+    table = json.loads((run_dir / "files" / tables[0]["wise_ft/sweep/path"]).read_text())
+    assert table["columns"] == ["alpha", "acc", "loss"]
+    assert [row[0] for row in table["data"]] == [0.0, 1.0]
+    assert [h["wise_ft/alpha"] for h in run["history"] if "wise_ft/alpha" in h] == [0.0, 1.0]
