@@ -84,7 +84,7 @@ def test_epochs_and_outside_add_up_exactly_and_are_logged_once(tmp_path: Path) -
     assert total.energy_wh == monitor.stages["fit"].energy_wh == total.cpu_wh
     assert total.co2_g == pytest.approx(total.energy_wh, rel=1e-12)  # 1000 g/kWh = 1 g/Wh
     assert total.method == {"cpu": "simulated", "gpu": "not measured", "ram": "not measured"}
-    assert pre.record is monitor.windows["resque-precheck"] or pre.record.energy_wh == 1.0
+    assert pre.record.energy_wh == monitor.windows["resque-precheck"].energy_wh == 1.0  # enter + exit reads
     assert monitor.windows["fit-validation"].energy_wh >= 3  # one validation loop per epoch
     assert monitor.status == "ok" and not monitor.meter.running
 
@@ -167,6 +167,23 @@ def test_exception_mid_fit_keeps_a_flushed_record(tmp_path: Path) -> None:
     # the partial epoch is in the total, as is everything before it
     assert monitor.total.energy_wh > monitor.epochs[0].energy_wh
     assert _sum(monitor.epochs).energy_wh + monitor.outside_epochs.energy_wh == monitor.total.energy_wh
+
+
+def test_exception_with_real_codecarbon_stops_its_threads(tmp_path: Path) -> None:
+    class _Crash(_Slow):
+        def training_step(self, batch, batch_idx):
+            if self.current_epoch == 1:
+                raise RuntimeError("boom")
+            return super().training_step(batch, batch_idx)
+
+    threads_before = set(threading.enumerate())
+    monitor = EnergyMonitor(country_iso_code="FRA", measure_power_secs=0.5)
+    trainer = _trainer(tmp_path, [monitor], max_epochs=3, logger=False)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(_Crash())
+    assert monitor.status == "interrupted" and len(monitor.epochs) == 1
+    assert monitor.total.energy_wh > monitor.epochs[0].energy_wh > 0
+    assert set(threading.enumerate()) <= threads_before
 
 
 def test_codecarbon_failure_is_one_warning_and_a_status(
