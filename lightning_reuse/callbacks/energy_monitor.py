@@ -296,7 +296,7 @@ class EnergyMonitor(Callback):
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._finish_stage(trainer, pl_module, "predict")
 
-    def _steady_first_epoch(self, end: EnergyRecord, start: EnergyRecord) -> float | None:
+    def _steady_first_epoch(self, end: EnergyRecord) -> float | None:
         if self._warm is None:
             return None
         train_end = self._val_start or end
@@ -311,7 +311,7 @@ class EnergyMonitor(Callback):
         end = self.meter.read()
         epoch = end - self._boundary
         first = self._epoch_in_fit == 0
-        steady = self._steady_first_epoch(end, self._boundary) if first else None
+        steady = self._steady_first_epoch(end) if first else None
         setup = (self._boundary - self._fit_start) if first else EnergyRecord()
         local_epoch_wh = epoch.energy_wh
         self._reduce(trainer, pl_module, [epoch, setup])
