@@ -47,7 +47,8 @@ class EnergyMonitor(Callback):
     ``_ram_wh``, ``_co2_g``, ``_duration_s``), ``energy/cumulative_wh`` and, when the run length is known,
     ``energy/predicted_total_wh`` with ``_low`` / ``_high`` (and ``energy/predicted_total_co2_g``); at the end
     of a fit, once, ``energy/total_*``, ``energy/outside_epochs_wh`` and ``energy/window/<name>_wh``. Values
-    are in Wh, g CO2e and s (float32 loggers mangle kWh). The measurement method of each component
+    are in Wh, g CO2e and s (float32 loggers mangle kWh). A ``validate`` / ``test`` / ``predict`` call logs
+    ``energy/<stage>_wh`` (and the same split) once at its end. The measurement method of each component
     (RAPL / NVML / estimate / simulated) is logged as hyper-parameters and kept in every record's
     ``method``. With a ``WandbLogger`` (rank 0 only), also a per-epoch table, a line plot and run-summary
     totals.
@@ -387,6 +388,7 @@ class EnergyMonitor(Callback):
         self.stages[stage] = record
         self.status = self.meter.status
         if stage != "fit":
+            self._log_stage(trainer, stage, record)
             return
         self._final = self._offset + record
         if self._measuring:
@@ -400,6 +402,13 @@ class EnergyMonitor(Callback):
         for e in self.epochs:
             out = out + e
         return out
+
+    @rank_zero_only
+    def _log_stage(self, trainer: pl.Trainer, stage: str, record: EnergyRecord) -> None:
+        """Totals of a ``validate`` / ``test`` / ``predict`` call: ``energy/<stage>_wh``, ... (once, rank 0)."""
+        metrics = record.metrics(f"energy/{stage}")
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
 
     @rank_zero_only
     def _log_totals(self, trainer: pl.Trainer) -> None:

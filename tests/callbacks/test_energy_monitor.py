@@ -246,6 +246,9 @@ def test_several_fits_in_one_process_and_other_stages(tmp_path: Path) -> None:
     with monitor.window("eval") as rec:
         trainer.validate(BoringModel(), verbose=False)
     assert rec.energy_wh >= monitor.stages["validate"].energy_wh > 0
+    logged = _trainer(tmp_path, [monitor], max_epochs=1)
+    logged.test(BoringModel(), verbose=False)
+    assert _column(_csv_rows(logged), "energy/test_wh") == [pytest.approx(monitor.stages["test"].energy_wh)]
 
 
 def test_wandb_offline_run_contains_the_logged_keys(tmp_path: Path, wandb_offline) -> None:
