@@ -7,8 +7,9 @@ Recipe (CPU, minutes, nothing downloaded):
    and L2-SP, as in the papers), with an aggressive Adam learning rate, for each method and seed.
 3. Evaluate on the held-out clean split (ID) and on shifted copies of it (OOD: each kind at one level).
 
-Methods: ``lp`` (linear probe: head only), ``ft`` (fine-tune everything, Adam), ``l2sp`` (ft + L2-SP penalty),
-``wise`` (WiSE-FT of ``ft`` at alpha = 0.5), ``ftp`` (FTP over the same Adam, k = 1).
+Methods: ``lp`` (linear probe: head only), ``ft`` (fine-tune everything, Adam), ``lpft`` (LP-FT, Kumar et al.,
+ICLR 2022: the linear probe first, then ``ft`` from there), ``l2sp`` (ft + L2-SP penalty), ``wise`` (WiSE-FT
+of ``ft`` at alpha = 0.5), ``ftp`` (FTP over the same Adam, k = 1).
 
 Run:  ``nice -n 5 python benchmarks/ftp_robustness.py --seeds 5``  (2-core CPU, 1 thread)
 Writes ``benchmarks/results/ftp_robustness.json`` and ``.md``.
@@ -32,7 +33,7 @@ from lightning_reuse.nn.small_cnn import SmallCNN, accuracy
 from lightning_reuse.optim import FTP, L2SP, interpolate_state_dicts
 
 SHIFTS = {"noise": 0.4, "blur": 1.0, "salt_pepper": 0.15, "rotation": 25.0, "inversion": 0.3}
-METHODS = ("lp", "ft", "l2sp", "wise", "ftp")
+METHODS = ("lp", "ft", "lpft", "l2sp", "wise", "ftp")
 
 
 def augment(x: torch.Tensor, g: torch.Generator, seed: int) -> torch.Tensor:
@@ -65,9 +66,20 @@ def pretrain(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> SmallC
 def finetune(
     source: SmallCNN, method: str, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, seed: int
 ) -> SmallCNN:
+    if method == "lpft":  # linear probe first, then fine-tune everything from the probed head
+        probed = finetune(source, "lp", x, y, epochs, lr, seed)
+        for p in probed.parameters():
+            p.requires_grad_(True)
+        return _train(probed, "ft", x, y, epochs, lr, seed)
     torch.manual_seed(seed)
     model = copy.deepcopy(source)
     model.head = nn.Linear(model.head.in_features, 10)  # a new head, as for a new task
+    return _train(model, method, x, y, epochs, lr, seed)
+
+
+def _train(
+    model: SmallCNN, method: str, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, seed: int
+) -> SmallCNN:
     if method == "lp":
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith("head."))
@@ -122,7 +134,7 @@ def main() -> None:
         xt, yt = x[tgt_idx[train_part]], y[tgt_idx[train_part]]
         xe, ye = x[tgt_idx[test_part]], y[tgt_idx[test_part]]
         models = {}
-        for method in ("lp", "ft", "l2sp", "ftp"):
+        for method in ("lp", "ft", "lpft", "l2sp", "ftp"):
             models[method] = finetune(source, method, xt, yt, args.finetune_epochs, args.lr, seed)
         wise = copy.deepcopy(models["ft"])
         wise.load_state_dict(interpolate_state_dicts(source.state_dict(), models["ft"].state_dict(), 0.5))
@@ -131,7 +143,9 @@ def main() -> None:
             rows.append({"seed": seed, "method": method, **evaluate(models[method], xe, ye)})
         print(
             f"seed {seed}: "
-            + ", ".join(f"{r['method']} id={r['id']:.3f} ood={r['ood_mean']:.3f}" for r in rows[-5:])
+            + ", ".join(
+                f"{r['method']} id={r['id']:.3f} ood={r['ood_mean']:.3f}" for r in rows[-len(METHODS) :]
+            )
         )
 
     columns = ["id", *SHIFTS, "ood_mean"]
