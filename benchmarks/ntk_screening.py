@@ -1,14 +1,15 @@
 """NTK screening benchmark: does the screening predict how far model reprogramming gets?
 
-Grid on digits (CPU): sources of graded quality x targets x seeds. Each cell: screen (prompt-NTK
-scores at the initial prompt, n = 512 stratified samples), then actually reprogram (padding prompt
-+ ILM, Adam) and measure test accuracy; compare the scores with cheap baselines (zero-step FLM
-accuracy, linear probe on the source logits) by Spearman / Kendall and by the AUROC of FAIL for
-"reprogramming failed". Also times screening against one reprogramming epoch, and the fast path
-against Jacobian contraction (kernel + top-10 spectrum).
+Grid on digits (CPU): sources of graded quality (random weights, few steps, trained, wider, deeper,
+MLP, trained on shuffled labels) x targets (digits, inverted, rotated, parity, mod-3, random labels)
+x seeds. Each cell: screen (prompt-NTK scores at the initial prompt, n = 512 stratified samples),
+then actually reprogram (padding prompt + ILM, Adam) and measure test accuracy; compare every score
+and the cheap baselines (zero-step FLM accuracy, linear probe on the source logits) by Spearman /
+Kendall and by the AUROC of FAIL for "reprogramming failed"; thresholds calibrated on the grid
+(leave-one-seed-out) and checked on a held-out seed. Speed: ``benchmarks/ntk_screening_speed.py``.
 
-Run: ``python benchmarks/ntk_screening.py`` (``--quick`` for a small grid). Hardware is stated in the
-output (the committed results: 2-core CPU, 1 thread, shared).
+Run: ``python benchmarks/ntk_screening.py --seeds 2`` (grid), ``--seeds 1 --first-seed 2`` (held-out),
+``--analyze GRID.json --holdout HOLDOUT.json`` (tables). Hardware: 2-core CPU (shared), 1 thread.
 """
 
 from __future__ import annotations
