@@ -488,6 +488,15 @@ class EnergyMonitor(Callback):
                 self.stages[stage] = final - self._fit_start
 
     # ------------------------------------------------------------------ checkpointing
+    @property
+    @override
+    def state_key(self) -> str:
+        """Distinguishes monitors of different backends / DDP modes attached to one trainer."""
+        spec = self._backend_spec
+        return self._generate_state_key(
+            backend=spec if isinstance(spec, str) else spec.name, ddp_mode=self.ddp_mode
+        )
+
     @override
     def state_dict(self) -> dict[str, Any]:
         total = self._final if self._final is not None else self._boundary_total

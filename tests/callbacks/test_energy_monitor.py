@@ -215,7 +215,8 @@ def test_resume_adds_up_without_double_counting(tmp_path: Path) -> None:
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
     _trainer(tmp_path, [first, ckpt], max_epochs=2, enable_checkpointing=True).fit(BoringModel())
     path = tmp_path / "ckpt" / "epoch=1-step=16.ckpt"
-    saved = torch.load(path, weights_only=False)["callbacks"]["EnergyMonitor"]
+    saved = torch.load(path, weights_only=False)["callbacks"][first.state_key]
+    assert first.state_key == "EnergyMonitor{'backend': 'simulated', 'ddp_mode': 'node'}"
     assert len(saved["epochs"]) == 2
 
     second = EnergyMonitor(backend=_tick_backend())
