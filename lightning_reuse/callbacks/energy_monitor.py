@@ -66,6 +66,8 @@ class EnergyMonitor(Callback):
             and total figures are summed across ranks and logged once.
         predict: log the predicted total after each epoch.
         confidence: coverage of the prediction interval.
+        prior_rel_sd: epoch-to-epoch relative spread assumed until two steady epochs are observed (raise it
+            on shared machines, where other jobs change the epochs' cost).
         warmup_batches: batches of the first epoch treated as warm-up by the prediction.
         measure_validation: keep the ``"fit-validation"`` window (two extra reads per epoch; with the NVML
             backend on epochs shorter than ~1 s, ``False`` keeps the overhead under 1%).
@@ -89,6 +91,7 @@ class EnergyMonitor(Callback):
         ddp_mode: Literal["node", "process"] = "node",
         predict: bool = True,
         confidence: float = 0.9,
+        prior_rel_sd: float = 0.1,
         warmup_batches: int = 2,
         measure_validation: bool = True,
     ) -> None:
@@ -105,6 +108,8 @@ class EnergyMonitor(Callback):
             raise ValueError(f"`ddp_mode` must be 'node' or 'process', got {ddp_mode!r}.")
         if not 0.0 < confidence < 1.0:
             raise ValueError(f"`confidence` must be in (0, 1), got {confidence}.")
+        if prior_rel_sd < 0:
+            raise ValueError(f"`prior_rel_sd` must be >= 0 (0.1 = 10% spread), got {prior_rel_sd}.")
         if warmup_batches < 0:
             raise ValueError(f"`warmup_batches` must be >= 0, got {warmup_batches}.")
         if pue < 1.0:
@@ -116,6 +121,7 @@ class EnergyMonitor(Callback):
         self.ddp_mode = ddp_mode
         self.predict = predict
         self.confidence = confidence
+        self.prior_rel_sd = prior_rel_sd
         self.warmup_batches = warmup_batches
         self.measure_validation = measure_validation
         self._backend_spec = backend
@@ -366,6 +372,7 @@ class EnergyMonitor(Callback):
             first_epoch_steady_wh=self._steady,
             min_total_epochs=None if min_epochs is None else min_epochs - prior_epochs,
             confidence=self.confidence,
+            prior_rel_sd=self.prior_rel_sd,
             co2_per_wh=spent.co2_g / spent.energy_wh if spent.energy_wh > 0 else 0.0,
         )
         pred.epochs_observed, pred.epochs_total = observed, total_epochs

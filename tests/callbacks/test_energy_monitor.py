@@ -288,6 +288,10 @@ def test_constructor_errors_name_the_argument() -> None:
         EnergyMonitor(ddp_mode="rank")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="pue"):
         EnergyMonitor(pue=0.5)
+    with pytest.raises(ValueError, match="prior_rel_sd"):
+        EnergyMonitor(prior_rel_sd=-0.1)
+    with pytest.raises(ValueError, match="confidence"):
+        EnergyMonitor(confidence=1.5)
 
 
 @pytest.mark.ddp
