@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,7 @@ def plot_reuse_report(
     if not records:
         raise ValueError("`runs` must name at least one run.")
     names = list(records)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(names), 3.6))
+    fig, ax = plt.subplots(figsize=(2.4 + 2.0 * len(names), 4.0))
     bottom = [0.0] * len(names)
     for part, colour in (("cpu_wh", "#4C72B0"), ("gpu_wh", "#DD8452"), ("ram_wh", "#55A868")):
         values = [getattr(records[n], part) for n in names]
@@ -103,8 +104,9 @@ def plot_reuse_report(
         ax.annotate(
             f"{records[n].co2_g:.3g} g CO2e", (i, records[n].energy_wh), ha="center", va="bottom", fontsize=8
         )
+    ax.set_xticks(range(len(names)), [textwrap.fill(n, 18) for n in names], fontsize=8)
     ax.set_ylabel("energy (Wh)")
-    ax.set_title(title or "Energy: reuse vs retrain")
+    ax.set_title(textwrap.fill(title or "Energy: reuse vs retrain", 60), fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
