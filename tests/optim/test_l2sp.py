@@ -41,7 +41,10 @@ def test_penalty_and_gradient_match_formula() -> None:
     assert torch.allclose(w.grad, 0.3 * (w - w0).detach(), atol=1e-6)
     assert torch.allclose(model.head.weight.grad, 0.05 * model.head.weight.detach(), atol=1e-6)
     assert reg.distance() == pytest.approx(
-        sum(float((p - q).pow(2).sum()) for p, q in zip(model.body.parameters(), pre.body.parameters()))
+        sum(
+            float((p - q).detach().pow(2).sum())
+            for p, q in zip(model.body.parameters(), pre.body.parameters())
+        )
         ** 0.5,
         rel=1e-5,
     )
