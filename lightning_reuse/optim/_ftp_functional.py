@@ -104,7 +104,10 @@ def ftp_project_single(params: list[Tensor], states: list[State]) -> None:
         c = p.to(anchor.dtype) - anchor
         n = row_l1_norm(c)
         gamma = s["gamma"]
-        torch.clamp(gamma, min=GAMMA_MIN, max=n.max(), out=gamma)
+        gamma.clamp_(
+            min=GAMMA_MIN
+        )  # two ops: a number and a tensor bound in one clamp may copy to the device
+        torch.minimum(gamma, n.max(), out=gamma)
         scale = torch.clamp(gamma / n, 0.0, 1.0)
         if p.dtype == anchor.dtype:  # p0 + scale c == p' + (scale - 1) c: in place, exact where scale is 1
             p.addcmul_(c, scale - 1.0)

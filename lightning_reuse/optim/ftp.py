@@ -157,7 +157,7 @@ class FTP(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Evaluate ``closure`` (if any), update the radii, run the base step, project. No host sync."""
+        """Evaluate ``closure`` (if any), update the radii, run the base step, project (no host read)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
