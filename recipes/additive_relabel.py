@@ -7,8 +7,8 @@ base's prediction. Reported: how many of the N flipped, how many other predictio
 training set (goal: none) and on the held-out 40%, accuracies, parameter counts and the side size that
 the fine-tuning capacity formula asks for.
 
-Run (2-core CPU, 1 thread; about a minute):
-    python recipes/additive_relabel.py                      # N in 5 10 20 40, side reads the pixels
+Run (2-core CPU, 1 thread; a few minutes):
+    python recipes/additive_relabel.py --json benchmarks/results/additive_relabel.json  # N in 5 10 20 40
     python recipes/additive_relabel.py --n 10 --feature pool --json out.json
 """
 
@@ -113,13 +113,11 @@ def main() -> None:
     parser.add_argument("--feature", default=None, help="base layer the side reads (default: the input)")
     parser.add_argument("--depth", type=int, default=3, choices=[2, 3])
     parser.add_argument(
-        "--width", type=int, default=None, help="hidden width (default: from the FTC formula)"
+        "--width", type=int, default=64, help="hidden width per layer (0: from the FTC formula)"
     )
-    parser.add_argument("--epochs", type=int, default=300, help="full-batch steps")
-    parser.add_argument(
-        "--keep", choices=["penalty", "ce"], default="penalty", help="how the others are kept"
-    )
-    parser.add_argument("--penalty", type=float, default=1.0, help="weight of mean(g^2) (keeps the rest)")
+    parser.add_argument("--epochs", type=int, default=600, help="full-batch steps")
+    parser.add_argument("--keep", choices=["penalty", "ce"], default="ce", help="how the others are kept")
+    parser.add_argument("--penalty", type=float, default=0.1, help="weight of mean(g^2) (keeps the rest)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
