@@ -14,6 +14,7 @@ Run (2-core CPU, 1 thread; ~minutes)::
 
     python recipes/stitching_digits.py --seeds 0 1 2
     python recipes/stitching_digits.py --seeds 0 1 2 --adapter pooled   # low-capacity stitches
+    python recipes/stitching_digits.py --seeds 0 1 2 --adapter pooled --noise 0.5   # a harder task
     python recipes/stitching_digits.py --seeds 0 --quick   # a smoke run
 
 Writes ``benchmarks/results/stitching_<pair>_seed<s>.{json,csv,png}`` (per-cell tables and heatmaps)
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_reuse.datasets import load_digits_tensors, split_indices
+from lightning_reuse.datasets import apply_shift, load_digits_tensors, split_indices
 from lightning_reuse.nn.small_cnn import accuracy, train_classifier
 from lightning_reuse.stitching_sweep import SweepResult, plot_sweep, stitching_sweep
 
@@ -144,7 +145,7 @@ def report(summary: dict, out: Path, tag: str) -> None:
             for i, s in enumerate(rows)
             for j, c in enumerate(cols)
         ]
-        title = f"{pair[0]}-block sender -> {pair[1]}-block receiver, mean of {len(group)} seeds ({tag.rstrip('_') or 'hernandez'} adapters)"
+        title = f"{pair[0]}-block sender -> {pair[1]}-block receiver, mean of {len(group)} seeds ({tag.rstrip('_').replace('_', ', ') or 'hernandez'} adapters)"
         plot_sweep(SweepResult(rows, cols, cells), out / f"stitching_{tag}mean_{key}.png", title=title)
         print(f"\n{title}: {tri}")
         for k in ("stitched_acc", "random_sender_acc", "random_receiver_acc", "cka"):
@@ -170,21 +171,25 @@ def main() -> None:
         default="hernandez",
         help="stitch family for differing shapes (pooled: fixed pooling + channel-only stitch)",
     )
+    parser.add_argument(
+        "--noise", type=float, default=0.0, help="Gaussian pixel noise std on all images (a harder task)"
+    )
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--quick", action="store_true", help="one direction, fewer epochs (smoke run)")
     parser.add_argument("--report-only", action="store_true", help="re-print and re-plot a finished run")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    tag = "" if args.adapter == "hernandez" else f"{args.adapter}_"
+    tag += f"noise{args.noise:g}_" if args.noise > 0 else ""
     if args.report_only:
-        tag = "" if args.adapter == "hernandez" else f"{args.adapter}_"
         path = Path(args.out) / f"stitching_{tag}summary.json"
         report(json.loads(path.read_text()), Path(args.out), tag)
         return
     x, y = load_digits_tensors()
+    x = apply_shift(x, "noise", args.noise, seed=0) if args.noise > 0 else x
     tr, va = split_indices(len(x), (0.7, 0.3), seed=0)
     train, val = (x[tr], y[tr]), (x[va], y[va])
     out = Path(args.out)
-    tag = "" if args.adapter == "hernandez" else f"{args.adapter}_"
     summary: dict[str, object] = {"hardware": "2-core CPU, 1 thread", "args": vars(args), "runs": []}
     t0 = time.perf_counter()
     for seed in args.seeds:
