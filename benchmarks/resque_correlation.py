@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import logging
 import os
@@ -54,6 +55,7 @@ from torch import Tensor, nn
 from lightning_reuse.callbacks.resque_check import RESQUECheck
 from lightning_reuse.datasets import apply_shift, digits_loader, load_digits_tensors
 from lightning_reuse.functional import pool_features, resque_task
+from lightning_reuse.ledger import RetrainingLedger
 from lightning_reuse.metrics import RESQUEDist
 from lightning_reuse.nn.layers import capture_output
 from lightning_reuse.nn.small_cnn import accuracy, train_classifier
@@ -396,6 +398,40 @@ def correlate(xs: list[float], ys: list[float], n_boot: int, seed: int = 0) -> d
 COST_KEYS = ("epochs_to_target", "grad_norm_sum", "param_change", "wall_s", "energy_wh", "co2_g")
 
 
+def ledger_check(rows: list[dict], group_key: str, level: float = 0.9) -> dict[str, dict[str, Any]]:
+    """Leave-one-out test of :class:`RetrainingLedger`: predict each run from the other runs of its group.
+
+    Reports how often the ``level`` prediction interval holds the measured value and the median absolute
+    relative error of the point estimate, for epochs to target and energy.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(str(r[group_key]), []).append(r)
+    for name, grp in groups.items():
+        for (quantity, key), scale in itertools.product(
+            (("epochs_to_target", "epochs_to_target"), ("energy_wh", "energy_wh")), ("linear", "log")
+        ):
+            if key not in grp[0] or len(grp) < 5:
+                continue
+            hits, errors = 0, []
+            for i, held in enumerate(grp):
+                ledger = RetrainingLedger(":memory:", scale=scale)
+                for j, r in enumerate(grp):
+                    if j != i:
+                        ledger.add_run(r["resque"], **{quantity: r[key]})
+                est = ledger.predict(held["resque"], quantity, level=level)
+                hits += est.lower <= held[key] <= est.upper
+                errors.append(abs(est.value - held[key]) / held[key])
+            out.setdefault(name, {})[f"{quantity} ({scale})"] = {
+                "n": len(grp),
+                "coverage": hits / len(grp),
+                "median_abs_rel_error": float(np.median(errors)),
+                "level": level,
+            }
+    return out
+
+
 def summarize(rows: list[dict], group_key: str, n_boot: int) -> dict[str, dict[str, Any]]:
     groups: dict[str, list[dict]] = {}
     for r in rows:
@@ -449,6 +485,27 @@ def markdown(result: dict[str, Any]) -> str:
             f"{r['reached']} | {r['grad_norm_sum']:.1f} | {r['param_change']:.3f} | {r['wall_s']:.1f} | "
             f"{fmt4(r.get('energy_wh'))} | {r['acc_before']:.3f} -> {r['test_acc_after']:.3f} |"
         )
+    lines += ["", "## Ledger: leave-one-out cost predictions from the other runs of the same shift type", ""]
+    lines += [
+        "| shift | quantity | n | 90% interval coverage | median abs. relative error |",
+        "|---|---|---|---|---|",
+    ]
+    for shift, per in result["ledger_loo"].items():
+        for q, v in per.items():
+            lines.append(
+                f"| {shift} | {q} | {v['n']} | {v['coverage']:.2f} | {v['median_abs_rel_error']:.2f} |"
+            )
+    pre = [
+        r["resque_wh"] / r["energy_wh"]
+        for r in result["dist_rows"]
+        if r.get("resque_wh") and r.get("energy_wh")
+    ]
+    if pre:
+        lines += [
+            "",
+            f"The RESQUE pre-check (inside each fit) used a median {np.median(pre):.1%} of the fit's energy "
+            f"(range {min(pre):.1%} to {max(pre):.1%}).",
+        ]
     lines += ["", "## Task change: RESQUE_task", ""]
     lines += ["| task | seed | RESQUE_task (pooled) | RESQUE_task (flatten) | epochs | reached | wall s |"]
     lines += ["|---|---|---|---|---|---|---|"]
@@ -535,6 +592,7 @@ def main() -> None:
         "dist_info": dist_info,
         "dist_rows": dist_rows,
         "dist_summary": summarize(dist_rows, "shift", args.n_boot),
+        "ledger_loo": ledger_check(dist_rows, "shift"),
         "task_rows": task_rows,
         "task_correlation": {
             variant: {

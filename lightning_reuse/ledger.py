@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 QUANTITIES: tuple[str, ...] = ("epochs_to_target", "energy_wh", "co2_g", "wall_time_s")
 _COLUMNS = ("id", "created_at", "score", "variant", "tag", *QUANTITIES, "extra")
@@ -112,13 +112,21 @@ class RetrainingLedger:
         min_runs: runs with the quantity measured that :meth:`predict` needs before it predicts (>= 3).
     """
 
-    def __init__(self, path: str | Path = "resque_ledger.sqlite", min_runs: int = 4) -> None:
+    def __init__(
+        self,
+        path: str | Path = "resque_ledger.sqlite",
+        min_runs: int = 4,
+        scale: Literal["linear", "log"] = "linear",
+    ) -> None:
         if not isinstance(min_runs, int) or min_runs < 3:
             raise ValueError(
                 f"`min_runs` must be an int >= 3 (a line and its spread need 3 points), got {min_runs!r}."
             )
+        if scale not in ("linear", "log"):
+            raise ValueError(f"`scale` must be 'linear' or 'log', got {scale!r}.")
         self.path = str(path)
         self.min_runs = min_runs
+        self.scale = scale
         self._memory = sqlite3.connect(":memory:") if self.path == ":memory:" else None
         if self._memory is None:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -196,6 +204,8 @@ class RetrainingLedger:
 
         Fit: least squares ``y = a + b * score`` with ``b >= 0`` (if the unconstrained slope is negative the
         best monotone fit is the mean). Interval: ``t_{n-p} * s * sqrt(1 + h)`` with the usual leverage ``h``.
+        With ``scale="log"`` the same fit is made on ``log y`` and mapped back (a multiplicative interval;
+        better when the cost grows faster than linearly with the score, as epochs to target often do).
         """
         if quantity not in QUANTITIES:
             raise ValueError(f"`quantity` must be one of {QUANTITIES}, got {quantity!r}.")
@@ -221,6 +231,14 @@ class RetrainingLedger:
         from scipy import stats
 
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        if self.scale == "log":
+            if min(ys) <= 0:
+                return CostEstimate(
+                    quantity, score, None, None, None, level, n, None,
+                    f"Cannot estimate {quantity} on a log scale: {where} holds values <= 0. HINT: use "
+                    "RetrainingLedger(..., scale='linear').",
+                )  # fmt: skip
+            ys = [math.log(y) for y in ys]
         xbar, ybar = sum(xs) / n, sum(ys) / n
         sxx = sum((x - xbar) ** 2 for x in xs)
         slope = sum((x - xbar) * (y - ybar) for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0
@@ -236,8 +254,12 @@ class RetrainingLedger:
         resid = sum((y - (ybar + slope * (x - xbar))) ** 2 for x, y in zip(xs, ys))
         s = math.sqrt(resid / (n - params))
         half = float(stats.t.ppf(0.5 + level / 2, n - params)) * s * math.sqrt(1.0 + leverage)
-        lower, upper = max(0.0, value - half), value + half
-        value = max(0.0, value)
+        if self.scale == "log":
+            value, lower, upper = math.exp(value), math.exp(value - half), math.exp(value + half)
+            notes.append("log-linear fit")
+        else:
+            lower, upper = max(0.0, value - half), value + half
+            value = max(0.0, value)
         if not min(xs) <= score <= max(xs):
             notes.append(
                 f"score {score:.4g} is outside the recorded range [{min(xs):.4g}, {max(xs):.4g}] (extrapolation)"

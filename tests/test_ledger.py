@@ -88,3 +88,25 @@ def test_monotone_fallback_and_extrapolation_note() -> None:
     est = ledger.predict(0.9)
     assert est.slope == 0.0 and est.value == pytest.approx(8.0)
     assert "do not show cost rising" in str(est) and "extrapolation" in str(est)
+
+
+def test_log_scale_is_the_linear_fit_of_log_cost() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 0.04, 15)
+    y = np.exp(0.5 + 80 * x + rng.normal(0, 0.2, 15))
+    ledger = RetrainingLedger(":memory:", scale="log")
+    for xi, yi in zip(x, y):
+        ledger.add_run(float(xi), epochs_to_target=float(yi))
+    est = ledger.predict(0.03)
+    b, a = np.polyfit(x, np.log(y), 1)
+    s = np.sqrt(((np.log(y) - (a + b * x)) ** 2).sum() / 13)
+    half = (
+        stats.t.ppf(0.95, 13) * s * np.sqrt(1 + 1 / 15 + (0.03 - x.mean()) ** 2 / ((x - x.mean()) ** 2).sum())
+    )
+    assert est.value == pytest.approx(np.exp(a + b * 0.03), rel=1e-10)
+    assert (est.lower, est.upper) == pytest.approx((np.exp(a + b * 0.03 - half), np.exp(a + b * 0.03 + half)))
+    assert "log-linear fit" in str(est)
+    ledger.add_run(0.01, epochs_to_target=0)
+    assert "values <= 0" in str(ledger.predict(0.03))
+    with pytest.raises(ValueError, match="scale"):
+        RetrainingLedger(":memory:", scale="sqrt")  # type: ignore[arg-type]
