@@ -127,8 +127,9 @@ def measure_cost(
         with torch.no_grad(), capture_output(model, layer) as store:
             for dl, side in ((loader, False), (shifted, True)):
                 for xb, yb in dl:
-                    model(xb.to(device))
-                    metric.update(pool_features(store["output"]), yb.to(device), shifted=side)
+                    xb, yb = xb.to(device), yb.to(device)
+                    model(xb)
+                    metric.update(pool_features(store["output"]), yb, shifted=side)
         metric.compute()
         sync()
 

@@ -224,7 +224,8 @@ class RESQUECheck(Callback):
                 if i % world != rank:  # batch-level sharding: exact, no padded duplicates
                     continue
                 x, y = self.batch_fn(batch)
-                x = x.to(device)
+                # labels travel with the inputs, before the forward: a copy after it would wait for the GPU
+                x, y = x.to(device), (y.to(device) if y is not None else None)
                 store.pop("output", None)
                 out = pl_module(x)
                 if "output" not in store:
@@ -241,7 +242,7 @@ class RESQUECheck(Callback):
                         "unlabeled shifted data, `label_source='prediction'`."
                     )
                 seen += 1
-                yield pool_features(store["output"], self.pooling), y.to(device)
+                yield pool_features(store["output"], self.pooling), y
         if bar is not None:
             bar.close()
         if seen == 0 and total is None:
