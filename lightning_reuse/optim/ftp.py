@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lightning_reuse.optim import _ftp_functional as F
+from lightning_reuse.optim._ftp_fused import FusedFTPEngine
 from lightning_reuse.optim.anchors import (
     AnchorSpec,
     ExcludeSpec,
@@ -74,6 +75,9 @@ class FTP(Optimizer):
         flat: among multi-tensor paths, use the one that concatenates all tensors and reduces rows with
             segment reductions: a fixed number of kernels whatever the number of tensors (default: on CUDA,
             where launch overhead dominates; on CPU the per-tensor ``_foreach`` path is faster).
+        fused: keep the FTP state in persistent flat buffers and run the step as two row kernels around the
+            base step (Triton on CUDA; a ``_foreach`` fallback elsewhere). Needs all projected parameters on
+            one device. Default: off (opt in with ``True``).
 
     Raises:
         TypeError: ``base_optimizer`` is not an optimizer.
@@ -91,6 +95,7 @@ class FTP(Optimizer):
         model: nn.Module | None = None,
         foreach: bool | None = None,
         flat: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         if not isinstance(base_optimizer, Optimizer):
             raise TypeError(
@@ -106,7 +111,8 @@ class FTP(Optimizer):
         if not mu > 0.0:
             raise ValueError(f"Invalid `mu`: expected a positive radius learning rate, got {mu}.")
         self.base_optimizer = base_optimizer
-        self.k, self.mu, self.foreach, self.flat = float(k), float(mu), foreach, flat
+        self.k, self.mu, self.foreach, self.flat, self.fused = float(k), float(mu), foreach, flat, fused
+        self._fused_engine = FusedFTPEngine()
         self._layouts: dict[tuple[int, ...], F.FlatLayout] = {}
         self._exclude, self._anchor_spec, self._model = exclude, anchors, model
         super().__init__(base_optimizer.param_groups, {})
@@ -164,6 +170,8 @@ class FTP(Optimizer):
                 loss = closure()
         self.ftp_step += 1
         t = self.ftp_step
+        if self.fused and self._fused_engine.step(self, t):
+            return loss
         active = [p for p in self._all_params() if p.grad is not None and p in self.ftp_state]
         states = [self.ftp_state[p] for p in active]
         for p, s in zip(active, states):  # the model was moved after the optimizer was built
