@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -320,7 +319,6 @@ def main() -> None:
         name = name.replace(".json", f"_empirical_d{args.empirical_dim}.json")
     (args.out / name).write_text(json.dumps(payload, indent=1, default=float))
     print(f"\nwrote {args.out / name} and {', '.join(Path(p).name for p in pngs)}")
-    _ = math  # (kept for readers extending the formulas)
 
 
 if __name__ == "__main__":
