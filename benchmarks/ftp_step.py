@@ -10,7 +10,8 @@ Gradients are fixed random tensors; only ``step()`` is timed.
   Also checks that an FTP step makes no host synchronisation (``torch.cuda.set_sync_debug_mode("error")``),
   and (``--e2e``) times a whole ViT-B/16 fine-tuning iteration (bf16 autocast forward + backward + step).
 
-Variants: ``ftp-flat`` (the default on CUDA: all tensors concatenated, rows reduced with segment
+Variants: ``ftp-fused`` (``FTP(..., fused=True)``: state in flat buffers, Triton row kernels on CUDA; see
+``benchmarks/ftp_step_fused.py`` for its check and timings), ``ftp-flat`` (the default on CUDA: all tensors concatenated, rows reduced with segment
 reductions, a fixed number of kernels), ``ftp-foreach`` (the default on CPU: ``torch._foreach_*`` kernels plus
 one row-norm and one dot kernel per tensor), ``ftp-single`` (the readable per-tensor path),
 ``ftp-compiled`` (experimental, CUDA only: both FTP phases through ``torch.compile``; not shipped), and
@@ -175,6 +176,8 @@ def build(variant: str, named: list[tuple[str, nn.Parameter]], device: str) -> o
         return FTP(base(), exclude="head", foreach=True, flat=False)
     if variant == "ftp-flat":
         return FTP(base(), exclude="head", flat=True)
+    if variant == "ftp-fused":
+        return FTP(base(), exclude="head", fused=True)
     if variant == "ftp":  # the defaults: flat on CUDA, foreach on CPU
         return FTP(base(), exclude="head")
     if variant == "ftp-single":
@@ -254,7 +257,13 @@ class _Iteration:
         self.opt.step()
 
 
-def e2e(device: str, warmup: int, steps: int, batch: int) -> dict[str, float]:
+def e2e(
+    device: str,
+    warmup: int,
+    steps: int,
+    batch: int,
+    variants: tuple[str, ...] = ("adamw-fused", "ftp-flat", "ftp-foreach"),
+) -> dict[str, float]:
     class ViT(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -276,7 +285,7 @@ def e2e(device: str, warmup: int, steps: int, batch: int) -> dict[str, float]:
     out = {}
     x = torch.randn(batch, 3, 224, 224, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
-    for variant in ("adamw-fused", "ftp-flat", "ftp-foreach"):
+    for variant in variants:
         torch.manual_seed(0)
         model = ViT().to(device)
         try:
