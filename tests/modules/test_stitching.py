@@ -101,3 +101,35 @@ def test_argument_errors(models) -> None:
         ModelStitching(sender, "block1", receiver, "block1", example_input=x[:8], optimizer="lion")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no trainable parameter"):
         ModelStitching(sender, "block1", receiver, "block1", stitch=AffineStitch((8, 8, 8), (8, 8, 8)))
+
+
+@pytest.mark.ddp
+@pytest.mark.slow  # ~18 s: two processes start Lightning
+def test_ddp_fit_keeps_halves_frozen_and_stitch_replicas_identical(ddp_runner) -> None:
+    result = ddp_runner(
+        """
+import lightning.pytorch as pl
+from lightning_reuse.datasets import digits_loader, load_digits_tensors
+from lightning_reuse.modules.stitching import ModelStitching
+from tests.nn.test_stitch import TinyResNet
+
+torch.manual_seed(0)
+sender, receiver = TinyResNet().eval(), TinyResNet().eval()
+before = {k: v.clone() for k, v in [*sender.state_dict().items(), *receiver.state_dict().items()]}
+x, y = load_digits_tensors()
+module = ModelStitching(sender, "block2", receiver, "block2", example_input=x[:8], lr=1e-2)
+trainer = pl.Trainer(accelerator="cpu", devices=int(os.environ["LIGHTNING_REUSE_TEST_NPROCS"]), strategy="ddp",
+                     max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False)
+trainer.fit(module, digits_loader(x[:256], y[:256], 32), digits_loader(x[256:384], y[256:384], 32))
+after = {k: v for k, v in [*sender.state_dict().items(), *receiver.state_dict().items()]}
+torch.save({"same_halves": all(torch.equal(before[k], after[k]) for k in before),
+            "eval": not any(m.training for m in [*sender.modules(), *receiver.modules()]),
+            "stitch": {k: v.clone() for k, v in module.model.stitch.state_dict().items()},
+            "val_acc": float(trainer.callback_metrics["val/stitched_acc"])}, f"rank{trainer.global_rank}.pt")
+"""
+    )
+    r0, r1 = (torch.load(result.workdir / f"rank{r}.pt") for r in (0, 1))
+    assert r0["same_halves"] and r1["same_halves"] and r0["eval"] and r1["eval"]
+    assert all(torch.equal(v, r1["stitch"][k]) for k, v in r0["stitch"].items())  # replicas identical
+    assert r0["val_acc"] == r1["val_acc"]  # the accuracy metric is synchronised across ranks
