@@ -178,7 +178,7 @@ def build(variant: str, named: list[tuple[str, nn.Parameter]], device: str) -> o
         return FTP(base(), exclude="head", flat=True)
     if variant == "ftp-fused":
         return FTP(base(), exclude="head", fused=True)
-    if variant == "ftp":  # the defaults: flat on CUDA, foreach on CPU
+    if variant == "ftp":  # the defaults: fused on CUDA (with Triton), foreach on CPU
         return FTP(base(), exclude="head")
     if variant == "ftp-single":
         return FTP(base(), exclude="head", foreach=False)

@@ -84,7 +84,7 @@ def check(set_name: str, steps: int = 8, k: float = 0.3) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sets", default="resnet50,vit_b16")
-    parser.add_argument("--variants", default="adamw-fused,ftp-flat,ftp-foreach,ftp-fused")
+    parser.add_argument("--variants", default="adamw-fused,ftp-flat,ftp-foreach,ftp-fused,ftp")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--no-e2e", action="store_true")

@@ -17,7 +17,7 @@ step makes over memory:
 
 Clipping the radius *after* the projection is exact: with ``g = max(gamma, 1e-8)``,
 ``clamp(min(g, max n) / n, 0, 1) == min(g / n, 1)`` for every row, since ``g >= max n`` makes both sides 1.
-Rows are launched in buckets of row length (<= 256, 1024, 4096, 8192, longer) so that short rows do not
+Rows are launched in buckets of row length (<= 1024, 4096, 8192, longer) so that short rows do not
 waste a wide block and a row that fits in one block is read once and kept in registers. No atomics: results
 are deterministic, as DDP needs. Memory traffic per fp32 element: 8 bytes before the base step, 16 after
 (rows longer than 8192 are read twice, mostly from L2); with the 28 of a fused AdamW step, 52 bytes, a floor
@@ -60,10 +60,10 @@ except ImportError:  # pragma: no cover - CPU-only installs
     triton = tl = None
     HAS_TRITON = False
 
-__all__ = ["HAS_TRITON", "FusedFTPEngine"]
+__all__ = ["HAS_TRITON", "FusedFTPEngine", "kernels_available"]
 
 # row-length buckets: (largest row length, BLOCK, num_warps); the last bucket loops over longer rows
-_BUCKETS = ((256, 256, 2), (1024, 1024, 4), (4096, 4096, 8), (8192, 8192, 16), (None, 4096, 8))
+_BUCKETS = ((1024, 1024, 4), (4096, 4096, 8), (8192, 8192, 16), (None, 4096, 8))
 _TENSOR_BLOCK = 1024
 
 COLD, WARM = 1, 2  # per-tensor modes; 0: no gradient this step (untouched)
@@ -213,6 +213,14 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
             tl.store(gamma_ptr + i, gamma)
 
 
+def kernels_available(ftp_state: dict[Tensor, F.State]) -> bool:
+    """Whether the Triton kernels can run these parameters (Triton installed, fp32 parameters on CUDA)."""
+    if not HAS_TRITON or not ftp_state:
+        return False
+    p = next(iter(ftp_state))
+    return p.device.type == "cuda" and p.dtype == torch.float32
+
+
 def _to_device(values: Tensor, device: torch.device) -> Tensor:
     """Host tensor to ``device`` without a host synchronisation (pinned, asynchronous on CUDA)."""
     if device.type == "cuda":
@@ -289,19 +297,18 @@ class FusedLayout:
         self.modes = torch.zeros(len(params), device=dev, dtype=torch.int32)
         self.pointers = torch.zeros(2, len(params), device=dev, dtype=torch.long)
         self.modes_key: tuple[int, ...] | None = None
+        self.param_ptrs, self.grad_ptrs = self.pointers[0], self.pointers[1]
+        self.param_key: tuple[int, ...] | None = None
         self.pointer_key: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        self.cold = {i for i, s in enumerate(states) if s["direction"] is None}  # no direction yet
         self.kernel_ok = False  # whether the current pointers were validated for the kernels
 
     def _view(self, flat: Tensor, i: int) -> Tensor:
         return flat[self.offsets[i] : self.offsets[i + 1]].view(self.shapes[i])
 
-    def linked(self, ftp_state: dict[Tensor, F.State]) -> bool:
-        """Whether every state is still the one (and its direction the view) this layout was built on."""
-        if len(ftp_state) != len(self.states):
-            return False
-        for p, s, d in zip(self.params, self.states, self.dir_views):
-            if ftp_state.get(p) is not s:
-                return False
+    def linked(self) -> bool:
+        """Whether every direction is still unset or the view into the buffers (another path replaces it)."""
+        for s, d in zip(self.states, self.dir_views):
             direction = s["direction"]
             if direction is not None and direction is not d:
                 return False
@@ -320,43 +327,60 @@ class FusedFTPEngine:
     def __init__(self) -> None:
         self.layout: FusedLayout | None = None
 
+    def invalidate(self) -> None:
+        """Forget the buffers: the next step rebuilds them from ``ftp_state`` (after a state was replaced)."""
+        self.layout = None
+
+    def _build(self, ftp: Any) -> FusedLayout | None:
+        params = [p for p in ftp._all_params() if p in ftp.ftp_state]
+        states = [ftp.ftp_state[p] for p in params]
+        if not params or len({p.device for p in params}) > 1 or len({s["anchor"].dtype for s in states}) > 1:
+            return None
+        self.layout = FusedLayout(params, states)
+        return self.layout
+
     def step(self, ftp: Any, t: int) -> bool:
-        """One full FTP step of ``ftp`` (radius, base step, projection); False if this path cannot take it."""
+        """One full FTP step of ``ftp`` (radius, base step, projection); False if this path cannot take it.
+
+        The host work per tensor is a few attribute reads (this path is meant to be launch-bound at worst):
+        the full checks run only when a data pointer changes.
+        """
         layout = self.layout
-        if layout is None or not layout.linked(ftp.ftp_state) or not self._same_device(layout):
-            params = [p for p in ftp._all_params() if p in ftp.ftp_state]
-            states = [ftp.ftp_state[p] for p in params]
-            if not params or len({p.device for p in params}) > 1:
+        if layout is None or len(ftp.ftp_state) != len(layout.params) or not layout.linked():
+            layout = self._build(ftp)
+            if layout is None:
                 return False
-            if len({s["anchor"].dtype for s in states}) > 1:
-                return False
-            layout = self.layout = FusedLayout(params, states)
+        param_key = tuple([p.data_ptr() for p in layout.params])
+        if param_key != layout.param_key:  # first step, or the parameters were moved or replaced
+            if any(p.device != layout.device for p in layout.params):
+                layout = self._build(ftp)
+                if layout is None:
+                    return False
+            layout.param_key = param_key
         grads = [p.grad for p in layout.params]
-        modes = tuple(
-            0 if g is None else (WARM if t > 1 and s["direction"] is not None else COLD)
-            for g, s in zip(grads, layout.states)
-        )
-        if self._kernels_usable(layout, grads):
+        if t > 1 and not layout.cold:
+            modes = tuple([0 if g is None else WARM for g in grads])
+        else:
+            modes = tuple(
+                0 if g is None else (WARM if t > 1 and s["direction"] is not None else COLD)
+                for g, s in zip(grads, layout.states)
+            )
+        if self._kernels_usable(layout, param_key, grads):
             self._step_triton(ftp, layout, modes, t)
         else:
             self._step_torch(ftp, layout, grads, modes, t)
-        for i, mode in enumerate(modes):
-            if mode:
-                layout.states[i]["direction"] = layout.dir_views[i]
+        if COLD in modes:
+            for i, mode in enumerate(modes):
+                if mode == COLD:
+                    layout.states[i]["direction"] = layout.dir_views[i]
+                    layout.cold.discard(i)
         return True
 
     @staticmethod
-    def _same_device(layout: FusedLayout) -> bool:
-        return all(p.device == layout.device for p in layout.params)
-
-    @staticmethod
-    def _kernels_usable(layout: FusedLayout, grads: list[Tensor | None]) -> bool:
+    def _kernels_usable(layout: FusedLayout, param_key: tuple[int, ...], grads: list[Tensor | None]) -> bool:
         if not HAS_TRITON or layout.device.type != "cuda" or layout.dtype != torch.float32:
             return False
-        key = (
-            tuple(p.data_ptr() for p in layout.params),
-            tuple(0 if g is None else g.data_ptr() for g in grads),
-        )
+        key = (param_key, tuple([0 if g is None else g.data_ptr() for g in grads]))
         if key != layout.pointer_key:
             layout.pointer_key = key
             layout.kernel_ok = _kernel_tensors_ok(layout.params, layout.device) and _kernel_tensors_ok(
@@ -384,7 +408,7 @@ class FusedFTPEngine:
                     layout.row_flat,
                     layout.row_len,
                     layout.modes,
-                    layout.pointers[1],
+                    layout.grad_ptrs,
                     layout.direction,
                     layout.h_row,
                     BLOCK=block,
@@ -414,7 +438,7 @@ class FusedFTPEngine:
                 layout.row_flat,
                 layout.row_len,
                 layout.modes,
-                layout.pointers[0],
+                layout.param_ptrs,
                 layout.anchor,
                 layout.direction,
                 layout.gamma,

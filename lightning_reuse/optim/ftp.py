@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lightning_reuse.optim import _ftp_functional as F
-from lightning_reuse.optim._ftp_fused import FusedFTPEngine
+from lightning_reuse.optim._ftp_fused import FusedFTPEngine, kernels_available
 from lightning_reuse.optim.anchors import (
     AnchorSpec,
     ExcludeSpec,
@@ -76,8 +76,9 @@ class FTP(Optimizer):
             segment reductions: a fixed number of kernels whatever the number of tensors (default: on CUDA,
             where launch overhead dominates; on CPU the per-tensor ``_foreach`` path is faster).
         fused: keep the FTP state in persistent flat buffers and run the step as two row kernels around the
-            base step (Triton on CUDA; a ``_foreach`` fallback elsewhere). Needs all projected parameters on
-            one device. Default: off (opt in with ``True``).
+            base step (Triton on CUDA; a ``_foreach`` fallback elsewhere); needs all projected parameters on
+            one device. Default: on when Triton is installed and the parameters are fp32 on CUDA (unless
+            ``foreach=False`` or ``flat`` is given); ``True`` forces it (the fallback on CPU), ``False`` never.
 
     Raises:
         TypeError: ``base_optimizer`` is not an optimizer.
@@ -170,7 +171,7 @@ class FTP(Optimizer):
                 loss = closure()
         self.ftp_step += 1
         t = self.ftp_step
-        if self.fused and self._fused_engine.step(self, t):
+        if self._fused_wanted() and self._fused_engine.step(self, t):
             return loss
         active = [p for p in self._all_params() if p.grad is not None and p in self.ftp_state]
         states = [self.ftp_state[p] for p in active]
@@ -198,6 +199,11 @@ class FTP(Optimizer):
         self.base_optimizer.step()
         project(active, states)
         return loss
+
+    def _fused_wanted(self) -> bool:
+        if self.fused is not None:
+            return self.fused
+        return self.foreach is not False and self.flat is None and kernels_available(self.ftp_state)
 
     def _implementation(self, params: list[Tensor], states: list[dict[str, Any]]) -> str:
         one_device = len({p.device for p in params}) <= 1
@@ -239,6 +245,7 @@ class FTP(Optimizer):
                 "the base optimizer (`ftp.base_optimizer.load_state_dict(sd)`) to keep fresh anchors."
             )
         base_sd = {key: value for key, value in state_dict.items() if key != "ftp"}
+        self._fused_engine.invalidate()
         self.base_optimizer.load_state_dict(base_sd)
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state

@@ -172,3 +172,17 @@ def test_triton_kernels_match_single_path_fp32(k: float) -> None:
     for p, q in zip(projected_params(a), projected_params(b)):
         ga, gb = opt_a.ftp_state[p]["gamma"], opt_b.ftp_state[q]["gamma"]
         assert torch.allclose(ga, gb, rtol=1e-5, atol=1e-8)
+
+
+def test_fused_is_off_by_default_on_cpu_and_can_be_forced() -> None:
+    model = make_net(torch.float32)
+    assert not FTP(torch.optim.SGD(model.parameters(), lr=0.1))._fused_wanted()
+    assert FTP(torch.optim.SGD(model.parameters(), lr=0.1), fused=True)._fused_wanted()
+
+
+@needs_cuda_triton
+def test_fused_is_the_cuda_default_for_fp32_and_not_for_bf16() -> None:
+    model = Mixed().cuda()
+    assert FTP(torch.optim.AdamW(model.parameters(), lr=1e-3))._fused_wanted()
+    assert not FTP(torch.optim.AdamW(model.parameters(), lr=1e-3), flat=True)._fused_wanted()
+    assert not FTP(torch.optim.AdamW(model.to(torch.bfloat16).parameters(), lr=1e-3))._fused_wanted()
