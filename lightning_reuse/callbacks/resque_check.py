@@ -42,6 +42,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from lightning_reuse._warnings import LightningReuseWarning
@@ -137,9 +138,9 @@ class RESQUECheck(Callback):
 
     def __init__(
         self,
-        dataloader: Iterable[Any],
+        dataloader: DataLoader | Iterable[Any],
         layer: str,
-        original_dataloader: Iterable[Any] | None = None,
+        original_dataloader: DataLoader | Iterable[Any] | None = None,
         mode: Literal["auto", "dist", "task"] = "auto",
         num_classes: int | None = None,
         pooling: Pooling = "default",
