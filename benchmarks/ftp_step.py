@@ -11,7 +11,7 @@ Gradients are fixed random tensors; only ``step()`` is timed.
   and (``--e2e``) times a whole ViT-B/16 fine-tuning iteration (bf16 autocast forward + backward + step).
 
 Variants: ``ftp-fused`` (``FTP(..., fused=True)``: state in flat buffers, Triton row kernels on CUDA; see
-``benchmarks/ftp_step_fused.py`` for its check and timings), ``ftp-flat`` (the default on CUDA: all tensors concatenated, rows reduced with segment
+``benchmarks/ftp_step_fused.py`` for its check and timings), ``ftp-flat`` (the CUDA default before the fused path: all tensors concatenated, rows reduced with segment
 reductions, a fixed number of kernels), ``ftp-foreach`` (the default on CPU: ``torch._foreach_*`` kernels plus
 one row-norm and one dot kernel per tensor), ``ftp-single`` (the readable per-tensor path),
 ``ftp-compiled`` (experimental, CUDA only: both FTP phases through ``torch.compile``; not shipped), and

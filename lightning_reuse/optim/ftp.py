@@ -73,8 +73,8 @@ class FTP(Optimizer):
         foreach: use a multi-tensor path (default: yes, unless parameters are on several devices);
             ``False`` runs the readable one-tensor-at-a-time path.
         flat: among multi-tensor paths, use the one that concatenates all tensors and reduces rows with
-            segment reductions: a fixed number of kernels whatever the number of tensors (default: on CUDA,
-            where launch overhead dominates; on CPU the per-tensor ``_foreach`` path is faster).
+            segment reductions: a fixed number of kernels whatever the number of tensors (default: on CUDA when
+            the fused path does not apply; on CPU the per-tensor ``_foreach`` path is faster).
         fused: keep the FTP state in persistent flat buffers and run the step as two row kernels around the
             base step (Triton on CUDA; a ``_foreach`` fallback elsewhere); needs all projected parameters on
             one device. Default: on when Triton is installed and the parameters are fp32 on CUDA (unless
