@@ -388,6 +388,6 @@ def _precheck_reasons(summary: dict[str, Any], results: list[StrategyResult]) ->
         rep = next((r for r in results if r.name == "reprogramming"), None)
         got = "" if rep is None else f"; reprogramming then reached {rep.test_acc:.3f} test accuracy"
         reasons.append(
-            f"NTK screening said {ntk['decision']} for reprogramming (rho = {ntk['rho']:.3f}){got}"
+            f"NTK screening said {ntk['decision']} for reprogramming (NTK score {ntk['ntk_score']:.3f}){got}"
         )
     return reasons

@@ -197,7 +197,8 @@ def ntk_precheck(config: DemoConfig, source: torch.nn.Module, run_dir: Path, say
     duration = time.perf_counter() - start
     plot = _spectrum_plot(scores.eigenvalues, scores.decision, run_dir / "ntk_spectrum.png")
     say(
-        f"      {scores.decision}: rho = {scores.rho:.3f}, E(100) = {scores.e_tau:.3f}, r_eff = {scores.r_eff:.3f} "
+        f"      {scores.decision}: NTK score = {scores.ntk_score:.3f}, rho = {scores.rho:.3f}, "
+        f"E(100) = {scores.e_tau:.3f}, r_eff = {scores.r_eff:.3f} "
         f"({scores.n} samples, {duration:.2f} s)"
     )
     for reason in scores.reasons:
@@ -206,6 +207,8 @@ def ntk_precheck(config: DemoConfig, source: torch.nn.Module, run_dir: Path, say
         "decision": scores.decision,
         "reasons": list(scores.reasons),
         "rho": scores.rho,
+        "ntk_score": scores.ntk_score,
+        "ntk_accuracy": scores.ntk_accuracy,
         "e_tau": scores.e_tau,
         "r_eff": scores.r_eff,
         "n": scores.n,

@@ -179,6 +179,9 @@ def ntk_section(summary: dict[str, Any]) -> str:
         + ("" if n.get("energy_wh") is None else f", {n['energy_wh']:.5f} Wh")
         + ").",
         "",
+        f"- NTK score = {n['ntk_score']:.3f} (cross-fitted NTK-ridge accuracy, 0 = chance, 1 = perfect, gated by "
+        "the source's confidence; FAIL below 0.25, WARN below 0.45, thresholds calibrated in "
+        "benchmarks/ntk_screening.py)",
         f"- complexity ratio rho = {n['rho']:.3f} (near 1: the labels are no easier for this kernel than random ones)",
         f"- learnable fraction E(100) = {n['e_tau']:.3f}; effective rank fraction r_eff = {n['r_eff']:.3f}",
         *[f"- {reason}" for reason in n["reasons"]],
