@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) ./.venv and install lightning_reuse with its test and demo extras.
-# torch is pinned here only: an unpinned torch resolves to a multi-GB CUDA build on CPU machines.
+# torch is pinned here only: on our CI machines torch==2.13.0 resolves to a CPU build kept on local disk, while an
+# unpinned torch resolves to a multi-GB CUDA build. Elsewhere, set LIGHTNING_REUSE_TORCH (e.g. to a CPU wheel URL).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -11,7 +12,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  echo "[install] installing $TORCH_SPEC (CPU build)"
+  echo "[install] installing $TORCH_SPEC"
   .venv/bin/python -m pip install -q --disable-pip-version-check "$TORCH_SPEC"
 fi
 echo "[install] installing lightning_reuse[test,demo] (editable)"

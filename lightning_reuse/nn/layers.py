@@ -60,14 +60,16 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
 def capture_output(model: nn.Module, name: str, detach: bool = True) -> Iterator[dict[str, Any]]:
     """Within the block, ``store["output"]`` holds the latest output of layer ``name`` (a forward hook).
 
-    The hook is removed on exit, also on error. Tuple outputs keep their first tensor.
+    The hook is removed on exit, also on error. Tuple outputs keep their first tensor. With ``detach`` the
+    stored tensor is a detached copy, so a following in-place operation cannot change it.
     """
     layer = get_layer(model, name)
     store: dict[str, Any] = {}
 
     def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
         out = output[0] if isinstance(output, (tuple, list)) else output
-        store["output"] = out.detach() if detach and isinstance(out, Tensor) else out
+        # clone: an in-place op after the layer (e.g. ReLU(inplace=True)) would overwrite a mere view
+        store["output"] = out.detach().clone() if detach and isinstance(out, Tensor) else out
 
     handle = layer.register_forward_hook(hook)
     try:

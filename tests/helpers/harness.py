@@ -14,7 +14,9 @@ Fixtures: ``network_guard`` (the recorded violations, to assert on), ``wandb_off
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ for _key in list(os.environ):
     if _key.startswith(("WANDB_", "CODECARBON_")):
         del os.environ[_key]
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="lightning_reuse_tests_"))
+atexit.register(shutil.rmtree, _SESSION_DIR, ignore_errors=True)
 os.environ.update(
     {
         "WANDB_MODE": "offline",
