@@ -92,6 +92,34 @@ def _untouched(module: nn.Module):
             m.training = mode
 
 
+def _loader_generators(loader: Any) -> list[torch.Generator]:
+    """Every ``torch.Generator`` reachable from a data loader: its own, its sampler's, its batch sampler's."""
+    found: list[torch.Generator] = []
+    seen: set[int] = set()
+    stack = [loader]
+    while stack:
+        obj = stack.pop()
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Generator):
+            found.append(obj)
+            continue
+        stack.extend(getattr(obj, a, None) for a in ("generator", "sampler", "batch_sampler"))
+    return found
+
+
+@contextmanager
+def _generators_untouched(loader: Any):
+    """Restore the state of every generator of ``loader`` (reading it must not change the batch order)."""
+    saved = [(g, g.get_state()) for g in _loader_generators(loader)]
+    try:
+        yield
+    finally:
+        for g, state in saved:
+            g.set_state(state)
+
+
 class NTKScreening(Callback):
     """Before the first training step, compute the prompt-NTK scores and a PASS/WARN/FAIL decision.
 
@@ -100,8 +128,10 @@ class NTKScreening(Callback):
     ``ntk/decision`` 0/1/2) to every logger, the top-k spectrum as a PNG (and as a W&B line plot when a
     ``WandbLogger`` is attached), and measures its own cost in the ``"ntk-screening"`` window of an
     attached ``EnergyMonitor``. Model parameters, gradients, RNG states and train/eval modes are left
-    as they were. On FAIL it warns (``on_fail="warn"``) or warns and stops the fit (``"stop"``; the fit
-    ends before the first step unless ``min_epochs``/``min_steps`` forbid it).
+    as they were, and so is the training batch order (the generators of the train loader and of its
+    sampler are restored after the subset is read). On FAIL it warns (``on_fail="warn"``) or warns
+    and stops the fit (``"stop"``; the fit ends before the first step unless
+    ``min_epochs``/``min_steps`` forbid it).
 
     Args:
         num_samples: Size of the stratified subset (the spec's default 512).
@@ -201,17 +231,20 @@ class NTKScreening(Callback):
         elif isinstance(loader, dict):
             loader = next(iter(loader.values()))
         xs, ys, count = [], [], 0
-        for batch in loader:
-            if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-                raise TypeError(
-                    f"NTKScreening expects training batches `(x, y, ...)`, got {type(batch).__name__}. "
-                    "HINT: return (inputs, labels) tuples from the training dataset."
-                )
-            xs.append(batch[0])
-            ys.append(batch[1])
-            count += len(batch[1])
-            if count >= self.max_pool:
-                break
+        # The global RNG states are restored by `_untouched`; the loader's own generators (a shuffled
+        # DataLoader's `generator`, its sampler's) here, so the training batch order does not change.
+        with _generators_untouched(loader):
+            for batch in loader:
+                if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+                    raise TypeError(
+                        f"NTKScreening expects training batches `(x, y, ...)`, got {type(batch).__name__}. "
+                        "HINT: return (inputs, labels) tuples from the training dataset."
+                    )
+                xs.append(batch[0])
+                ys.append(batch[1])
+                count += len(batch[1])
+                if count >= self.max_pool:
+                    break
         return torch.cat(xs).to(device), torch.cat(ys).to(device).long()
 
     def _screen(self, trainer: pl.Trainer, model: nn.Module, device: torch.device) -> dict[str, Any]:

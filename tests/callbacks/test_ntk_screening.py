@@ -22,7 +22,7 @@ from lightning_reuse.nn.prompts import PaddingPrompt
 from lightning_reuse.nn.reprogrammed import ReprogrammedModel
 from lightning_reuse.nn.small_cnn import SmallCNN
 
-PASS_ALL = ScreeningThresholds(ntk_accuracy_fail=None)  # no rule: always PASS
+PASS_ALL = ScreeningThresholds(ntk_accuracy_fail=None, ntk_accuracy_warn=None)  # no rule: always PASS
 FAIL_ALL = ScreeningThresholds(min_confidence=1e9)
 
 
@@ -103,6 +103,33 @@ def test_screening_leaves_model_rng_and_modes_untouched(tmp_path: Path) -> None:
     assert np.array_equal(b["np_rng"], a["np_rng"]) and b["py_rng"] == a["py_rng"]
     assert b["modes"] == a["modes"] and b["modes"]["model.transform"] is True
     assert b["modes"]["model.source"] is False
+
+
+class FirstBatch(Reprog):
+    """Records the first training batch it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first: torch.Tensor | None = None
+
+    def training_step(self, batch, i):
+        if self.first is None:
+            self.first = batch[0].clone()
+        return super().training_step(batch, i)
+
+
+@pytest.mark.parametrize("own_generator", [True, False], ids=["loader-generator", "global-rng"])
+def test_screening_leaves_the_training_batch_order_unchanged(tmp_path: Path, own_generator: bool) -> None:
+    data = loader(100).dataset  # 100 samples: the screening reads a few batches, not the whole epoch
+    firsts = []
+    for callbacks in ([], [NTKScreening(num_samples=30, plot=False, thresholds=PASS_ALL)]):
+        generator = torch.Generator().manual_seed(0) if own_generator else None
+        train = DataLoader(data, batch_size=20, shuffle=True, generator=generator)
+        module = FirstBatch()
+        torch.manual_seed(1)
+        trainer(tmp_path, callbacks, max_steps=1).fit(module, train)
+        firsts.append(module.first)
+    assert firsts[0] is not None and torch.equal(firsts[0], firsts[1])
 
 
 def test_works_with_model_reprogramming_module(tmp_path: Path) -> None:
