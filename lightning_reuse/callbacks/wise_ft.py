@@ -4,6 +4,8 @@ Thin glue over :func:`lightning_reuse.optim.anchors.interpolate_state_dicts`: th
 model's state_dict when fit starts (the pre-trained weights; kept in its own checkpoint state so a resumed
 run still knows them), and when fit ends sweeps ``alphas``, evaluating each interpolation
 ``(1 - a) * w0 + a * w_ft`` with ``eval_fn``, logs the sweep and leaves the model at the chosen ``alpha``.
+The entries selected by ``exclude`` (default: the module named ``head``, a new head whose value at fit start
+is a random initialisation) are not interpolated: they keep their fine-tuned value for every alpha.
 
 Example:
     >>> cb = WiSEFT(alphas=(0.0, 0.5, 1.0), alpha="best", monitor="acc", eval_fn=None)
@@ -26,7 +28,12 @@ from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lightning_reuse.callbacks._windows import measurement_window
-from lightning_reuse.optim.anchors import interpolate_state_dicts
+from lightning_reuse.optim.anchors import (
+    ExcludeSpec,
+    excluded_state_keys,
+    interpolate_state_dicts,
+    normalize_name,
+)
 
 __all__ = ["WiSEFT"]
 
@@ -45,10 +52,17 @@ class WiSEFT(Callback):
         monitor: the metric of ``eval_fn`` that ``alpha="best"`` maximises (``mode="max"``) or minimises.
         mode: ``"max"`` or ``"min"``.
         pretrained: the pre-trained state_dict; default: the module's state_dict when fit starts.
+        exclude: the entries without a pre-trained counterpart (a new head), which keep their fine-tuned value
+            at every alpha: same forms as :class:`~lightning_reuse.optim.FTP`'s ``exclude`` (a module name or
+            list of names, parameters, a module, or a predicate ``(name, tensor) -> bool``), applied to the
+            state_dict: a name or module rule also covers its buffers. Default ``"head"`` (a rule that matches
+            nothing warns); ``None`` interpolates every entry present in ``pretrained``.
 
     After fit: :attr:`results` (one dict per alpha: ``{"alpha": a, **metrics}``), :attr:`chosen_alpha` and
-    :attr:`finetuned` (the fine-tuned state_dict on CPU, before interpolation).
-    Entries without a pre-trained counterpart (a new head) keep their fine-tuned value.
+    :attr:`finetuned` (the fine-tuned state_dict on CPU, before interpolation); from fit start,
+    :attr:`excluded_keys` (the state_dict keys ``exclude`` selected).
+    Entries selected by ``exclude`` and entries without a pre-trained counterpart (absent from ``pretrained``
+    or of another shape) keep their fine-tuned value; so do integer buffers (counters).
     """
 
     def __init__(
@@ -59,6 +73,7 @@ class WiSEFT(Callback):
         monitor: str | None = None,
         mode: Literal["max", "min"] = "max",
         pretrained: Mapping[str, torch.Tensor] | None = None,
+        exclude: ExcludeSpec = "head",
     ) -> None:
         self.alphas = tuple(float(a) for a in alphas)
         if not self.alphas or any(not 0.0 <= a <= 1.0 for a in self.alphas):
@@ -76,6 +91,8 @@ class WiSEFT(Callback):
             raise ValueError(f"`alpha` must be a number in [0, 1] or 'best', got {alpha!r}.")
         self.alpha, self.eval_fn, self.monitor, self.mode = alpha, eval_fn, monitor, mode
         self.pretrained = None if pretrained is None else _cpu_copy(pretrained)
+        self.exclude = exclude
+        self.excluded_keys: set[str] = set()
         self.results: list[dict[str, float]] = []
         self.chosen_alpha: float | None = None
         self.finetuned: dict[str, torch.Tensor] = {}
@@ -84,6 +101,12 @@ class WiSEFT(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.pretrained is None:
             self.pretrained = _cpu_copy(pl_module.state_dict())
+        self.excluded_keys = excluded_state_keys(
+            self.exclude,
+            pl_module,
+            consequence="it will be interpolated towards its value when fit started. Fix: pass the new head's "
+            "module name as `exclude=`, or `exclude=None` to interpolate every entry",
+        )
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -117,7 +140,8 @@ class WiSEFT(Callback):
                 logger.log_table(key="wise_ft/sweep", columns=columns, data=rows)
 
     def _apply(self, pl_module: pl.LightningModule, finetuned: Mapping[str, torch.Tensor], a: float) -> None:
-        mixed = interpolate_state_dicts(self.pretrained, finetuned, a)
+        pretrained = {k: v for k, v in self.pretrained.items() if normalize_name(k) not in self.excluded_keys}
+        mixed = interpolate_state_dicts(pretrained, finetuned, a)
         pl_module.load_state_dict(mixed)
 
     def _evaluate(self, pl_module: pl.LightningModule) -> dict[str, float]:

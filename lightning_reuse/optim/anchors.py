@@ -5,8 +5,10 @@
   ``_orig_mod.`` (``torch.compile``) wrappers so names match across wrapping.
 - ``exclude`` selects parameters *without* a pre-trained counterpart (typically the new head): a module
   name or a list of them (``"head"`` matches ``head.weight`` and ``head.bias``), parameter objects, a module,
-  or a predicate ``(name, param) -> bool``. :func:`missing_from` builds the predicate "not in this
-  pre-trained state_dict (or of another shape)". A rule that matches nothing warns.
+  or a predicate ``(name, param) -> bool`` (``name`` is None for a parameter whose name is unknown).
+  :func:`missing_from` builds the predicate "not in this pre-trained state_dict (or of another shape)". A
+  rule that matches nothing warns. :func:`excluded_state_keys` applies the same rules to a model's
+  state_dict (buffers included), for WiSE-FT.
 - :func:`interpolate_state_dicts` is WiSE-FT's weight-space ensemble (Wortsman et al., CVPR 2022).
 
 Example:
@@ -92,11 +94,21 @@ def _name_matches(name: str | None, rule: str) -> bool:
     return name == rule or name.startswith(rule + ".")
 
 
-def resolve_exclude(exclude: ExcludeSpec, params: Sequence[Tensor], names: Mapping[Any, Any]) -> ParamSet:
+def resolve_exclude(
+    exclude: ExcludeSpec,
+    params: Sequence[Tensor],
+    names: Mapping[Any, Any],
+    *,
+    consequence: str = "every parameter it was meant for will be projected",
+) -> ParamSet:
     """Return the parameters of ``params`` that ``exclude`` selects; warn for every rule that matches nothing.
 
+    A predicate is called as ``rule(name, param)``; ``name`` is None when the parameter's name is unknown (an
+    optimizer built from ``model.parameters()`` without ``model=``). ``consequence`` ends the warning.
+
     Raises:
-        ValueError: a name rule is given but parameter names are unknown.
+        ValueError: a name rule is given but parameter names are unknown, or a predicate fails on a
+            parameter whose name is None.
         TypeError: ``exclude`` is of an unsupported type.
     """
     out = ParamSet()
@@ -121,12 +133,12 @@ def resolve_exclude(exclude: ExcludeSpec, params: Sequence[Tensor], names: Mappi
                 )
             hit = [p for p in params if _name_matches(names[p], rule)]
         elif isinstance(rule, nn.Module):
-            ids = ParamSet(rule.parameters())
+            ids = ParamSet([*rule.parameters(), *rule.buffers()])
             hit = [p for p in params if p in ids]
         elif isinstance(rule, Tensor):
             hit = [p for p in params if p is rule]
         elif callable(rule):
-            hit = [p for p in params if rule(names[p], p)]
+            hit = [p for p in params if _call_predicate(rule, names[p], p)]
         else:
             raise TypeError(
                 f"`exclude` entries must be names, parameters, modules or predicates; got "
@@ -135,14 +147,47 @@ def resolve_exclude(exclude: ExcludeSpec, params: Sequence[Tensor], names: Mappi
         if not hit:
             known = sorted({n.rsplit(".", 1)[0] for n in names.values() if n}) if names else []
             warnings.warn(
-                f"`exclude` rule {rule!r} matches no parameter of the optimizer; every parameter it was "
-                f"meant for will be projected. Known modules: {known[:20]}.",
+                f"`exclude` rule {rule!r} matches no parameter; {consequence}. Known modules: {known[:20]}.",
                 LightningReuseWarning,
                 stacklevel=3,
             )
         for p in hit:
             out.add(p)
     return out
+
+
+def _call_predicate(rule: Predicate, name: str | None, param: Tensor) -> bool:
+    if name is not None:
+        return bool(rule(name, param))
+    try:
+        return bool(rule(name, param))
+    except (AttributeError, TypeError) as err:
+        raise ValueError(
+            f"The `exclude` predicate {rule!r} failed on a parameter without a name (name=None): {err}. "
+            "Fix: build the base optimizer from `model.named_parameters()` or pass `model=`, or make the "
+            "predicate accept `name=None`."
+        ) from err
+
+
+def excluded_state_keys(exclude: ExcludeSpec, model: nn.Module, consequence: str) -> set[str]:
+    """The normalized state_dict keys of ``model`` that ``exclude`` selects, buffers included.
+
+    Same forms as for parameters: a name rule also selects the buffers under that name, a module rule its
+    buffers, and a predicate is called on buffers too. A rule that matches nothing warns, ending in
+    ``consequence``.
+
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    >>> sorted(excluded_state_keys("1", net, "it is interpolated"))
+    ['1.bias', '1.num_batches_tracked', '1.running_mean', '1.running_var', '1.weight']
+    """
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    by_id: dict[int, str] = {}
+    for name, t in named:
+        by_id.setdefault(id(t), normalize_name(name))
+    tensors = list({id(t): t for _, t in named}.values())
+    selected = resolve_exclude(exclude, tensors, _IdNames(by_id, tensors), consequence=consequence)
+    return {normalize_name(n) for n, t in named if t in selected}
 
 
 def missing_from(pretrained: Mapping[str, Tensor] | nn.Module) -> Predicate:

@@ -66,7 +66,9 @@ class FTP(Optimizer):
         mu: learning rate of the radius Adam (the paper hard-codes 1e-2).
         exclude: the parameters with no pre-trained counterpart, which get the plain base update: a module
             name or list of names (``"head"``), parameter objects, a module, or a predicate
-            ``(name, param) -> bool`` such as :func:`~lightning_reuse.optim.anchors.missing_from`.
+            ``(name, param) -> bool`` such as :func:`~lightning_reuse.optim.anchors.missing_from`
+            (``name`` is None when names are unknown: build the base optimizer from ``named_parameters()``
+            or pass ``model=``, or make the predicate accept None).
         anchors: the pre-trained values: None (the values at construction), a module or a state_dict.
         model: where to read parameter names from when the base optimizer was not built from
             ``named_parameters()`` (names are needed for name rules and state_dict anchors).

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_reuse._warnings import LightningReuseWarning
 from lightning_reuse.callbacks import WiSEFT
 from lightning_reuse.optim import interpolate_state_dicts
 
@@ -100,20 +101,83 @@ def test_callback_sweeps_logs_and_leaves_model_at_best_alpha(tmp_path: Path) -> 
     assert [r["alpha"] for r in cb.results] == [0.0, 0.5, 1.0]
     best = min(cb.results, key=lambda r: r["loss"])
     assert cb.chosen_alpha == best["alpha"]
-    # alpha = 0 evaluates the pre-trained body with the fine-tuned head
+    # alpha = 0 evaluates the pre-trained body with the fine-tuned head (the head is excluded by default)
+    pre_body = {k: v for k, v in pre.items() if not k.startswith("head.")}
     check = Classifier()
-    check.load_state_dict(interpolate_state_dicts(pre, cb.finetuned, 0.0))
+    check.load_state_dict(interpolate_state_dicts(pre_body, cb.finetuned, 0.0))
     check.eval()
     with torch.no_grad():
         assert cb.results[0]["loss"] == pytest.approx(Accuracy(xv, yv)(check)["loss"], rel=1e-6)
     # the model is left exactly at the chosen interpolation (buffers included)
-    expected = interpolate_state_dicts(pre, cb.finetuned, cb.chosen_alpha)
+    expected = interpolate_state_dicts(pre_body, cb.finetuned, cb.chosen_alpha)
     for key, value in model.state_dict().items():
         assert torch.equal(value, expected[key]), key
     rows = list(csv.DictReader(open(Path(trainer.logger.log_dir) / "metrics.csv")))
     assert [float(r["wise_ft/alpha"]) for r in rows if r.get("wise_ft/alpha")] == [0.0, 0.5, 1.0]
     assert any(r.get("wise_ft/chosen_alpha") for r in rows)
     assert cb.state_dict()["pretrained"].keys() == pre.keys()
+
+
+def _fit_at_alpha_zero(cb: WiSEFT, tmp_path: Path) -> tuple[Classifier, dict[str, torch.Tensor]]:
+    model = Classifier()
+    pre = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        callbacks=[cb],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(model, DataLoader(TensorDataset(*_data(1)), batch_size=16))
+    return model, pre
+
+
+@pytest.mark.parametrize("how", ["default", "module", "predicate", "list"])
+def test_excluded_head_keeps_its_fine_tuned_value_at_alpha_zero(tmp_path: Path, how: str) -> None:
+    if how == "default":
+        cb = WiSEFT(alphas=(0.0,), alpha=0.0)
+    elif how == "predicate":
+        cb = WiSEFT(alphas=(0.0,), alpha=0.0, exclude=lambda name, t: name.startswith("head."))
+    elif how == "list":
+        cb = WiSEFT(alphas=(0.0,), alpha=0.0, exclude=["head.weight", "head.bias"])
+    else:
+        cb = WiSEFT(alphas=(0.0,), alpha=0.0)  # the module object is set below, once the model exists
+    if how == "module":
+        model = Classifier()
+        cb.exclude = model.head
+        pre = {k: v.clone() for k, v in model.state_dict().items()}
+        pl.Trainer(
+            default_root_dir=tmp_path,
+            accelerator="cpu",
+            max_epochs=1,
+            logger=False,
+            callbacks=[cb],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+        ).fit(model, DataLoader(TensorDataset(*_data(1)), batch_size=16))
+    else:
+        model, pre = _fit_at_alpha_zero(cb, tmp_path)
+    assert cb.excluded_keys == {"head.weight", "head.bias"}
+    state = model.state_dict()
+    for key in ("head.weight", "head.bias"):
+        assert not torch.equal(cb.finetuned[key], pre[key])  # fine-tuning moved the head
+        assert torch.equal(state[key], cb.finetuned[key]), key
+    for key in ("body.0.weight", "body.1.running_mean"):
+        assert torch.equal(state[key], pre[key]), key  # the body is back at its pre-trained value
+
+
+def test_exclude_none_interpolates_every_entry_and_unmatched_rule_warns(tmp_path: Path) -> None:
+    model, pre = _fit_at_alpha_zero(WiSEFT(alphas=(0.0,), alpha=0.0, exclude=None), tmp_path)
+    for key, value in model.state_dict().items():
+        if value.is_floating_point():  # every float entry, the head included, is at its fit-start value
+            assert torch.equal(value, pre[key]), key
+    with pytest.warns(LightningReuseWarning, match="`exclude` rule 'classifier' matches no parameter"):
+        model, pre = _fit_at_alpha_zero(WiSEFT(alphas=(0.0,), alpha=0.0, exclude="classifier"), tmp_path)
+    assert torch.equal(model.head.weight, pre["head.weight"])
 
 
 def test_fixed_alpha_without_eval_and_validation() -> None:

@@ -298,6 +298,16 @@ def test_exclude_rule_matching_nothing_warns_and_names_required() -> None:
         FTP(torch.optim.SGD(model.parameters(), lr=0.1), exclude="head")
 
 
+def test_predicate_without_names_raises_value_error_with_the_fix() -> None:
+    model = make_net()
+    with pytest.raises(ValueError, match=r"name=None.*named_parameters\(\)` or pass `model=`") as info:
+        FTP(torch.optim.SGD(model.parameters(), lr=0.1), exclude=lambda n, p: n.startswith("head"))
+    assert isinstance(info.value.__cause__, AttributeError)
+    # a predicate that accepts name=None works without names
+    opt = FTP(torch.optim.SGD(model.parameters(), lr=0.1), exclude=lambda n, p: p is model.head.weight)
+    assert not opt.is_projected(model.head.weight) and opt.is_projected(model.head.bias)
+
+
 def test_anchors_from_pretrained_state_dict_and_missing_from() -> None:
     pre = make_net(seed=5)
     pre_sd = {k: v for k, v in pre.state_dict().items() if not k.startswith("head.")}
