@@ -29,7 +29,10 @@ class DigitsDataModule(pl.LightningDataModule):
         classes: keep only these digits, relabelled ``0..len(classes)-1`` in the given order.
         fractions: train / val / test fractions of the (class-filtered) data.
         batch_size: batch size of every loader.
-        seed: split and shift seed.
+        seed: seed of the shift noise and of the training shuffle.
+        split_seed: seed of the train/val/test split. Keep the default 0 with the sources of
+            :mod:`lightning_reuse.zoo`: they were pre-trained on this split's training part only, so its
+            validation and test parts are unseen by them.
         train_limit: keep only the first ``train_limit`` training samples (a "small new dataset").
     """
 
@@ -42,6 +45,7 @@ class DigitsDataModule(pl.LightningDataModule):
         batch_size: int = 64,
         seed: int = 0,
         train_limit: int | None = None,
+        split_seed: int = 0,
     ) -> None:
         super().__init__()
         if shift not in SHIFTS:
@@ -57,6 +61,7 @@ class DigitsDataModule(pl.LightningDataModule):
             seed,
             train_limit,
         )
+        self.split_seed = split_seed
         self.save_hyperparameters()
 
     @property
@@ -74,7 +79,7 @@ class DigitsDataModule(pl.LightningDataModule):
             remap[torch.tensor(self.classes)] = torch.arange(len(self.classes))
             y = remap[y]
         x = apply_shift(x, self.shift, self.level, seed=self.seed)
-        tr, va, te = split_indices(len(x), self.fractions, seed=self.seed)
+        tr, va, te = split_indices(len(x), self.fractions, seed=self.split_seed)
         if self.train_limit is not None:
             tr = tr[: self.train_limit]
         self.train_set = TensorDataset(x[tr], y[tr])

@@ -12,6 +12,7 @@ import torch
 from lightning_reuse.callbacks.resque_check import RESQUECheck
 from lightning_reuse.ledger import RetrainingLedger
 from lightning_reuse.modules.classifier import ImageClassifier
+from lightning_reuse.nn.small_cnn import accuracy
 
 if TYPE_CHECKING:
     from lightning_reuse.demo.pipeline import DemoConfig
@@ -20,9 +21,7 @@ RESQUE_LAYER = "model.block2.0"  # the last conv of the SmallCNN inside ImageCla
 CALIBRATION_FRACTIONS = (0.25, 0.5, 0.75, 1.25, 1.5)  # of the configured shift level
 
 
-def resque_check_for(
-    config: DemoConfig, ledger: RetrainingLedger, tag: str, level: float, record: bool
-) -> RESQUECheck:
+def resque_check_for(config: DemoConfig, level: float) -> RESQUECheck:
     """A RESQUECheck comparing clean and shifted versions of the same new training samples."""
     from lightning_reuse.demo.pipeline import _datamodule
 
@@ -33,24 +32,48 @@ def resque_check_for(
         layer=RESQUE_LAYER,
         original_dataloader=original.train_dataloader(),
         num_classes=shifted.num_classes,
-        ledger=ledger,
-        ledger_tag=tag,
-        record_to_ledger=record,
-        target=("val_acc", config.target_acc) if record else None,
         progress_bar=False,
     )
 
 
+def resque_score(config: DemoConfig, source: torch.nn.Module, level: float) -> Any:
+    """One RESQUE pass of the frozen source at this shift level (its cost measured by an EnergyMonitor)."""
+    from lightning_reuse.demo.pipeline import _energy_monitor
+
+    monitor = _energy_monitor(config)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[monitor] if monitor is not None else [],
+    )
+    return resque_check_for(config, level).run(
+        trainer, ImageClassifier(copy.deepcopy(source), trainable="all")
+    )
+
+
+def ledger_tag(config: DemoConfig) -> str:
+    """Runs are comparable only within one setting: source, data size, target, budget and seed."""
+    return (
+        f"demo/smallcnn{config.source_width}-e{config.source_epochs}/{config.shift}/n{config.train_limit}"
+        f"/t{config.target_acc}/cal{config.calibration_epochs}/seed{config.seed}"
+    )
+
+
 def calibrate_ledger(
-    config: DemoConfig, source: torch.nn.Module, run_dir: Path, ledger: RetrainingLedger, tag: str
+    config: DemoConfig, source: torch.nn.Module, run_dir: Path, ledger: RetrainingLedger, tag: str, say: Any
 ) -> int:
     """Fill the ledger with real fine-tuning runs at other levels of the same shift until it can predict.
 
-    Each run is a full fine-tuning of the source, stopped once it reaches the target accuracy, with
-    RESQUECheck recording (score, epochs to the target, energy, CO2 of the run) into the ledger. Runs that
-    miss the target are not recorded. Returns the number of runs added.
+    Each run scores its level with RESQUE, then fully fine-tunes the source until the validation accuracy
+    reaches the target, and records the score, the epochs it took, and the energy and CO2 summed over those
+    epochs (the same quantities the demo later measures for the new data). A level at which the source already
+    meets the target records 0 epochs and 0 Wh; a run that misses the target within the budget is not
+    recorded. Returns the number of runs added.
     """
-    from lightning_reuse.demo.pipeline import run_strategy
+    from lightning_reuse.demo.pipeline import _datamodule, run_strategy
     from lightning_reuse.demo.strategies import baseline_strategies
 
     full = baseline_strategies()[0]
@@ -59,18 +82,35 @@ def calibrate_ledger(
         if len(ledger.runs(tag=tag)) >= ledger.min_runs + 1:
             break
         level = round(config.level * fraction, 4)
-        check = resque_check_for(config, ledger, tag, level, record=True)
-        run_strategy(
+        score = resque_score(config, source, level).score
+        x_va, y_va = _datamodule(config, level=level).val_set.tensors
+        if accuracy(source, x_va, y_va) >= config.target_acc:
+            ledger.add_run(score, 0, 0.0, 0.0, 0.0, variant="dist", tag=tag, extra={"level": level})
+            say(f"    [calibration {config.shift} {level}] the source already meets the target: 0 epochs")
+            continue
+        result = run_strategy(
             full,
             source,
             config,
             run_dir,
             config.target_acc,
-            extra_callbacks=[check],
             level=level,
             max_epochs=config.calibration_epochs,
             label=f"calibration {config.shift} {level}",
             stop_at_target=True,
+        )
+        if result.epochs_to_target is None:
+            say(f"    [calibration {config.shift} {level}] target not reached: not recorded")
+            continue
+        ledger.add_run(
+            score,
+            result.epochs_to_target,
+            result.energy_to_target_wh,
+            result.co2_to_target_g,
+            result.duration_s,
+            variant="dist",
+            tag=tag,
+            extra={"level": level},
         )
     return len(ledger.runs(tag=tag)) - before
 
@@ -97,32 +137,20 @@ def format_estimates(estimates: dict[str, Any], target_acc: float) -> str:
 
 def resque_precheck(config: DemoConfig, source: torch.nn.Module, run_dir: Path, say: Any) -> dict[str, Any]:
     """Score the shift with RESQUE and predict the retraining cost from the ledger (calibrating it first)."""
-    from lightning_reuse.demo.pipeline import _energy_monitor
-
     ledger = RetrainingLedger(Path(config.out_dir) / "resque_ledger.sqlite")
-    tag = f"demo/smallcnn{config.source_width}/{config.shift}/n{config.train_limit}/t{config.target_acc}"
+    tag = ledger_tag(config)
     if len(ledger.runs(tag=tag)) < ledger.min_runs:
         say(
             f"      the ledger has {len(ledger.runs(tag=tag))} runs for this setting; calibrating with real "
             f"fine-tuning runs at other {config.shift} levels (recorded for next time)"
         )
-        added = calibrate_ledger(config, source, run_dir, ledger, tag)
+        added = calibrate_ledger(config, source, run_dir, ledger, tag, say)
         say(f"      {added} calibration runs recorded in {ledger.path}")
-    check = resque_check_for(config, ledger, tag, config.level, record=False)
-    monitor = _energy_monitor(config)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[monitor] if monitor is not None else [],
-    )
-    module = ImageClassifier(copy.deepcopy(source), trainable="all")
-    result = check.run(trainer, module)
+    result = resque_score(config, source, config.level)
     estimates = ledger.predict_all(result.score, variant="dist", tag=tag)
     out = {
         "score": result.score,
+        "layer": RESQUE_LAYER,
         "per_class": result.per_class,
         "duration_s": result.duration_s,
         "energy_wh": None if result.energy is None else float(result.energy.energy_wh),
@@ -172,7 +200,7 @@ def ntk_precheck(config: DemoConfig, source: torch.nn.Module, run_dir: Path, say
     import time
 
     from lightning_reuse.demo.pipeline import _datamodule, _energy_monitor
-    from lightning_reuse.functional.ntk_scores import screen_reprogramming
+    from lightning_reuse.functional.ntk_scores import ScreeningThresholds, screen_reprogramming
     from lightning_reuse.nn.label_mapping import IterativeLabelMapping
     from lightning_reuse.nn.prompts import FullPrompt
     from lightning_reuse.nn.reprogrammed import ReprogrammedModel
@@ -208,6 +236,10 @@ def ntk_precheck(config: DemoConfig, source: torch.nn.Module, run_dir: Path, say
         "reasons": list(scores.reasons),
         "rho": scores.rho,
         "ntk_score": scores.ntk_score,
+        "thresholds": {
+            "fail": ScreeningThresholds().ntk_accuracy_fail,
+            "warn": ScreeningThresholds().ntk_accuracy_warn,
+        },
         "ntk_accuracy": scores.ntk_accuracy,
         "e_tau": scores.e_tau,
         "r_eff": scores.r_eff,

@@ -147,12 +147,13 @@ def resque_section(summary: dict[str, Any]) -> str:
         return ""
     lines = [
         f"One frozen forward pass of the source over clean and shifted versions of the {summary['config']['train_limit']} "
-        f"new training samples (layer `{r.get('layer', 'model.block2.0')}`): **RESQUE_dist = {r['score']:.4f}** "
+        f"new training samples (layer `{r['layer']}`): **RESQUE_dist = {r['score']:.4f}** "
         f"({r['duration_s']:.2f} s"
-        + ("" if r.get("energy_wh") is None else f", {r['energy_wh']:.5f} Wh")
+        + ("" if r.get("energy_wh") is None else f", {r['energy_wh']:.3g} Wh")
         + ").",
         "",
-        "Predicted cost of retraining (full fine-tuning to the target accuracy), from a linear model fitted on "
+        "Predicted cost of retraining (full fine-tuning until the validation accuracy reaches the target; "
+        "energy and CO2 summed over those epochs), from a linear model fitted on "
         f"the ledger's {len(r['ledger_runs'])} earlier real runs (`{r['ledger']}`):",
         "",
         *[f"- {e['message']}" for e in r["estimates"].values()],
@@ -176,12 +177,12 @@ def ntk_section(summary: dict[str, Any]) -> str:
     lines = [
         f"Prompt-NTK of the reprogrammed source (full-image prompt, frequency label mapping) on {n['n']} new "
         f"samples, before any training: **{n['decision']}** ({n['duration_s']:.2f} s"
-        + ("" if n.get("energy_wh") is None else f", {n['energy_wh']:.5f} Wh")
+        + ("" if n.get("energy_wh") is None else f", {n['energy_wh']:.3g} Wh")
         + ").",
         "",
         f"- NTK score = {n['ntk_score']:.3f} (cross-fitted NTK-ridge accuracy, 0 = chance, 1 = perfect, gated by "
-        "the source's confidence; FAIL below 0.25, WARN below 0.45, thresholds calibrated in "
-        "benchmarks/ntk_screening.py)",
+        f"the source's confidence; FAIL below {n['thresholds']['fail']}, WARN below {n['thresholds']['warn']}, "
+        "thresholds calibrated in benchmarks/ntk_screening.py)",
         f"- complexity ratio rho = {n['rho']:.3f} (near 1: the labels are no easier for this kernel than random ones)",
         f"- learnable fraction E(100) = {n['e_tau']:.3f}; effective rank fraction r_eff = {n['r_eff']:.3f}",
         *[f"- {reason}" for reason in n["reasons"]],

@@ -12,8 +12,10 @@ from lightning_reuse.demo.pipeline import DemoConfig, StrategyResult, new_run_di
 from tests.helpers.wandb_read import find_offline_run_dirs, read_offline_run
 
 
-def _result(name: str, acc: float, wh: float | None, s: float = 1.0) -> StrategyResult:
-    return StrategyResult(name, "", acc, acc, 3, None, s, 10, 10, energy_wh=wh)
+def _result(
+    name: str, acc: float, wh: float | None, s: float = 1.0, error: str | None = None
+) -> StrategyResult:
+    return StrategyResult(name, "", acc, acc, 3, None, s, 10, 10, energy_wh=wh, error=error)
 
 
 def test_recommend_picks_cheapest_within_tolerance() -> None:
@@ -27,6 +29,19 @@ def test_recommend_picks_cheapest_within_tolerance() -> None:
     )
     assert pick == "b"
     assert "against retraining from scratch" in reasons[-1]
+
+
+def test_recommend_ignores_failed_strategies_and_chooses_on_validation() -> None:
+    failed = _result("broken", float("nan"), None, error="RuntimeError: boom")
+    good = _result("b", 0.9, 1.0)
+    good.test_acc = 0.5  # the test accuracy must not influence the choice
+    pick, reasons = recommend([failed, good, _result("c", 0.85, 0.1)])
+    assert (
+        pick == "b"
+        and "validation accuracy is 0.900" in reasons[0]
+        and "0.500 on the held-out test" in reasons[0]
+    )
+    assert recommend([failed]) == ("none", ["every strategy failed: see the errors in the table"])
 
 
 def test_recommend_uses_time_when_energy_missing() -> None:
@@ -62,8 +77,14 @@ def test_demo_quick_end_to_end(tmp_path: Path) -> None:
         and f"**{summary['ntk']['decision']}**" in report
     )
     assert all(r["energy_wh"] > 0 for r in summary["strategies"])  # EnergyMonitor measured every fit
-    for r in summary["strategies"]:  # the table shows the measured numbers, not placeholders
-        assert f"{r['test_acc']:.3f}" in report
+    rows = {
+        cells[0].rstrip(" *"): cells
+        for line in report.splitlines()
+        if line.startswith("| ") and len(cells := [c.strip() for c in line.strip("|").split("|")]) == 8
+    }
+    for r in summary["strategies"]:  # each strategy's row shows its measured numbers, not placeholders
+        row = rows[r["name"]]
+        assert row[1] == f"{r['test_acc']:.3f}" and row[6] == f"{r['co2_g']:.4f}"
         assert 0.0 <= r["test_acc"] <= 1.0 and r["epochs"] == 2
     assert summary["recommendation"]["strategy"] in names
     for png in ("accuracy_vs_energy", "learning_curves_and_energy", "ntk_spectrum", "resque_per_class"):
