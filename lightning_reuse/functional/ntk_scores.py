@@ -123,6 +123,13 @@ class ScreeningScores:
 def stratified_subset(y: Tensor, n: int, seed: int = 0) -> Tensor:
     """Indices of ``min(n, len(y))`` samples with class proportions kept (each present class >= 1).
 
+    Each class gets ``floor(n * share)`` samples, at least one; largest remainders fill up to ``n``.
+    When rare classes push the total above ``n``, the excess is taken from the largest classes.
+
+    Raises:
+        ValueError: If ``n < len(y)`` and ``n`` is smaller than the number of classes present (the
+            subset cannot hold one sample per class).
+
     >>> y = torch.tensor([0, 0, 0, 0, 1, 1])
     >>> y[stratified_subset(y, 3)].tolist()
     [0, 0, 1]
@@ -131,10 +138,18 @@ def stratified_subset(y: Tensor, n: int, seed: int = 0) -> Tensor:
         raise ValueError(f"`n` must be >= 1, got {n}.")
     if n >= len(y):
         return torch.arange(len(y))
-    g = torch.Generator().manual_seed(seed)
     classes, counts = torch.unique(y, return_counts=True)
-    quota = torch.clamp((counts.double() * n / len(y)).floor().long(), min=1)
-    order = torch.argsort(-(counts.double() * n / len(y) - quota.double()))
+    if n < len(classes):
+        raise ValueError(
+            f"`n` must be at least the number of classes present ({len(classes)}) to keep one sample "
+            f"per class, got n={n}. HINT: screen more samples (n >= {len(classes)})."
+        )
+    g = torch.Generator().manual_seed(seed)
+    ideal = counts.double() * n / len(y)
+    quota = torch.clamp(ideal.floor().long(), min=1)
+    while int(quota.sum()) > n:  # rare classes raised to 1: take the excess from the largest classes
+        quota[int(torch.argmax(quota))] -= 1
+    order = torch.argsort(-(ideal - quota.double()))
     left = n - int(quota.sum())
     for i in order.tolist():  # largest remainders first
         if left <= 0:
@@ -146,7 +161,7 @@ def stratified_subset(y: Tensor, n: int, seed: int = 0) -> Tensor:
     for c, q in zip(classes.tolist(), quota.tolist()):
         idx = torch.nonzero(y == c).squeeze(1)
         picked.append(idx[torch.randperm(len(idx), generator=g)[:q]])
-    return torch.cat(picked)[:n]
+    return torch.cat(picked)
 
 
 def residual_at_init(logits: Tensor, y: Tensor, num_classes: int | None = None) -> Tensor:
@@ -186,18 +201,16 @@ def decide(
     """The PASS/WARN/FAIL decision and its reasons (see :class:`ScreeningThresholds`)."""
     t = thresholds
     fail, warn, ok = [], [], []
-    if ntk_accuracy_norm is not None and t.ntk_accuracy_fail is not None:
+    on = [x for x in (t.ntk_accuracy_fail, t.ntk_accuracy_warn) if x is not None]
+    if ntk_accuracy_norm is not None and on:  # each threshold applies on its own
         a = ntk_accuracy_norm
-        if a < t.ntk_accuracy_fail:
-            fail.append(
-                f"NTK score {a:.3f} < {t.ntk_accuracy_fail} (NTK-predicted accuracy x source gate; 0 = chance, 1 = perfect)"
-            )
+        what = "(NTK-predicted accuracy x source gate; 0 = chance, 1 = perfect)"
+        if t.ntk_accuracy_fail is not None and a < t.ntk_accuracy_fail:
+            fail.append(f"NTK score {a:.3f} < {t.ntk_accuracy_fail} {what}")
         elif t.ntk_accuracy_warn is not None and a < t.ntk_accuracy_warn:
-            warn.append(
-                f"NTK score {a:.3f} < {t.ntk_accuracy_warn} (NTK-predicted accuracy x source gate; 0 = chance, 1 = perfect)"
-            )
+            warn.append(f"NTK score {a:.3f} < {t.ntk_accuracy_warn} {what}")
         else:
-            ok.append(f"NTK score {a:.3f} (NTK-predicted accuracy x source gate; 0 = chance, 1 = perfect)")
+            ok.append(f"NTK score {a:.3f} {what}")
     if t.rho_fail is not None and rho >= t.rho_fail:
         fail.append(f"rho={rho:.3f} >= {t.rho_fail}: true labels are no easier for the NTK than random ones")
     elif t.rho_warn is not None and rho >= t.rho_warn:
@@ -491,7 +504,8 @@ def screen_reprogramming(
         label_mapping: ``"flm"``: the frequency mapping of the source's top-1 predictions on this subset
             (what FLM/ILM training starts from); ``"model"``: ``model.mapping`` as it is.
         pseudo: Use the ``n x n`` pseudo-NTK (one backward per batch) instead of the ``nC x nC`` NTK.
-        sketch: ``"auto"`` (exact rows if ``rows x P_m <= max_exact_entries``, else CountSketch),
+        sketch: ``"auto"`` (exact rows if ``rows x P_m <= max_exact_entries`` or
+            ``P_m <= sketch_dim``, else CountSketch),
             ``"none"``, ``"gaussian"`` or ``"countsketch"``.
         sketch_dim: Columns after sketching.
         max_exact_entries: Largest exact feature matrix (entries) for ``sketch="auto"``.
@@ -533,7 +547,9 @@ def screen_reprogramming(
     scale = jd().detach() if callable(jd) else None
     p_m = int((scale != 0).sum()) if scale is not None else u[0].numel()
     rows = len(ys) * (1 if pseudo else num_classes)
-    kind = sketch if sketch != "auto" else ("none" if rows * p_m <= max_exact_entries else "countsketch")
+    # "auto": exact rows when they fit, or when sketching would not shrink them (p_m <= sketch_dim).
+    exact_fits = rows * p_m <= max_exact_entries or p_m <= sketch_dim
+    kind = sketch if sketch != "auto" else ("none" if exact_fits else "countsketch")
     jac = prompt_jacobian(
         head,
         u,

@@ -200,3 +200,58 @@ def test_source_gate_scales_the_ntk_accuracy() -> None:
     half = screening_scores(phi, logits, y, source_logits=p.log())
     assert half.source_gate == pytest.approx(0.5)
     assert half.ntk_score == pytest.approx(0.5 * half.ntk_accuracy_norm)
+
+
+def test_stratified_subset_with_many_rare_classes_keeps_every_class() -> None:
+    y = torch.tensor([0] * 100 + list(range(1, 10)))  # one large class, nine singletons
+    for n in (10, 14, 50):
+        idx = stratified_subset(y, n)
+        assert len(idx) == n and len(set(idx.tolist())) == n
+        counts = torch.bincount(y[idx], minlength=10)
+        assert (counts >= 1).all() and counts[0] == n - 9  # the excess comes out of the large class
+    with pytest.raises(ValueError, match=r"`n` must be at least the number of classes present \(10\)"):
+        stratified_subset(y, 5)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):  # random class sizes: exactly n distinct indices, every class present
+        sizes = torch.randint(1, 40, (int(torch.randint(2, 12, (1,), generator=g)),), generator=g)
+        yy = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+        n = int(torch.randint(len(sizes), len(yy), (1,), generator=g))
+        idx = stratified_subset(yy, n, seed=3)
+        assert len(set(idx.tolist())) == len(idx) == n
+        assert set(yy[idx].tolist()) == set(range(len(sizes)))
+
+
+def test_each_ntk_accuracy_threshold_applies_on_its_own() -> None:
+    warn_only = ScreeningThresholds(ntk_accuracy_fail=None, ntk_accuracy_warn=0.45)
+    d, reasons = decide(0.1, 1.0, None, warn_only, ntk_accuracy_norm=0.1)
+    assert d == "WARN" and "NTK score 0.100 < 0.45" in reasons[0]
+    assert decide(0.1, 1.0, None, warn_only, ntk_accuracy_norm=0.9)[0] == "PASS"
+    fail_only = ScreeningThresholds(ntk_accuracy_fail=0.25, ntk_accuracy_warn=None)
+    assert decide(0.1, 1.0, None, fail_only, ntk_accuracy_norm=0.1)[0] == "FAIL"
+    assert decide(0.1, 1.0, None, fail_only, ntk_accuracy_norm=0.3)[0] == "PASS"
+    neither = ScreeningThresholds(ntk_accuracy_fail=None, ntk_accuracy_warn=None)
+    assert decide(0.1, 1.0, None, neither, ntk_accuracy_norm=0.0) == ("PASS", ["no rule enabled"])
+
+
+def test_auto_sketch_keeps_exact_rows_when_sketching_would_not_shrink_them() -> None:
+    from lightning_reuse.functional.ntk_scores import screen_reprogramming
+    from lightning_reuse.nn.label_mapping import FrequencyLabelMapping
+    from lightning_reuse.nn.prompts import PaddingPrompt
+    from lightning_reuse.nn.reprogrammed import ReprogrammedModel
+    from lightning_reuse.nn.small_cnn import SmallCNN
+
+    torch.manual_seed(0)  # padding prompt 6x6 -> 8x8: P_m = 64 - 36 = 28 trainable input entries
+    model = ReprogrammedModel(
+        SmallCNN(width=4), PaddingPrompt((1, 6, 6), (1, 8, 8)), FrequencyLabelMapping(10, 3)
+    )
+    x, y = torch.rand(30, 1, 6, 6, generator=torch.Generator().manual_seed(1)), torch.arange(30) % 3
+
+    def run(sketch: str, sketch_dim: int):  # max_exact_entries=1: "auto" cannot keep rows for their size
+        return screen_reprogramming(
+            model, x, y, sketch=sketch, sketch_dim=sketch_dim, max_exact_entries=1, top_k=8
+        )
+
+    exact, auto_wide = run("none", 64), run("auto", 64)  # sketch_dim 64 >= P_m 28: nothing to save
+    assert auto_wide.eigenvalues == exact.eigenvalues and auto_wide.rho == exact.rho
+    assert run("countsketch", 64).eigenvalues != exact.eigenvalues  # a sketch would have changed them
+    assert run("auto", 8).eigenvalues == run("countsketch", 8).eigenvalues  # P_m > sketch_dim: sketch
