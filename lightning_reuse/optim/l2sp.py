@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from lightning_reuse.optim.anchors import (
     AnchorSpec,
     ExcludeSpec,
+    anchor_dtype,
     collect_anchors,
     parameter_names,
     resolve_exclude,
@@ -48,6 +49,9 @@ def l2sp_penalty(
 ) -> Tensor:
     """``alpha/2 * sum ||w - w0||^2 + beta/2 * sum ||w_new||^2`` (differentiable in the parameters).
 
+    Each parameter is compared in its anchor's dtype; the sum is fp32, or wider when an anchor or a new
+    parameter is (fp64 stays fp64; bf16/fp16 parameters are summed in fp32).
+
     >>> import torch
     >>> float(l2sp_penalty([torch.ones(3)], [torch.zeros(3)], alpha=2.0))
     3.0
@@ -55,12 +59,15 @@ def l2sp_penalty(
     if len(params) != len(anchors):
         raise ValueError(f"`params` and `anchors` must pair up; got {len(params)} and {len(anchors)}.")
     ref = params[0] if params else (new_params[0] if new_params else torch.zeros(()))
-    total = torch.zeros((), dtype=torch.float32, device=ref.device)
+    dtype = torch.float32
+    for t in (*anchors, *new_params):
+        dtype = torch.promote_types(dtype, t.dtype)
+    total = torch.zeros((), dtype=dtype, device=ref.device)
     if params and alpha:
-        diffs = torch._foreach_sub([p.float() for p in params], list(anchors))
+        diffs = torch._foreach_sub([p.to(a.dtype) for p, a in zip(params, anchors)], list(anchors))
         total = total + 0.5 * alpha * sum(d.pow(2).sum() for d in diffs)
     if new_params and beta:
-        total = total + 0.5 * beta * sum(p.float().pow(2).sum() for p in new_params)
+        total = total + 0.5 * beta * sum(p.to(anchor_dtype(p)).pow(2).sum() for p in new_params)
     return total
 
 
@@ -101,7 +108,7 @@ class L2SP:
     @torch.no_grad()
     def distance(self) -> float:
         """``||w_S - w_S^0||_2`` (a diagnostic: how far fine-tuning went)."""
-        return float(sum((p.float() - a).pow(2).sum() for p, a in zip(self.params, self.anchors)) ** 0.5)
+        return float(sum((p.to(a.dtype) - a).pow(2).sum() for p, a in zip(self.params, self.anchors)) ** 0.5)
 
     def state_dict(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "beta": self.beta, "anchors": [a.clone() for a in self.anchors]}

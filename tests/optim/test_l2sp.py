@@ -62,6 +62,26 @@ def test_default_anchors_are_current_values_and_state_round_trips() -> None:
     assert other.alpha == 1.0 and all(torch.equal(a, b) for a, b in zip(other.anchors, reg.anchors))
 
 
+def test_float64_parameters_are_compared_in_float64() -> None:
+    model = net(0).double()
+    reg = L2SP(model, alpha=2.0, beta=0.0, exclude="head")
+    assert all(a.dtype == torch.float64 for a in reg.anchors)
+    with torch.no_grad():  # a shift that fp32 cannot represent next to 1.0 (its eps is 1.2e-7)
+        model.body[0].bias.copy_(torch.ones(2, dtype=torch.float64))
+    reg.anchors[1] = torch.ones(2, dtype=torch.float64)
+    with torch.no_grad():
+        model.body[0].bias.add_(1e-9)
+    value = reg()
+    assert value.dtype == torch.float64
+    assert float(value.detach()) == pytest.approx(0.5 * 2.0 * 2 * 1e-18, rel=1e-6, abs=0)
+    assert reg.distance() == pytest.approx(2**0.5 * 1e-9, rel=1e-6)
+    value.backward()
+    assert model.body[0].bias.grad.dtype == torch.float64
+    assert torch.allclose(
+        model.body[0].bias.grad, torch.full((2,), 2e-9, dtype=torch.float64), rtol=1e-6, atol=0
+    )
+
+
 def test_validation() -> None:
     with pytest.raises(ValueError, match="alpha"):
         L2SP(net(0), alpha=-1.0)
