@@ -22,6 +22,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
+import weakref
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -31,12 +33,19 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
-from lightning_reuse.energy.backends import EnergyBackend, NVMLBackend, SimulatedBackend, validate_country
+from lightning_reuse.energy.backends import (
+    EnergyBackend,
+    NVMLBackend,
+    SimulatedBackend,
+    physical_gpu_id,
+    validate_country,
+)
 from lightning_reuse.energy.meter import EnergyMeter
 from lightning_reuse.energy.predict import Prediction, predict_total
 from lightning_reuse.energy.records import EnergyRecord
 
 BACKENDS = ("codecarbon", "nvml", "simulated")
+_KEEP = object()  # `_ensure_meter`: keep the current GPU ids
 _FIELDS = ("cpu_wh", "gpu_wh", "ram_wh", "energy_wh", "co2_g")
 
 
@@ -62,8 +71,11 @@ class EnergyMonitor(Callback):
         pue: power usage effectiveness of the data centre (>= 1).
         measure_power_secs: codecarbon's sampling interval in seconds.
         ddp_mode: ``"node"``: one machine-wide measurement per node (local rank 0), the other ranks
-            measure nothing; ``"process"``: every rank measures its own process. Either way the per-epoch
-            and total figures are summed across ranks and logged once.
+            measure nothing; ``"process"``: every rank measures its own process and only its own GPU
+            (the strategy's root device, mapped through ``CUDA_VISIBLE_DEVICES``; a rank not on a GPU
+            measures the node's GPUs on local rank 0 only). Either way the per-epoch and total figures are
+            summed across ranks and logged once. A backend *instance* is used as given (set its GPUs
+            yourself).
         predict: log the predicted total after each epoch.
         confidence: coverage of the prediction interval.
         prior_rel_sd: epoch-to-epoch relative spread assumed until two steady epochs are observed (raise it
@@ -114,6 +126,16 @@ class EnergyMonitor(Callback):
             raise ValueError(f"`warmup_batches` must be >= 0, got {warmup_batches}.")
         if pue < 1.0:
             raise ValueError(f"`pue` must be >= 1.0, got {pue}.")
+        if carbon_intensity_g_per_kwh is not None and not carbon_intensity_g_per_kwh >= 0:
+            raise ValueError(
+                f"`carbon_intensity_g_per_kwh` must be >= 0 gCO2e/kWh, got {carbon_intensity_g_per_kwh}. "
+                "HINT: pass e.g. 56.0 (France) or 369.5 (USA), or leave it None to use `country_iso_code`."
+            )
+        if not measure_power_secs > 0:
+            raise ValueError(
+                f"`measure_power_secs` must be > 0 seconds, got {measure_power_secs}. "
+                "HINT: codecarbon's default is 15.0; 1.0 samples estimated components every second."
+            )
         self.country_iso_code = validate_country(country_iso_code)
         self.carbon_intensity_g_per_kwh = carbon_intensity_g_per_kwh
         self.pue = pue
@@ -125,6 +147,8 @@ class EnergyMonitor(Callback):
         self.warmup_batches = warmup_batches
         self.measure_validation = measure_validation
         self._backend_spec = backend
+        self._gpu_ids: list[int | str] | None = None  # this rank's GPUs in ddp_mode="process" (None: all)
+        self._trainer_ref: weakref.ReferenceType[pl.Trainer] | None = None
         self.meter: EnergyMeter | None = None
         self._measuring = True  # False on ranks that do not measure (ddp_mode="node", local rank > 0)
         self.epochs: list[EnergyRecord] = []
@@ -150,6 +174,7 @@ class EnergyMonitor(Callback):
             return SimulatedBackend(carbon_intensity_g_per_kwh=self._intensity(), pue=self.pue)
         if spec == "nvml":
             return NVMLBackend(
+                device_indices=self._gpu_ids,
                 country_iso_code=self.country_iso_code,
                 carbon_intensity_g_per_kwh=self.carbon_intensity_g_per_kwh,
                 pue=self.pue,
@@ -162,6 +187,7 @@ class EnergyMonitor(Callback):
             pue=self.pue,
             measure_power_secs=self.measure_power_secs,
             tracking_mode="process" if self.ddp_mode == "process" else "machine",
+            gpu_ids=self._gpu_ids,
         )
 
     def _intensity(self) -> float:
@@ -169,8 +195,26 @@ class EnergyMonitor(Callback):
 
         return carbon_intensity(self.country_iso_code, self.carbon_intensity_g_per_kwh)
 
-    def _ensure_meter(self, measuring: bool = True) -> EnergyMeter:
-        if self.meter is None or self._measuring != measuring:
+    def _rank_gpu_ids(self, trainer: pl.Trainer) -> list[int | str] | None:
+        """GPUs this rank measures: all (``None``) except in ``ddp_mode="process"``, where every rank
+        measures its own GPU (physical id), so that summing ranks counts each GPU once."""
+        if self.ddp_mode != "process":
+            return None
+        device = trainer.strategy.root_device
+        if device.type == "cuda":
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            with contextlib.suppress(ValueError):  # an index CUDA_VISIBLE_DEVICES does not explain
+                return [physical_gpu_id(index)]
+        return None if trainer.local_rank == 0 else []  # off-GPU ranks: the node's GPUs once
+
+    def _ensure_meter(self, measuring: bool = True, gpu_ids: Any = _KEEP) -> EnergyMeter:
+        # New GPU ids rebuild the backend, unless a user's window runs around this call (keep its measurement).
+        new_ids = gpu_ids is not _KEEP and gpu_ids != self._gpu_ids
+        if new_ids and not (self.meter is not None and self.meter.running):
+            self._gpu_ids = gpu_ids
+        else:
+            new_ids = False
+        if self.meter is None or self._measuring != measuring or new_ids:
             self._measuring = measuring
             self.meter = EnergyMeter(self._make_backend(measuring))
             self.meter.windows = self.windows
@@ -193,11 +237,29 @@ class EnergyMonitor(Callback):
         """Measure a named block: ``with monitor.window("eval") as record: ...``; nestable, usable anywhere.
 
         Inside a fit it reads the running tracker; outside one it starts a measurement for the block.
-        The record is filled when the block ends and accumulated into ``windows[name]``.
+        The record is filled when the block ends and accumulated into ``windows[name]``. A window that
+        closes after the fit's totals were logged (e.g. in ``on_fit_end``) is logged at once to the last
+        trainer's loggers (``energy/window/<name>_wh`` and ``_co2_g``, rank 0).
         """
         meter = self._ensure_meter(self._measuring)
         with meter.window(name) as record:
             yield record
+        if self._fit_done:
+            self._log_late_window(name)
+
+    def _log_late_window(self, name: str) -> None:
+        trainer = self._trainer_ref() if self._trainer_ref is not None else None
+        if trainer is None or trainer.global_rank != 0 or name not in self.windows:
+            return
+        rec = self.windows[name]
+        metrics = {f"energy/window/{name}_wh": rec.energy_wh, f"energy/window/{name}_co2_g": rec.co2_g}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_trainer_ref"] = None  # weak references do not pickle (ddp_spawn, deepcopy-free copies)
+        return state
 
     @property
     def total(self) -> EnergyRecord:
@@ -238,6 +300,7 @@ class EnergyMonitor(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         measuring = self.ddp_mode == "process" or trainer.local_rank == 0
+        self._trainer_ref = weakref.ref(trainer)
         self._stage = stage
         if stage == "fit":
             if self._fit_done:  # a new fit with the same monitor: start from zero
@@ -249,7 +312,7 @@ class EnergyMonitor(Callback):
             self._fit_done = False
             self._final = None
             self._reset_fit_state()
-        meter = self._ensure_meter(measuring)
+        meter = self._ensure_meter(measuring, self._rank_gpu_ids(trainer))
         # A fresh measurement per trainer call, unless a user's window already runs one around it.
         self._owner = not meter.running
         self._fit_start = meter.start() if self._owner else meter.read()
@@ -377,6 +440,8 @@ class EnergyMonitor(Callback):
         )
         pred.epochs_observed, pred.epochs_total = observed, total_epochs
         self.predictions.append(pred)
+        if not pred.ok:  # epochs below the meter's resolution: no interval is better than a zero-width one
+            return
         metrics["energy/predicted_total_wh"] = pred.energy_wh
         metrics["energy/predicted_total_wh_low"] = pred.low_wh
         metrics["energy/predicted_total_wh_high"] = pred.high_wh
@@ -427,7 +492,7 @@ class EnergyMonitor(Callback):
             metrics[f"energy/window/{name}_wh"] = rec.energy_wh
             metrics[f"energy/window/{name}_co2_g"] = rec.co2_g
         first = self.predictions[0] if self.predictions else None
-        if first is not None and total.energy_wh > 0:
+        if first is not None and total.energy_wh > 0 and math.isfinite(first.energy_wh):
             metrics["energy/first_prediction_error_pct"] = 100.0 * (first.energy_wh / total.energy_wh - 1.0)
         params: dict[str, Any] = {f"energy/method/{k}": v for k, v in sorted(total.method.items())}
         params.update(

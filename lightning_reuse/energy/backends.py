@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -90,6 +91,34 @@ def validate_country(country_iso_code: str) -> str:
         )
     carbon_intensity(country_iso_code)  # raises with a list when codecarbon's table does not know it
     return country_iso_code.upper()
+
+
+def physical_gpu_id(visible_index: int) -> int | str:
+    """The id NVML and codecarbon know a CUDA device by, from torch's index (relative to CUDA_VISIBLE_DEVICES).
+
+    torch numbers the visible devices 0, 1, ...; NVML and codecarbon's ``gpu_ids`` number the physical
+    ones. With ``CUDA_VISIBLE_DEVICES`` set, the ``visible_index``-th entry is returned: an ``int`` for an
+    index, the string itself for a UUID (``"GPU-..."``, ``"MIG-..."``), which both backends resolve.
+
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"CUDA_VISIBLE_DEVICES": "3,5"}):
+    ...     physical_gpu_id(1)
+    5
+    >>> with mock.patch.dict(os.environ, {"CUDA_VISIBLE_DEVICES": "GPU-8a1f,GPU-77c2"}):
+    ...     physical_gpu_id(0)
+    'GPU-8a1f'
+    """
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is None:
+        return visible_index
+    entries = [e.strip() for e in env.split(",") if e.strip()]
+    if not 0 <= visible_index < len(entries):
+        raise ValueError(
+            f"CUDA device index {visible_index} is not visible with CUDA_VISIBLE_DEVICES={env!r} "
+            f"({len(entries)} visible). HINT: pass a device index below {len(entries)}."
+        )
+    entry = entries[visible_index]
+    return int(entry) if entry.isdigit() else entry
 
 
 class EnergyBackend(ABC):
@@ -204,7 +233,9 @@ class NVMLBackend(EnergyBackend):
     """GPU energy from NVML's counter, read at boundaries only; CPU/RAM optionally as constant estimates.
 
     Args:
-        device_indices: GPUs to sum (default: all visible).
+        device_indices: GPUs to sum, as physical NVML indices or UUID (prefix) strings as in
+            ``CUDA_VISIBLE_DEVICES`` (see :func:`physical_gpu_id`); default: every GPU of the machine;
+            ``[]``: none (GPU "not measured").
         cpu_w, ram_w: optional constant power estimates in W (method ``"estimate"``); else "not measured".
         carbon_intensity_g_per_kwh, country_iso_code: intensity (see :func:`carbon_intensity`).
         pue: power usage effectiveness.
@@ -219,7 +250,7 @@ class NVMLBackend(EnergyBackend):
 
     def __init__(
         self,
-        device_indices: Sequence[int] | None = None,
+        device_indices: Sequence[int | str] | None = None,
         cpu_w: float | None = None,
         ram_w: float | None = None,
         carbon_intensity_g_per_kwh: float | None = None,
@@ -244,7 +275,7 @@ class NVMLBackend(EnergyBackend):
     @property
     def methods(self) -> dict[str, str]:
         return {
-            "gpu": "NVML",
+            "gpu": "not measured" if self.device_indices == [] else "NVML",
             "cpu": "estimate" if self.cpu_w is not None else "not measured",
             "ram": "estimate" if self.ram_w is not None else "not measured",
         }
@@ -264,10 +295,26 @@ class NVMLBackend(EnergyBackend):
         indices = self.device_indices
         if indices is None:
             indices = list(range(pynvml.nvmlDeviceGetCount()))
-        self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
+        self._handles = [self._handle(i) for i in indices]
         self._mj0 = self._counters_mj()
         self._t0 = time.perf_counter()
         self._last = None
+
+    def _handle(self, device: int | str) -> Any:
+        nvml = self._nvml
+        if isinstance(device, int) or str(device).isdigit():
+            return nvml.nvmlDeviceGetHandleByIndex(int(device))
+        wanted = str(device).removeprefix("MIG-")
+        for i in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(i)
+            uuid = nvml.nvmlDeviceGetUUID(handle)
+            uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+            if uuid.startswith(wanted) or uuid.removeprefix("GPU-").startswith(wanted):
+                return handle
+        raise ValueError(
+            f"`device_indices` entry {device!r} matches no GPU's UUID. HINT: use an NVML index (int) or a UUID "
+            "from `nvidia-smi -L`."
+        )
 
     def _read(self, force: bool = False) -> EnergyRecord | None:
         now = time.perf_counter()

@@ -44,6 +44,13 @@ def _make_capture() -> Any:
 
 
 def _cpu_method(mode: str | None) -> str:
+    """codecarbon's CPU mode -> a :data:`~lightning_reuse.energy.records.METHODS` value: ``"RAPL"``,
+    ``"counter"`` (another hardware/OS energy counter: Intel Power Gadget, Windows EMI, Apple powermetrics)
+    or ``"estimate"``.
+
+    >>> _cpu_method("intel_rapl"), _cpu_method("apple_powermetrics"), _cpu_method("constant")
+    ('RAPL', 'counter', 'estimate')
+    """
     if mode and "rapl" in mode:
         return "RAPL"
     if mode in ("intel_power_gadget", "windows_emi", "apple_powermetrics"):
@@ -61,7 +68,9 @@ class CodeCarbonBackend(EnergyBackend):
         measure_power_secs: codecarbon's background sampling interval (power of estimated components is
             sampled at this interval; the counters are also read at every boundary).
         tracking_mode: ``"machine"`` (whole machine) or ``"process"`` (this process and its children).
-        gpu_ids: GPUs to measure (default: all visible).
+        gpu_ids: GPUs to measure, as physical indices or UUIDs (codecarbon's ``gpu_ids``; see
+            :func:`~lightning_reuse.energy.backends.physical_gpu_id`). Default: codecarbon's (the entries of
+            ``CUDA_VISIBLE_DEVICES`` when set, else every GPU); ``[]``: none (GPU "not measured").
         allow_multiple_runs: codecarbon's lock: ``False`` refuses to run beside another tracker (and
             installs codecarbon's own SIGINT/SIGTERM handlers). Default ``True``.
         log_level: level of the ``codecarbon`` logger (set before the tracker is built).
@@ -143,7 +152,7 @@ class CodeCarbonBackend(EnergyBackend):
             kind = type(hw).__name__
             if kind == "CPU":
                 methods["cpu"] = _cpu_method(getattr(hw, "_mode", None))
-            elif kind == "GPU":
+            elif kind == "GPU" and self.gpu_ids != []:
                 methods["gpu"] = "NVML"
         return methods
 

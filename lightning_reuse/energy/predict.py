@@ -21,12 +21,19 @@ each:
    prior relative spread (``prior_rel_sd``) and the quantile is normal. With early stopping the lower end
    uses the fewest epochs the run may still take (``min_total_epochs``).
 
+When every epoch sample reads 0 Wh (epochs shorter than the meter's resolution, e.g. codecarbon's energy
+on sub-second epochs), the spread is unknown rather than zero: no prediction is made (``energy_wh`` and
+``high_wh`` are NaN, ``ok`` is ``False`` and ``reason`` says why) instead of a zero-width interval.
+
 Example:
     >>> p = predict_total([12.0, 10.0, 10.4], total_epochs=10, spent_wh=35.4)
     >>> round(p.energy_wh, 2), p.low_wh < p.energy_wh < p.high_wh
     (106.8, True)
     >>> carbontracker_prediction([12.0, 10.0, 10.4], total_epochs=10)
     108.0
+    >>> q = predict_total([0.0], total_epochs=10, spent_wh=2e-4)  # below the meter's resolution
+    >>> q.ok, q.low_wh, math.isnan(q.energy_wh)
+    (False, 0.0002, True)
 """
 
 from __future__ import annotations
@@ -35,11 +42,16 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 
 @dataclass
 class Prediction:
-    """A predicted total with a ``confidence`` interval (Wh and g CO2e)."""
+    """A predicted total with a ``confidence`` interval (Wh and g CO2e).
+
+    ``ok`` is ``False`` (and ``reason`` says why) when no prediction could be made: then ``energy_wh``,
+    ``high_wh`` and their CO2 figures are NaN and ``low_wh`` is what was already spent.
+    """
 
     energy_wh: float
     low_wh: float
@@ -50,8 +62,10 @@ class Prediction:
     epochs_observed: int
     epochs_total: float
     confidence: float
+    ok: bool = True
+    reason: str = ""
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -95,7 +109,7 @@ def predict_total(
         co2_per_wh: grams CO2e per Wh so far (for the CO2 figures).
 
     Returns:
-        A :class:`Prediction`.
+        A :class:`Prediction`; with ``ok=False`` (NaN point and upper end) when every epoch sample is 0 Wh.
     """
     k = len(epoch_wh)
     if k == 0:
@@ -107,6 +121,25 @@ def predict_total(
         samples.append(float(first_epoch_steady_wh))
     if not samples:
         samples = [float(epoch_wh[0])]
+    if all(x == 0.0 for x in samples) and total_epochs > k:
+        nan = math.nan
+        return Prediction(
+            energy_wh=nan,
+            low_wh=spent_wh,
+            high_wh=nan,
+            co2_g=nan,
+            co2_low_g=spent_wh * co2_per_wh,
+            co2_high_g=nan,
+            epochs_observed=k,
+            epochs_total=float(total_epochs),
+            confidence=confidence,
+            ok=False,
+            reason=(
+                "the observed epochs measured 0 Wh (below the meter's resolution): the per-epoch energy and "
+                "its spread are unknown. HINT: longer epochs, a smaller `measure_power_secs`, or an "
+                "energy counter (RAPL/NVML)."
+            ),
+        )
     n = len(samples)
     mean = statistics.fmean(samples)
     if n >= 2:

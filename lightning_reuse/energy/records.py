@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 #: The values a record's ``method`` maps each component to.
-METHODS = ("RAPL", "NVML", "estimate", "simulated", "not measured")
+METHODS = ("RAPL", "NVML", "counter", "estimate", "simulated", "not measured")
 COMPONENTS = ("cpu", "gpu", "ram")
 _NUMERIC = ("cpu_wh", "gpu_wh", "ram_wh", "energy_wh", "co2_g", "duration_s")
 
@@ -34,7 +34,8 @@ class EnergyRecord:
         co2_g: emissions in grams of CO2-equivalent.
         duration_s: wall-clock seconds.
         method: component (``"cpu"``, ``"gpu"``, ``"ram"``) -> how it was measured: ``"RAPL"`` or
-            ``"NVML"`` (hardware energy counters), ``"estimate"`` (a power model, e.g. TDP x load),
+            ``"NVML"`` (hardware energy counters), ``"counter"`` (another hardware/OS energy counter, e.g.
+            Apple powermetrics or Windows EMI, through codecarbon), ``"estimate"`` (a power model, e.g. TDP x load),
             ``"simulated"`` (constant-power simulator) or ``"not measured"``.
         status: ``"ok"``, or why the numbers may be incomplete (``"interrupted"``, ``"failed: ..."``).
         pue: the power usage effectiveness already multiplied into every energy figure.

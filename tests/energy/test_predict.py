@@ -112,3 +112,18 @@ def test_interval_coverage_on_iid_epochs() -> None:
         p = predict_total(list(e[:4]), total_epochs=10, spent_wh=float(e[:4].sum()), confidence=0.9)
         hits += p.low_wh <= e.sum() <= p.high_wh
     assert 0.86 <= hits / trials <= 0.95
+
+
+@pytest.mark.parametrize(
+    ("epochs", "steady"), [([0.0], None), ([0.0, 0.0, 0.0], None), ([3e-5, 0.0], None), ([0.0], 0.0)]
+)
+def test_epochs_below_resolution_make_no_zero_width_interval(epochs, steady) -> None:
+    p = predict_total(epochs, total_epochs=10, spent_wh=2e-4, first_epoch_steady_wh=steady, co2_per_wh=0.5)
+    assert not p.ok and "0 Wh" in p.reason and "HINT" in p.reason
+    assert math.isnan(p.energy_wh) and math.isnan(p.high_wh) and math.isnan(p.co2_g)
+    assert p.low_wh == 2e-4 and p.co2_low_g == pytest.approx(1e-4)  # what was spent is still known
+    assert p.to_dict()["ok"] is False
+    # A finished run needs no per-epoch figure; a single non-zero sample still predicts.
+    done = predict_total([0.0, 0.0], total_epochs=2, spent_wh=2e-4)
+    assert done.ok and done.energy_wh == done.low_wh == done.high_wh == 2e-4
+    assert predict_total([0.0], total_epochs=10, spent_wh=2e-4, first_epoch_steady_wh=1e-5).ok

@@ -15,7 +15,7 @@ from lightning_reuse.energy.backends import (
     carbon_intensity,
     validate_country,
 )
-from lightning_reuse.energy.records import EnergyRecord
+from lightning_reuse.energy.records import METHODS, EnergyRecord
 
 
 def _clock(step: float = 1.0):
@@ -140,3 +140,50 @@ def test_nvml_reads_closer_than_min_interval_share_one_read(monkeypatch: pytest.
     assert backend.stop().gpu_wh == pytest.approx(2.0) and len(calls) == 3  # stop always reads
     with pytest.raises(ValueError, match="min_interval_s"):
         NVMLBackend(min_interval_s=-1.0)
+
+
+def test_every_reported_method_is_a_documented_one() -> None:
+    from lightning_reuse.energy.codecarbon_backend import _cpu_method
+
+    modes = (
+        None,
+        "intel_rapl",
+        "intel_power_gadget",
+        "windows_emi",
+        "apple_powermetrics",
+        "constant",
+        "cpu_load",
+    )
+    assert {_cpu_method(m) for m in modes} == {"RAPL", "counter", "estimate"}
+    assert {_cpu_method(m) for m in modes} <= set(METHODS)
+    for backend in (
+        SimulatedBackend(gpu_w=1.0),
+        SimulatedBackend(),
+        NVMLBackend(),
+        NVMLBackend(device_indices=[]),
+    ):
+        assert set(backend.methods.values()) <= set(METHODS)
+
+
+def test_nvml_backend_selects_gpus_by_index_or_uuid(monkeypatch: pytest.MonkeyPatch) -> None:
+    counters = {0: 0, 1: 0}
+    fake = _FakeNVML(
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetCount=lambda: 2,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetUUID=lambda h: ["GPU-aaaa-0000", "GPU-bbbb-1111"][h],
+        nvmlDeviceGetTotalEnergyConsumption=lambda h: counters[h],
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    backends = [
+        NVMLBackend(device_indices=d, min_interval_s=0.0) for d in ([1], ["GPU-bbbb"], ["bbbb"], [0, 1])
+    ]
+    for b in backends:
+        b.start()
+    counters[0] += 3_600_000
+    counters[1] += 7_200_000
+    assert [b.read().gpu_wh for b in backends] == pytest.approx([2.0, 2.0, 2.0, 3.0])
+    missing = NVMLBackend(device_indices=["GPU-zzzz"])
+    with pytest.raises(ValueError, match="GPU-zzzz.*matches no GPU"):
+        missing.start()
