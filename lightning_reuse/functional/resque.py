@@ -255,7 +255,7 @@ def resque_dist(
         shifted_features: ``[M, D]`` features of the shifted samples (not paired with ``features``).
         shifted_labels: ``[M]`` their class indices; ``None`` means paired mode (the same samples, shifted:
             ``M == N`` and ``labels`` is reused).
-        num_classes: number of classes (default: the largest label + 1).
+        num_classes: number of classes, an int >= 1 (default ``None``: the largest label + 1).
         return_per_class: also return the ``[K]`` per-class angles (NaN where skipped).
 
     Returns:
@@ -284,7 +284,15 @@ def resque_dist(
             f"`features` and `shifted_features` must have the same width, got {features.shape[1]} and "
             f"{shifted_features.shape[1]}."
         )
-    k = num_classes or max(int(labels.max()), int(shifted_labels.max())) + 1
+    if num_classes is None:
+        k = max(int(labels.max()), int(shifted_labels.max())) + 1
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(
+            f"`num_classes` must be an int >= 1 (or None to use the largest label + 1), got {num_classes!r}. "
+            "HINT: pass the number of classes of the task, or leave `num_classes` out."
+        )
+    else:
+        k = num_classes
     s, n = _resque_dist_update(features, labels, k)
     s2, n2 = _resque_dist_update(shifted_features, shifted_labels, k)
     score, per_class = _resque_dist_compute(s, n, s2, n2)

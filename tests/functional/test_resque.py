@@ -142,6 +142,16 @@ def test_dist_bad_inputs_are_clear_errors() -> None:
         resque_dist(f[y == 0], y[y == 0], f2[y2 == 1], y2[y2 == 1])
 
 
+def test_dist_num_classes_zero_or_invalid_is_an_error_not_inferred() -> None:
+    f, y, f2, y2 = make_data(0)
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match=r"`num_classes` must be an int >= 1.*got"):
+            resque_dist(f, y, f2, y2, num_classes=bad)  # type: ignore[arg-type]
+    k = int(max(y.max(), y2.max())) + 1
+    assert torch.equal(resque_dist(f, y, f2, y2, num_classes=k), resque_dist(f, y, f2, y2))
+    assert torch.equal(resque_dist(f, y, f2, y2, num_classes=k + 3), resque_dist(f, y, f2, y2))
+
+
 def test_dist_zero_feature_sum_is_skipped_with_warning() -> None:
     f, y, f2, y2 = make_data(0)
     f = f.clone()
