@@ -134,8 +134,17 @@ def test_prompt_ntk_is_masked_input_gradient_kernel(prompted) -> None:
     u = model.prompted(x).detach()
     jac = prompt_jacobian(model.head, u, model.scale())
     assert jac.support.numel() == int(model.mask.sum())  # unmasked (centre) pixels are dropped
-    # Reference: full input gradients J [nC, P], then J diag(scale^2) J^T.
-    full = prompt_jacobian(model.head, u).phi.reshape(21, -1)
+    # Reference: full input gradients J [nC, P], one autograd.grad per sample and output (independent
+    # of prompt_jacobian), then J diag(scale^2) J^T.
+    rows = []
+    for i in range(len(u)):
+        ui = u[i : i + 1].clone().requires_grad_(True)
+        out = model.head(ui)[0]
+        for a in range(out.shape[0]):
+            (g,) = torch.autograd.grad(out[a], ui, retain_graph=True)
+            rows.append(g.flatten())
+    full = torch.stack(rows)
+    assert full.shape == (21, 36)
     s = model.scale().flatten()
     torch.testing.assert_close(features_to_kernel(jac.phi), (full * s**2) @ full.T)
     # Unmasked (centre) pixels contribute nothing: the theta-gradient vanishes there.
