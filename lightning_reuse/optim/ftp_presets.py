@@ -1,9 +1,12 @@
 """FTP in the usual ``(params, lr, ...)`` optimizer form, and a one-line ``configure_optimizers`` helper.
 
 :class:`FTPAdamW` and :class:`FTPSGD` take the same arguments as ``torch.optim.AdamW`` / ``torch.optim.SGD``
-plus FTP's ``k``, ``mu`` and ``exclude``, so a LightningCLI recipe can name them by class path. Name rules in
-``exclude`` need parameter names: pass ``model.named_parameters()`` (LightningCLI's ``OptimizerCallable``
-injection does, see ``docs/ftp.md``), or exclude nothing.
+plus FTP's ``k``, ``mu``, ``exclude``, ``flat`` and ``fused``, so a LightningCLI recipe can name them by
+class path. Name rules in ``exclude`` need parameter names: pass ``model.named_parameters()`` (LightningCLI's
+``OptimizerCallable`` injection does, see ``docs/ftp.md``), or exclude nothing.
+
+``fused`` and ``flat`` choose FTP's implementation (see :class:`FTP`); the base optimizer's own fused kernel is
+``adamw_fused`` / ``sgd_fused`` (torch's ``fused=``). ``foreach`` goes to both.
 
 Example:
     >>> import torch
@@ -36,7 +39,11 @@ Params = Union[Iterable[Any], Iterable[dict[str, Any]]]
 
 
 class FTPAdamW(FTP):
-    """FTP over ``torch.optim.AdamW``; arguments as AdamW's, then FTP's (see :class:`FTP`)."""
+    """FTP over ``torch.optim.AdamW``; arguments as AdamW's, then FTP's (see :class:`FTP`).
+
+    ``adamw_fused`` is AdamW's ``fused=`` (torch's fused AdamW kernel for the base update); ``fused`` and
+    ``flat`` are FTP's (its projection path); ``foreach`` is passed to both.
+    """
 
     def __init__(
         self,
@@ -51,7 +58,9 @@ class FTPAdamW(FTP):
         mu: float = 1e-2,
         exclude: str | list[str] | None = None,
         foreach: bool | None = None,
+        flat: bool | None = None,
         fused: bool | None = None,
+        adamw_fused: bool | None = None,
     ) -> None:
         base = torch.optim.AdamW(
             params,
@@ -61,13 +70,17 @@ class FTPAdamW(FTP):
             weight_decay=weight_decay,
             amsgrad=amsgrad,
             foreach=foreach,
-            fused=fused,
+            fused=adamw_fused,
         )
-        super().__init__(base, k=k, mu=mu, exclude=exclude, foreach=foreach)
+        super().__init__(base, k=k, mu=mu, exclude=exclude, foreach=foreach, flat=flat, fused=fused)
 
 
 class FTPSGD(FTP):
-    """FTP over ``torch.optim.SGD``; arguments as SGD's, then FTP's (the paper: lr 1e-2, Nesterov 0.9)."""
+    """FTP over ``torch.optim.SGD``; arguments as SGD's, then FTP's (the paper: lr 1e-2, Nesterov 0.9).
+
+    ``sgd_fused`` is SGD's ``fused=`` (torch's fused kernel for the base update); ``fused`` and ``flat`` are
+    FTP's (its projection path); ``foreach`` is passed to both.
+    """
 
     def __init__(
         self,
@@ -82,6 +95,9 @@ class FTPSGD(FTP):
         mu: float = 1e-2,
         exclude: str | list[str] | None = None,
         foreach: bool | None = None,
+        flat: bool | None = None,
+        fused: bool | None = None,
+        sgd_fused: bool | None = None,
     ) -> None:
         base = torch.optim.SGD(
             params,
@@ -91,8 +107,9 @@ class FTPSGD(FTP):
             weight_decay=weight_decay,
             nesterov=nesterov,
             foreach=foreach,
+            fused=sgd_fused,
         )
-        super().__init__(base, k=k, mu=mu, exclude=exclude, foreach=foreach)
+        super().__init__(base, k=k, mu=mu, exclude=exclude, foreach=foreach, flat=flat, fused=fused)
 
 
 def configure_ftp(

@@ -185,6 +185,21 @@ def test_presets_validate_like_torch() -> None:
     assert opt.base_optimizer.defaults["nesterov"] and not opt.is_projected(net.head.bias)
 
 
+def test_presets_route_fused_and_flat_to_ftp_and_the_base_kernel_separately() -> None:
+    net = tiny_net(0)
+    opt = FTPAdamW(net.named_parameters(), lr=1e-3, exclude="head", fused=True, flat=False)
+    assert opt.fused is True and opt.flat is False and opt._fused_wanted()
+    assert not opt.base_optimizer.defaults["fused"]  # torch's fused AdamW kernel untouched (CPU here)
+    opt = FTPAdamW(net.named_parameters(), lr=1e-3, exclude="head", fused=False, adamw_fused=True)
+    assert opt.fused is False and not opt._fused_wanted() and opt.base_optimizer.defaults["fused"]
+    opt = FTPSGD(net.named_parameters(), lr=0.1, exclude="head", fused=True, flat=True, sgd_fused=True)
+    assert opt.fused is True and opt.flat is True and opt.base_optimizer.defaults["fused"]
+    loss = net(torch.randn(4, 6)).sum()
+    loss.backward()
+    opt.step()  # the FTP fused fallback over torch's fused SGD step runs on CPU
+    assert opt.ftp_step == 1
+
+
 # --- AMP ----------------------------------------------------------------------------------------------
 def test_bf16_autocast_fit_keeps_fp32_state_and_invariant(tmp_path: Path) -> None:
     model = FTPModule(scheduler=False)
