@@ -8,8 +8,8 @@ each:
 1. **Fixed costs.** Set-up (tracker start, sanity validation, data loading) is spent once, not per epoch:
    it is counted as spent, not extrapolated, and it is part of the predicted total.
 2. **Warm-up.** The first epoch pays one-off costs (allocations, lazy initialisation, caches). Its
-   steady-state value (from a reading taken a few batches in) replaces it as a sample, and later epochs
-   are preferred once they exist.
+   steady-state value (from a reading taken a few batches in) replaces it as a sample and stays one
+   beside the later epochs; without it, the first epoch is a sample only while it is the only epoch.
 3. **Uncertainty.** The remaining ``R`` epochs' sum is predicted with a Student-t interval
 
    .. math::
