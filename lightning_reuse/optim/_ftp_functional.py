@@ -12,7 +12,10 @@ Pure torch, no optimizer object. A step is split in two phases so that the radiu
 
 Per-tensor state (all floating point, dtype of the anchor): ``anchor`` (``p0``), ``direction`` (``c / n``
 of the previous step, the only element-sized buffer beside the anchor), ``gamma``, ``exp_avg`` and
-``exp_avg_sq`` (0-d tensors). Nothing here reads a tensor's value on the host: no synchronisation.
+``exp_avg_sq`` (0-d tensors). Nothing here reads a tensor's value on the host by design. On CUDA the
+foreach and flat paths were checked to run without host synchronisation; the single path synchronised
+when last measured (a clamp with a number and a tensor bound was split in two since as the likely cause;
+not re-measured).
 
 The ``*_single`` functions are the readable reference, one tensor at a time; the ``*_foreach`` functions do
 the same with multi-tensor kernels (``torch._foreach_*``) and agree with them to float rounding.

@@ -57,7 +57,10 @@ class FTP(Optimizer):
     both) and its ``state``; its own per-parameter state (anchor, radius, radius moments, previous direction)
     is in :attr:`ftp_state`, its global step counter in :attr:`ftp_step`, and both travel in
     :meth:`state_dict` so that a resumed run continues bit-identically. Anchors and FTP state are fp32
-    (or wider) whatever the parameter dtype. ``step()`` reads no value on the host (no synchronisation).
+    (or wider) whatever the parameter dtype. ``step()`` reads no value on the host by design; on CUDA the
+    foreach, flat and fused paths were checked to run without host synchronisation, while the single-tensor
+    path (``foreach=False``) synchronised when last measured (a suspected cause was removed since; not
+    re-measured).
 
     Args:
         base_optimizer: any constructed torch optimizer (SGD, Adam, AdamW, ...), used as is.
