@@ -258,7 +258,7 @@ class EnergyMonitor(Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_trainer_ref"] = None  # weak references do not pickle (ddp_spawn, deepcopy-free copies)
+        state["_trainer_ref"] = None  # weak references do not pickle (ddp_spawn pickles callbacks)
         return state
 
     @property
