@@ -101,16 +101,26 @@ def test_checkpoint_holds_the_side_only_and_reloads_with_the_base(tmp_path: Path
 def test_resume_from_side_only_checkpoint(tmp_path: Path) -> None:
     base = bn_base()
     x, y = data()
+
+    def side(seed: int) -> SideMLP:
+        torch.manual_seed(seed)
+        return SideMLP(6, 3, width=4)
+
+    straight = AdditiveFineTuning(base, side(0))  # the uninterrupted 2-epoch run
+    trainer(tmp_path / "straight", epochs=2).fit(straight, DataLoader(TensorDataset(x, y), batch_size=16))
     t = trainer(tmp_path, epochs=1)
-    t.fit(AdditiveFineTuning(base, SideMLP(6, 3, width=4)), DataLoader(TensorDataset(x, y), batch_size=16))
-    resumed = AdditiveFineTuning(base, SideMLP(6, 3, width=4))
+    t.fit(AdditiveFineTuning(base, side(0)), DataLoader(TensorDataset(x, y), batch_size=16))
+    path = t.checkpoint_callback.best_model_path
+    resumed = AdditiveFineTuning(base, side(7))  # other initial weights: the checkpoint must replace them
     t2 = trainer(tmp_path / "resume", epochs=2)
-    t2.fit(
-        resumed,
-        DataLoader(TensorDataset(x, y), batch_size=16),
-        ckpt_path=t.checkpoint_callback.best_model_path,
-    )
+    t2.fit(resumed, DataLoader(TensorDataset(x, y), batch_size=16), ckpt_path=path)
     assert t2.current_epoch == 2
+    saved = torch.load(path, weights_only=False)["state_dict"]
+    after = resumed.model.side.state_dict()
+    assert any(not torch.equal(after[k], saved[f"model.side.{k}"]) for k in after)  # epoch 2 did train
+    # side weights and optimizer state came back from the checkpoint: equal to the uninterrupted run
+    for key, value in straight.model.side.state_dict().items():
+        assert torch.allclose(after[key], value, rtol=0, atol=1e-6), key
 
 
 def test_relabels_n_samples_and_keeps_the_others(tmp_path: Path) -> None:
