@@ -131,7 +131,8 @@ def test_depth3_neurons_do_not_grow_with_k() -> None:
     assert counts == {fine_tuning_capacity(20, 3)}
 
 
-def test_depth2_spaced_changes_need_exactly_three_per_point() -> None:
+def test_depth2_construction_uses_three_neurons_per_spaced_change_as_the_lower_bound_formula() -> None:
+    # Checks the construction's count against the formula; it does not show that fewer neurons cannot fit.
     n = 12
     k = 4 * n + 1
     x = torch.linspace(-1, 1, k, dtype=torch.float64)
