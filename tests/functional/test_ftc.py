@@ -143,6 +143,57 @@ def test_depth2_construction_uses_three_neurons_per_spaced_change_as_the_lower_b
     assert ftc_neurons(net) == 3 * n == fine_tuning_capacity(n, 2, num_samples=k, bound="lower")
 
 
+def _interpolable_with_breakpoints(x: list[float], t: list[float], m: int) -> bool:
+    """Whether some ``c0 + c1 x + sum_{j<m} a_j relu(x - b_j)`` passes exactly through the sorted points ``(x, t)``.
+
+    This class contains every one-hidden-layer ReLU network on 1-D inputs with ``m`` hidden neurons (a neuron
+    ``a relu(w x + b)`` with ``w < 0`` is ``relu(x - beta)`` up to an affine term; ``w = 0`` is a constant).
+    Exact search: one linear feasibility program per placement of each ``b_j`` in a closed gap of the data
+    and sign of ``a_j``; with ``d_j = a_j b_j`` the equations are linear and ``b_j`` in ``[lo, hi]`` becomes
+    ``a_j lo <= d_j <= a_j hi`` (reversed for ``a_j <= 0``).
+    """
+    from itertools import product
+
+    from scipy.optimize import linprog
+
+    k, n = len(x), 2 + 2 * m
+    for gaps, signs in product(product(range(k + 1), repeat=m), product((1.0, -1.0), repeat=m)):
+        a_eq = [[1.0, xi] + [0.0] * (2 * m) for xi in x]
+        a_ub: list[list[float]] = []
+        bounds: list[tuple[float | None, float | None]] = [(None, None), (None, None)]
+        for j, (g, s) in enumerate(zip(gaps, signs)):
+            for i in range(g, k):  # b_j <= x_i: relu(x_i - b_j) = x_i - b_j
+                a_eq[i][2 + 2 * j], a_eq[i][3 + 2 * j] = x[i], -1.0
+            lo, hi = (x[g - 1] if g > 0 else None), (x[g] if g < k else None)
+            low, high = (lo, hi) if s > 0 else (hi, lo)
+            for bound, sign in ((low, 1.0), (high, -1.0)):  # sign * (bound * a_j - d_j) <= 0
+                if bound is not None:
+                    row = [0.0] * n
+                    row[2 + 2 * j], row[3 + 2 * j] = sign * bound, -sign
+                    a_ub.append(row)
+            bounds += [(0.0, None) if s > 0 else (None, 0.0), (None, None)]
+        res = linprog([0.0] * n, A_ub=a_ub or None, b_ub=[0.0] * len(a_ub) or None, A_eq=a_eq, b_eq=t,
+                      bounds=bounds, method="highs")  # fmt: skip
+        if res.status == 0:
+            return True
+    return False
+
+
+def test_depth2_one_isolated_change_cannot_be_fit_with_fewer_than_three_neurons() -> None:
+    x = torch.linspace(-1, 1, 5, dtype=torch.float64)
+    t = torch.zeros(5, dtype=torch.float64)
+    t[2] = 1.5  # one change, two unchanged points on each side
+    assert not _interpolable_with_breakpoints(x.tolist(), t.tolist(), 2)  # no 2-neuron network fits
+    assert _interpolable_with_breakpoints(x.tolist(), t.tolist(), 3)
+    # the search itself: a step needs exactly two breakpoints, a line none
+    assert _interpolable_with_breakpoints(x.tolist(), [0.0, 0.0, 1.0, 1.0, 1.0], 2)
+    assert not _interpolable_with_breakpoints(x.tolist(), [0.0, 0.0, 1.0, 1.0, 1.0], 1)
+    assert _interpolable_with_breakpoints(x.tolist(), [0.0, 1.0, 2.0, 3.0, 4.0], 0)
+    net = depth2_construction(x, t)
+    assert fits(net, x, t)
+    assert ftc_neurons(net) == 3 == fine_tuning_capacity(1, 2, num_samples=5, bound="lower")
+
+
 def test_additive_fine_tuning_changes_only_the_chosen_labels() -> None:
     torch.manual_seed(0)
     f = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1)).double()  # "pre-trained", frozen
