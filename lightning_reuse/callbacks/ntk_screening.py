@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import random
 import warnings
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,6 +121,25 @@ def _generators_untouched(loader: Any):
             g.set_state(state)
 
 
+def _fresh_batches(loader: Any) -> Iterator[Any]:
+    """The batches of ``loader`` from an iterator of their own.
+
+    With persistent workers, ``iter(loader)`` resets and returns the iterator the fit already created
+    (and will read from); a new one is made instead, and its workers are shut down afterwards.
+    """
+    make = getattr(loader, "_get_iterator", None)
+    if not (getattr(loader, "persistent_workers", False) and callable(make)):
+        yield from loader
+        return
+    it = make()
+    try:
+        yield from it
+    finally:
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if callable(shutdown):
+            shutdown()
+
+
 class NTKScreening(Callback):
     """Before the first training step, compute the prompt-NTK scores and a PASS/WARN/FAIL decision.
 
@@ -129,7 +149,7 @@ class NTKScreening(Callback):
     ``WandbLogger`` is attached), and measures its own cost in the ``"ntk-screening"`` window of an
     attached ``EnergyMonitor``. Model parameters, gradients, RNG states and train/eval modes are left
     as they were, and so is the training batch order (the generators of the train loader and of its
-    sampler are restored after the subset is read). On FAIL it warns (``on_fail="warn"``) or warns
+    sampler are restored after the subset is read, which never uses the fit's own iterator). On FAIL it warns (``on_fail="warn"``) or warns
     and stops the fit (``"stop"``; the fit ends before the first step unless
     ``min_epochs``/``min_steps`` forbid it).
 
@@ -232,9 +252,9 @@ class NTKScreening(Callback):
             loader = next(iter(loader.values()))
         xs, ys, count = [], [], 0
         # The global RNG states are restored by `_untouched`; the loader's own generators (a shuffled
-        # DataLoader's `generator`, its sampler's) here, so the training batch order does not change.
-        with _generators_untouched(loader):
-            for batch in loader:
+        # DataLoader's `generator`, its sampler's) here, and the fit's own iterator is not read from.
+        with _generators_untouched(loader), closing(_fresh_batches(loader)) as batches:
+            for batch in batches:
                 if not isinstance(batch, (list, tuple)) or len(batch) < 2:
                     raise TypeError(
                         f"NTKScreening expects training batches `(x, y, ...)`, got {type(batch).__name__}. "

@@ -105,31 +105,44 @@ def test_screening_leaves_model_rng_and_modes_untouched(tmp_path: Path) -> None:
     assert b["modes"]["model.source"] is False
 
 
-class FirstBatch(Reprog):
-    """Records the first training batch it sees."""
+class SeenBatches(Reprog):
+    """Records every training batch it sees."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.first: torch.Tensor | None = None
+        self.seen: list[torch.Tensor] = []
 
     def training_step(self, batch, i):
-        if self.first is None:
-            self.first = batch[0].clone()
+        self.seen.append(batch[0].clone())
         return super().training_step(batch, i)
 
 
-@pytest.mark.parametrize("own_generator", [True, False], ids=["loader-generator", "global-rng"])
-def test_screening_leaves_the_training_batch_order_unchanged(tmp_path: Path, own_generator: bool) -> None:
-    data = loader(100).dataset  # 100 samples: the screening reads a few batches, not the whole epoch
-    firsts = []
-    for callbacks in ([], [NTKScreening(num_samples=30, plot=False, thresholds=PASS_ALL)]):
+@pytest.mark.parametrize(
+    ("own_generator", "workers"),
+    [(True, 0), (False, 0), (True, 1)],
+    ids=["loader-generator", "global-rng", "persistent-workers"],
+)
+def test_screening_leaves_the_training_batches_unchanged(
+    tmp_path: Path, own_generator: bool, workers: int
+) -> None:
+    data = loader(100).dataset  # 5 batches of 20: the screening reads 2 of them (max_pool 4 x 10)
+    runs = []
+    for callbacks in ([], [NTKScreening(num_samples=10, plot=False, thresholds=PASS_ALL)]):
         generator = torch.Generator().manual_seed(0) if own_generator else None
-        train = DataLoader(data, batch_size=20, shuffle=True, generator=generator)
-        module = FirstBatch()
+        train = DataLoader(
+            data,
+            batch_size=20,
+            shuffle=True,
+            generator=generator,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
+        module = SeenBatches()
         torch.manual_seed(1)
-        trainer(tmp_path, callbacks, max_steps=1).fit(module, train)
-        firsts.append(module.first)
-    assert firsts[0] is not None and torch.equal(firsts[0], firsts[1])
+        trainer(tmp_path, callbacks).fit(module, train)  # one whole epoch
+        runs.append(module.seen)
+    assert len(runs[0]) == len(runs[1]) == 5
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
 
 
 def test_works_with_model_reprogramming_module(tmp_path: Path) -> None:
