@@ -110,20 +110,22 @@ class RetrainingLedger:
     Args:
         path: the SQLite file (created with its folder if missing); ``":memory:"`` for a throw-away ledger.
         min_runs: runs with the quantity measured that :meth:`predict` needs before it predicts (>= 3).
+        scale: fit the cost itself (``"linear"``), its logarithm (``"log"``, costs must be > 0) or
+            ``log(1 + cost)`` (``"log1p"``, zero costs allowed); see :meth:`predict`.
     """
 
     def __init__(
         self,
         path: str | Path = "resque_ledger.sqlite",
         min_runs: int = 4,
-        scale: Literal["linear", "log"] = "linear",
+        scale: Literal["linear", "log", "log1p"] = "linear",
     ) -> None:
         if not isinstance(min_runs, int) or min_runs < 3:
             raise ValueError(
                 f"`min_runs` must be an int >= 3 (a line and its spread need 3 points), got {min_runs!r}."
             )
-        if scale not in ("linear", "log"):
-            raise ValueError(f"`scale` must be 'linear' or 'log', got {scale!r}.")
+        if scale not in ("linear", "log", "log1p"):
+            raise ValueError(f"`scale` must be 'linear', 'log' or 'log1p', got {scale!r}.")
         self.path = str(path)
         self.min_runs = min_runs
         self.scale = scale
@@ -205,7 +207,9 @@ class RetrainingLedger:
         Fit: least squares ``y = a + b * score`` with ``b >= 0`` (if the unconstrained slope is negative the
         best monotone fit is the mean). Interval: ``t_{n-p} * s * sqrt(1 + h)`` with the usual leverage ``h``.
         With ``scale="log"`` the same fit is made on ``log y`` and mapped back (a multiplicative interval;
-        better when the cost grows faster than linearly with the score, as epochs to target often do).
+        better when the cost grows faster than linearly with the score, as epochs to target often do);
+        ``scale="log1p"`` fits ``log(1 + y)`` and maps back with ``exp(.) - 1``, which also accepts runs that
+        cost nothing (0 epochs: the model already met the target).
         """
         if quantity not in QUANTITIES:
             raise ValueError(f"`quantity` must be one of {QUANTITIES}, got {quantity!r}.")
@@ -239,6 +243,8 @@ class RetrainingLedger:
                     "RetrainingLedger(..., scale='linear').",
                 )  # fmt: skip
             ys = [math.log(y) for y in ys]
+        elif self.scale == "log1p":  # add_run refuses negative costs
+            ys = [math.log1p(y) for y in ys]
         xbar, ybar = sum(xs) / n, sum(ys) / n
         sxx = sum((x - xbar) ** 2 for x in xs)
         slope = sum((x - xbar) * (y - ybar) for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0
@@ -257,6 +263,14 @@ class RetrainingLedger:
         if self.scale == "log":
             value, lower, upper = math.exp(value), math.exp(value - half), math.exp(value + half)
             notes.append("log-linear fit")
+        elif self.scale == "log1p":
+            value, lower, upper = (
+                math.expm1(value),
+                max(0.0, math.expm1(value - half)),
+                math.expm1(value + half),
+            )
+            value = max(0.0, value)
+            notes.append("fit of log(1 + cost)")
         else:
             lower, upper = max(0.0, value - half), value + half
             value = max(0.0, value)

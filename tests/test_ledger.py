@@ -110,3 +110,23 @@ def test_log_scale_is_the_linear_fit_of_log_cost() -> None:
     assert "values <= 0" in str(ledger.predict(0.03))
     with pytest.raises(ValueError, match="scale"):
         RetrainingLedger(":memory:", scale="sqrt")  # type: ignore[arg-type]
+
+
+def test_log1p_scale_is_the_linear_fit_of_log1p_cost_and_accepts_zero_cost() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 0.1, 12)
+    y = np.maximum(0.0, np.expm1(0.1 + 25 * x + rng.normal(0, 0.1, 12)))
+    y[:2] = 0.0  # runs where the model already met the target
+    ledger = RetrainingLedger(":memory:", scale="log1p")
+    for xi, yi in zip(x, y):
+        ledger.add_run(float(xi), epochs_to_target=float(yi))
+    est = ledger.predict(0.05)
+    b, a = np.polyfit(x, np.log1p(y), 1)
+    s = np.sqrt(((np.log1p(y) - (a + b * x)) ** 2).sum() / 10)
+    half = (
+        stats.t.ppf(0.95, 10) * s * np.sqrt(1 + 1 / 12 + (0.05 - x.mean()) ** 2 / ((x - x.mean()) ** 2).sum())
+    )
+    assert est.value == pytest.approx(np.expm1(a + b * 0.05), rel=1e-10)
+    assert est.lower == pytest.approx(max(0.0, np.expm1(a + b * 0.05 - half)))
+    assert est.upper == pytest.approx(np.expm1(a + b * 0.05 + half))
+    assert "log(1 + cost)" in str(est)

@@ -137,7 +137,8 @@ def format_estimates(estimates: dict[str, Any], target_acc: float) -> str:
 
 def resque_precheck(config: DemoConfig, source: torch.nn.Module, run_dir: Path, say: Any) -> dict[str, Any]:
     """Score the shift with RESQUE and predict the retraining cost from the ledger (calibrating it first)."""
-    ledger = RetrainingLedger(Path(config.out_dir) / "resque_ledger.sqlite")
+    # log(1 + cost): retraining cost grows faster than linearly with the score, and some runs cost nothing
+    ledger = RetrainingLedger(Path(config.out_dir) / "resque_ledger.sqlite", scale="log1p")
     tag = ledger_tag(config)
     if len(ledger.runs(tag=tag)) < ledger.min_runs:
         say(

@@ -153,7 +153,7 @@ def resque_section(summary: dict[str, Any]) -> str:
         + ").",
         "",
         "Predicted cost of retraining (full fine-tuning until the validation accuracy reaches the target; "
-        "energy and CO2 summed over those epochs), from a linear model fitted on "
+        "energy and CO2 summed over those epochs), from a linear model of log(1 + cost) fitted on "
         f"the ledger's {len(r['ledger_runs'])} earlier real runs (`{r['ledger']}`):",
         "",
         *[f"- {e['message']}" for e in r["estimates"].values()],
