@@ -85,7 +85,7 @@ class WiSEFT(Callback):
                 raise ValueError(
                     "`alpha='best'` needs `eval_fn` (a function module -> {metric: value}) and `monitor` "
                     f"(the metric to optimise); got eval_fn={eval_fn!r}, monitor={monitor!r}. "
-                    "Fix: pass both, or a fixed `alpha=0.5`."
+                    "HINT: pass both, or a fixed `alpha=0.5`."
                 )
         elif not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"`alpha` must be a number in [0, 1] or 'best', got {alpha!r}.")
@@ -104,7 +104,7 @@ class WiSEFT(Callback):
         self.excluded_keys = excluded_state_keys(
             self.exclude,
             pl_module,
-            consequence="it will be interpolated towards its value when fit started. Fix: pass the new head's "
+            consequence="it will be interpolated towards its value when fit started. HINT: pass the new head's "
             "module name as `exclude=`, or `exclude=None` to interpolate every entry",
         )
 
@@ -160,7 +160,7 @@ class WiSEFT(Callback):
         if self.monitor not in self.results[0]:
             raise ValueError(
                 f"`monitor={self.monitor!r}` is not among the metrics `eval_fn` returned: "
-                f"{sorted(k for k in self.results[0] if k != 'alpha')}. Fix: monitor one of them."
+                f"{sorted(k for k in self.results[0] if k != 'alpha')}. HINT: monitor one of them."
             )
         sign = 1.0 if self.mode == "max" else -1.0
         best = max(self.results, key=lambda r: sign * r[self.monitor])

@@ -121,13 +121,13 @@ def resolve_exclude(
     else:
         raise TypeError(
             f"`exclude` must be a module name, a list of names, parameters, a module or a predicate "
-            f"`(name, param) -> bool`; got {type(exclude).__name__}. Fix: e.g. `exclude='head'`."
+            f"`(name, param) -> bool`; got {type(exclude).__name__}. HINT: e.g. `exclude='head'`."
         )
     for rule in rules:
         if isinstance(rule, str):
             if not getattr(names, "complete", False):
                 raise ValueError(
-                    f"`exclude={rule!r}` names a module, but the optimizer's parameters have no names. Fix: "
+                    f"`exclude={rule!r}` names a module, but the optimizer's parameters have no names. HINT: "
                     "build the base optimizer from `model.named_parameters()`, pass `model=` as well, or "
                     "exclude by parameter objects / a predicate."
                 )
@@ -142,7 +142,7 @@ def resolve_exclude(
         else:
             raise TypeError(
                 f"`exclude` entries must be names, parameters, modules or predicates; got "
-                f"{type(rule).__name__}. Fix: e.g. `exclude=['head', model.norm.weight]`."
+                f"{type(rule).__name__}. HINT: e.g. `exclude=['head', model.norm.weight]`."
             )
         if not hit:
             known = sorted({n.rsplit(".", 1)[0] for n in names.values() if n}) if names else []
@@ -164,7 +164,7 @@ def _call_predicate(rule: Predicate, name: str | None, param: Tensor) -> bool:
     except (AttributeError, TypeError) as err:
         raise ValueError(
             f"The `exclude` predicate {rule!r} failed on a parameter without a name (name=None): {err}. "
-            "Fix: build the base optimizer from `model.named_parameters()` or pass `model=`, or make the "
+            "HINT: build the base optimizer from `model.named_parameters()` or pass `model=`, or make the "
             "predicate accept `name=None`."
         ) from err
 
@@ -205,7 +205,7 @@ def missing_from(pretrained: Mapping[str, Tensor] | nn.Module) -> Predicate:
     def predicate(name: str | None, param: Tensor) -> bool:
         if name is None:
             raise ValueError(
-                "`missing_from(...)` needs parameter names. Fix: build the base optimizer from "
+                "`missing_from(...)` needs parameter names. HINT: build the base optimizer from "
                 "`model.named_parameters()` or pass `model=`."
             )
         return shapes.get(name) != tuple(param.shape)
@@ -235,11 +235,11 @@ def collect_anchors(
     if not isinstance(anchors, Mapping):
         raise TypeError(
             f"`anchors` must be None, a module or a state_dict; got {type(anchors).__name__}. "
-            "Fix: `anchors=pretrained_model.state_dict()`."
+            "HINT: `anchors=pretrained_model.state_dict()`."
         )
     if not getattr(names, "complete", False):
         raise ValueError(
-            "`anchors` is a state_dict, but the optimizer's parameters have no names. Fix: build the base "
+            "`anchors` is a state_dict, but the optimizer's parameters have no names. HINT: build the base "
             "optimizer from `model.named_parameters()` or pass `model=`."
         )
     by_name = {normalize_name(k): v for k, v in anchors.items()}
@@ -252,7 +252,7 @@ def collect_anchors(
         out[id(p)] = value.detach().to(device=p.device, dtype=anchor_dtype(p), copy=True)
     if missing:
         raise ValueError(
-            f"`anchors` has no entry of the right shape for {missing[:10]}. Fix: exclude them, e.g. "
+            f"`anchors` has no entry of the right shape for {missing[:10]}. HINT: exclude them, e.g. "
             "`exclude=missing_from(anchors)` or `exclude='head'`."
         )
     return out
@@ -272,7 +272,7 @@ def interpolate_state_dicts(
     {'w': tensor([0.2500, 0.2500]), 'h': tensor([1.])}
     """
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"`alpha` must be in [0, 1], got {alpha}. Fix: sweep e.g. (0, 0.25, 0.5, 0.75, 1).")
+        raise ValueError(f"`alpha` must be in [0, 1], got {alpha}. HINT: sweep e.g. (0, 0.25, 0.5, 0.75, 1).")
     by_name = {normalize_name(k): v for k, v in pretrained.items()}
     out = {}
     for key, ft in finetuned.items():

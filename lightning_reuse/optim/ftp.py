@@ -106,11 +106,11 @@ class FTP(Optimizer):
         if not isinstance(base_optimizer, Optimizer):
             raise TypeError(
                 f"`base_optimizer` must be a constructed torch optimizer, got {type(base_optimizer).__name__}."
-                " Fix: `FTP(torch.optim.AdamW(model.named_parameters(), lr=1e-4), exclude='head')`."
+                " HINT: `FTP(torch.optim.AdamW(model.named_parameters(), lr=1e-4), exclude='head')`."
             )
         if isinstance(base_optimizer, FTP):
             raise TypeError(
-                "`base_optimizer` is already an FTP optimizer. Fix: wrap the plain optimizer once."
+                "`base_optimizer` is already an FTP optimizer. HINT: wrap the plain optimizer once."
             )
         if not 0.0 <= k <= 1.0:
             raise ValueError(f"Invalid `k`: expected a gradient annealing factor in [0, 1], got {k}.")
@@ -246,7 +246,7 @@ class FTP(Optimizer):
         """Load a :meth:`state_dict`; FTP tensors go to each parameter's device and keep their dtype."""
         if "ftp" not in state_dict:
             raise ValueError(
-                "`state_dict` has no 'ftp' entry: it was not saved from an FTP optimizer. Fix: load it into "
+                "`state_dict` has no 'ftp' entry: it was not saved from an FTP optimizer. HINT: load it into "
                 "the base optimizer (`ftp.base_optimizer.load_state_dict(sd)`) to keep fresh anchors."
             )
         base_sd = {key: value for key, value in state_dict.items() if key != "ftp"}
@@ -261,13 +261,13 @@ class FTP(Optimizer):
             if i >= len(params) or not self.is_projected(params[i]):
                 raise ValueError(
                     f"`state_dict` holds FTP state for parameter #{i}, which this optimizer does not project. "
-                    "Fix: build the optimizer with the same parameters and `exclude` as the saved one."
+                    "HINT: build the optimizer with the same parameters and `exclude` as the saved one."
                 )
             p = params[i]
             if tuple(saved["anchor"].shape) != tuple(p.shape):
                 raise ValueError(
                     f"`state_dict` anchor #{i} has shape {tuple(saved['anchor'].shape)}, the parameter "
-                    f"{tuple(p.shape)}. Fix: load the state_dict of the same model."
+                    f"{tuple(p.shape)}. HINT: load the state_dict of the same model."
                 )
             state = {key: None for key in _STATE_KEYS}
             state.update({key: v.detach().to(device=p.device, copy=True) for key, v in saved.items()})

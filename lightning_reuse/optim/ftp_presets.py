@@ -131,7 +131,7 @@ def configure_ftp(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(
-            "`model` has no trainable parameter (every `requires_grad` is False). Fix: unfreeze what "
+            "`model` has no trainable parameter (every `requires_grad` is False). HINT: unfreeze what "
             "should be fine-tuned before calling `configure_ftp`."
         )
     base = optimizer(params, **optimizer_kwargs)

@@ -117,7 +117,7 @@ class L2SP:
         if len(state["anchors"]) != len(self.anchors):
             raise ValueError(
                 f"`state` holds {len(state['anchors'])} anchors, this L2SP has {len(self.anchors)}. "
-                "Fix: load the state of an L2SP built on the same model and `exclude`."
+                "HINT: load the state of an L2SP built on the same model and `exclude`."
             )
         self.alpha, self.beta = float(state["alpha"]), float(state["beta"])
         self.anchors = [a.to(device=p.device, copy=True) for a, p in zip(state["anchors"], self.params)]
