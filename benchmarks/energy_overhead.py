@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from lightning_reuse.callbacks.energy_monitor import EnergyMonitor  # noqa: E402
 from lightning_reuse.energy.backends import EnergyBackend, NVMLBackend, SimulatedBackend  # noqa: E402
 from lightning_reuse.energy.predict import carbontracker_prediction  # noqa: E402
-from lightning_reuse.nn.small_cnn import SmallCNN  # noqa: E402
+from lightning_reuse.samples.models import SmallCNN  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -89,7 +89,7 @@ class EpochEnd(Callback):
 
 def make_data(workload: str, device: str) -> tuple[DataLoader, DataLoader, dict]:
     if workload == "digits":
-        from lightning_reuse.datasets import load_digits_tensors, split_indices
+        from lightning_reuse.samples.digits import load_digits_tensors, split_indices
 
         x, y = load_digits_tensors()
         tr, va = split_indices(len(x), (0.8, 0.2), seed=0)
@@ -265,9 +265,9 @@ def prediction(device: str, workload: str, runs: int, epochs: int = 10) -> dict:
 
 
 def reuse_vs_retrain(out_png: Path) -> dict:
-    from lightning_reuse.datasets import load_digits_tensors
     from lightning_reuse.energy.report import plot_reuse_report, reuse_report
-    from lightning_reuse.nn.small_cnn import train_classifier
+    from lightning_reuse.samples.digits import load_digits_tensors
+    from lightning_reuse.samples.models import train_classifier
 
     x, y = load_digits_tensors()
     source = train_classifier(SmallCNN(num_classes=10, width=32, depth=3), x[y < 5], y[y < 5], epochs=5)

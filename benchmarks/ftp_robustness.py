@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lightning_reuse.datasets import apply_shift, load_digits_tensors, split_indices
-from lightning_reuse.nn.small_cnn import SmallCNN, accuracy
 from lightning_reuse.optim import FTP, L2SP, interpolate_state_dicts
+from lightning_reuse.samples.digits import apply_shift, load_digits_tensors, split_indices
+from lightning_reuse.samples.models import SmallCNN, accuracy
 
 SHIFTS = {"noise": 0.4, "blur": 1.0, "salt_pepper": 0.15, "rotation": 25.0, "inversion": 0.3}
 METHODS = ("lp", "ft", "lpft", "l2sp", "wise", "ftp")

@@ -27,12 +27,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from lightning_reuse.datasets import load_digits_tensors, split_indices
 from lightning_reuse.functional.ntk_scores import ScreeningThresholds, decide, screen_reprogramming
 from lightning_reuse.nn.label_mapping import IterativeLabelMapping, count_matrix, greedy_one_to_one
 from lightning_reuse.nn.prompts import PaddingPrompt
 from lightning_reuse.nn.reprogrammed import ReprogrammedModel
-from lightning_reuse.nn.small_cnn import train_classifier
+from lightning_reuse.samples.digits import load_digits_tensors, split_indices
+from lightning_reuse.samples.models import train_classifier
 
 RESULTS = Path(__file__).parent / "results"
 SRC_SHAPE, TGT_SHAPE = (1, 16, 16), (1, 8, 8)

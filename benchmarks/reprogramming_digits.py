@@ -24,9 +24,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from lightning_reuse.datasets import digits_loader, load_digits_tensors, split_indices
 from lightning_reuse.modules.reprogramming import ModelReprogramming, source_fingerprint
-from lightning_reuse.nn.efficientnet import load_efficientnet_lite0
 from lightning_reuse.nn.label_mapping import (
     FrequencyLabelMapping,
     IterativeLabelMapping,
@@ -35,7 +33,9 @@ from lightning_reuse.nn.label_mapping import (
     RandomLabelMapping,
 )
 from lightning_reuse.nn.prompts import FullPrompt, InputTransform, PaddingPrompt
-from lightning_reuse.nn.small_cnn import accuracy
+from lightning_reuse.samples.digits import digits_loader, load_digits_tensors, split_indices
+from lightning_reuse.samples.efficientnet import load_efficientnet_lite0
+from lightning_reuse.samples.models import accuracy
 
 CONFIGS = [
     ("padding", "rlm"),

@@ -53,12 +53,12 @@ from scipy import stats
 from torch import Tensor, nn
 
 from lightning_reuse.callbacks.resque_check import RESQUECheck
-from lightning_reuse.datasets import apply_shift, digits_loader, load_digits_tensors
+from lightning_reuse.energy.ledger import RetrainingLedger
 from lightning_reuse.functional import pool_features, resque_task
-from lightning_reuse.ledger import RetrainingLedger
 from lightning_reuse.metrics import RESQUEDist
 from lightning_reuse.nn.layers import capture_output
-from lightning_reuse.nn.small_cnn import accuracy, train_classifier
+from lightning_reuse.samples.digits import apply_shift, digits_loader, load_digits_tensors
+from lightning_reuse.samples.models import accuracy, train_classifier
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LAYER = "net.block2.0"  # the last conv

@@ -81,7 +81,7 @@ def data(model: str, n: int) -> tuple[Tensor, Tensor, str]:
     if model == "wide":
         return torch.rand(n, 3, 224, 224, generator=g), torch.randint(0, 10, (n,), generator=g), "synthetic"
     try:
-        from lightning_reuse.datasets import load_digits_tensors
+        from lightning_reuse.samples.digits import load_digits_tensors
 
         x, y = load_digits_tensors()
         return x, y, "digits"

@@ -24,12 +24,12 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_reuse.datasets import load_digits_tensors, split_indices
 from lightning_reuse.functional.ftc import fine_tuning_capacity
 from lightning_reuse.modules.additive import IGNORE_INDEX, AdditiveFineTuning
 from lightning_reuse.nn.parameter_count import format_parameter_count
 from lightning_reuse.nn.side_network import AdditiveModel
-from lightning_reuse.nn.small_cnn import SmallCNN, accuracy, train_classifier
+from lightning_reuse.samples.digits import load_digits_tensors, split_indices
+from lightning_reuse.samples.models import SmallCNN, accuracy, train_classifier
 
 
 @torch.no_grad()

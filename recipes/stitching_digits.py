@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_reuse.datasets import apply_shift, load_digits_tensors, split_indices
-from lightning_reuse.nn.small_cnn import accuracy, train_classifier
-from lightning_reuse.stitching_sweep import SweepResult, plot_sweep, stitching_sweep
+from lightning_reuse.modules.stitching_sweep import SweepResult, plot_sweep, stitching_sweep
+from lightning_reuse.samples.digits import apply_shift, load_digits_tensors, split_indices
+from lightning_reuse.samples.models import accuracy, train_classifier
 
 
 class ResidualBlock(nn.Module):

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_reuse.datasets import SHIFTS, apply_shift, load_digits_tensors, split_indices
-from lightning_reuse.nn.small_cnn import SmallCNN, accuracy, train_classifier
+from lightning_reuse.samples.digits import SHIFTS, apply_shift, load_digits_tensors, split_indices
+from lightning_reuse.samples.models import SmallCNN, accuracy, train_classifier
 
 
 def test_digits_shape_and_range() -> None:

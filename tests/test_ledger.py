@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lightning_reuse.ledger import QUANTITIES, RetrainingLedger
+from lightning_reuse.energy.ledger import QUANTITIES, RetrainingLedger
 
 
 @dataclass

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lightning_reuse.datasets import load_digits_tensors
-from lightning_reuse.nn.small_cnn import SmallCNN, train_classifier
-from lightning_reuse.stitching_sweep import random_like, stitching_sweep
+from lightning_reuse.modules.stitching_sweep import random_like, stitching_sweep
+from lightning_reuse.samples.digits import load_digits_tensors
+from lightning_reuse.samples.models import SmallCNN, train_classifier
 from tests.helpers.wandb_read import find_offline_run_dirs, read_offline_run
 
 

@@ -10,7 +10,7 @@ Example:
     >>> from lightning_reuse.nn.label_mapping import FrequencyLabelMapping
     >>> from lightning_reuse.nn.prompts import PaddingPrompt
     >>> from lightning_reuse.nn.reprogrammed import ReprogrammedModel
-    >>> from lightning_reuse.nn.small_cnn import SmallCNN
+    >>> from lightning_reuse.samples.models import SmallCNN
     >>> class Reprog(pl.LightningModule):
     ...     def __init__(self):
     ...         super().__init__()

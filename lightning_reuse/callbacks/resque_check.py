@@ -4,12 +4,12 @@ retraining will cost (Sangarya and Kim, "RESQUE", AAAI 2025, arXiv:2412.15511).
 Thin glue over :mod:`lightning_reuse.functional.resque` and :mod:`lightning_reuse.metrics.resque`: one
 forward pass of the frozen model over user-given dataloaders at ``on_fit_start``, features from a hook on one
 named layer, the score logged per class and overall, optional thresholds, and a cost estimate from a
-:class:`~lightning_reuse.ledger.RetrainingLedger` of past runs.
+:class:`~lightning_reuse.energy.ledger.RetrainingLedger` of past runs.
 
 Example:
     >>> import torch, lightning.pytorch as pl
-    >>> from lightning_reuse.datasets import digits_loader
-    >>> from lightning_reuse.nn.small_cnn import SmallCNN
+    >>> from lightning_reuse.samples.digits import digits_loader
+    >>> from lightning_reuse.samples.models import SmallCNN
     >>> class Classifier(pl.LightningModule):
     ...     def __init__(self):
     ...         super().__init__()
@@ -47,8 +47,8 @@ from typing_extensions import override
 
 from lightning_reuse._warnings import LightningReuseWarning
 from lightning_reuse.callbacks._windows import measurement_window
+from lightning_reuse.energy.ledger import CostEstimate, RetrainingLedger
 from lightning_reuse.functional.resque import POOLINGS, Pooling, pool_features
-from lightning_reuse.ledger import CostEstimate, RetrainingLedger
 from lightning_reuse.metrics.resque import RESQUEDist, RESQUETask
 from lightning_reuse.nn.layers import capture_output, get_layer
 

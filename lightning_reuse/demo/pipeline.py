@@ -17,10 +17,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lightning_reuse.data import DigitsDataModule
 from lightning_reuse.demo.strategies import Strategy, available_strategies
-from lightning_reuse.nn.small_cnn import accuracy
-from lightning_reuse.zoo import pretrained_small_cnn
+from lightning_reuse.samples.datamodule import DigitsDataModule
+from lightning_reuse.samples.models import accuracy
+from lightning_reuse.samples.zoo import pretrained_small_cnn
 
 
 @dataclass
@@ -29,7 +29,7 @@ class DemoConfig:
 
     Attributes:
         out_dir: parent folder; each run writes a new ``run-<timestamp>`` folder inside (never overwritten).
-        shift / level: the distribution shift of the new data (see ``lightning_reuse.datasets.apply_shift``).
+        shift / level: the distribution shift of the new data (see ``lightning_reuse.samples.digits.apply_shift``).
         train_limit: labelled samples of new data available for (re)training.
         max_epochs: epochs per strategy.
         strategies: names to run (default: all available).

@@ -10,9 +10,9 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_reuse.callbacks.resque_check import RESQUECheck
-from lightning_reuse.ledger import RetrainingLedger
+from lightning_reuse.energy.ledger import RetrainingLedger
 from lightning_reuse.modules.classifier import ImageClassifier
-from lightning_reuse.nn.small_cnn import accuracy
+from lightning_reuse.samples.models import accuracy
 
 if TYPE_CHECKING:
     from lightning_reuse.demo.pipeline import DemoConfig

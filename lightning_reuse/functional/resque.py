@@ -2,7 +2,7 @@ r"""RESQUE: one forward pass of the old model scores how far new data (or a new 
 
 Sangarya and Kim, "RESQUE: Quantifying Estimator to Task and Distribution Shift for Sustainable Model
 Reusability", AAAI 2025 (arXiv:2412.15511). The score correlates with the cost of retraining (epochs to a
-target accuracy, energy, CO2); :mod:`lightning_reuse.ledger` turns it into a cost estimate.
+target accuracy, energy, CO2); :mod:`lightning_reuse.energy.ledger` turns it into a cost estimate.
 
 - :func:`resque_dist` (distribution shift, same task): for every class ``c`` sum the features of the
   original samples (:math:`s_c`) and of the shifted samples (:math:`s'_c`);

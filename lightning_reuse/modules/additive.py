@@ -8,7 +8,7 @@ base's SHA-256 fingerprint and what is needed to rebuild the side network; load 
 
 Example:
     >>> import torch
-    >>> from lightning_reuse.nn.small_cnn import SmallCNN
+    >>> from lightning_reuse.samples.models import SmallCNN
     >>> from lightning_reuse.nn.side_network import SideMLP
     >>> base = SmallCNN(width=4).requires_grad_(False)
     >>> module = AdditiveFineTuning(base, SideMLP(64, 10, width=8))

@@ -2,7 +2,7 @@
 
 Example:
     >>> import torch
-    >>> from lightning_reuse.nn.small_cnn import SmallCNN
+    >>> from lightning_reuse.samples.models import SmallCNN
     >>> module = ImageClassifier(SmallCNN(width=4), trainable="head")
     >>> module.num_trainable_parameters() < module.num_parameters()
     True

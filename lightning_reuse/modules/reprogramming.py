@@ -12,8 +12,9 @@ Neural Networks", ICLR 2019.
 
 Example:
     >>> import lightning.pytorch as pl
-    >>> from lightning_reuse.datasets import digits_loader, load_digits_tensors
-    >>> from lightning_reuse.nn import IterativeLabelMapping, PaddingPrompt, SmallCNN
+    >>> from lightning_reuse.samples.digits import digits_loader, load_digits_tensors
+    >>> from lightning_reuse.nn import IterativeLabelMapping, PaddingPrompt
+    >>> from lightning_reuse.samples import SmallCNN
     >>> x, y = load_digits_tensors()
     >>> module = ModelReprogramming(
     ...     SmallCNN(num_classes=10, width=4), PaddingPrompt((1, 8, 8), (1, 12, 12)), IterativeLabelMapping(10, 10)

@@ -11,8 +11,8 @@ and ``{stage}/penalty``.
 
 Example:
     >>> import torch, lightning.pytorch as pl
-    >>> from lightning_reuse.nn.small_cnn import SmallCNN
-    >>> from lightning_reuse.datasets import digits_loader
+    >>> from lightning_reuse.samples.models import SmallCNN
+    >>> from lightning_reuse.samples.digits import digits_loader
     >>> _ = torch.manual_seed(0)
     >>> a, b = SmallCNN(width=4).eval(), SmallCNN(width=4).eval()
     >>> x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))

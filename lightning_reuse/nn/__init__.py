@@ -4,7 +4,6 @@ from lightning_reuse._lazy import attach
 
 # Public name -> defining module (relative). Add one line per public name.
 _NAMES: dict[str, str] = {
-    "SmallCNN": ".small_cnn",
     "get_layer": ".layers",
     "layer_names": ".layers",
     "capture_output": ".layers",
@@ -20,8 +19,6 @@ _NAMES: dict[str, str] = {
     "count_matrix": ".label_mapping",
     "greedy_one_to_one": ".label_mapping",
     "ReprogrammedModel": ".reprogrammed",
-    "load_efficientnet_lite0": ".efficientnet",
-    "Normalization": ".efficientnet",
     "ConvStitch": ".stitch",
     "LinearStitch": ".stitch",
     "DownsampleStitch": ".stitch",
@@ -47,7 +44,16 @@ _NAMES: dict[str, str] = {
     "format_parameter_count": ".parameter_count",
     "PooledDownsampleStitch": ".stitch",
     "PooledLinearStitch": ".stitch",
+    "split_batch": ".batch",
+    "module_fingerprint": ".fingerprint",
 }
 
 __all__ = list(_NAMES)
-__getattr__, __dir__ = attach(__name__, _NAMES)
+# Sample models moved to :mod:`lightning_reuse.samples`; the old names resolve, with a DeprecationWarning, for one release.
+_MOVED: dict[str, str] = {
+    "SmallCNN": "lightning_reuse.samples.models",
+    "load_efficientnet_lite0": "lightning_reuse.samples.efficientnet",
+    "Normalization": "lightning_reuse.samples.efficientnet",
+}
+
+__getattr__, __dir__ = attach(__name__, _NAMES, moved=_MOVED)

@@ -5,7 +5,7 @@ reprogramming. Names are those of ``model.named_modules()`` (e.g. ``"layer2.1"``
 
 Example:
     >>> import torch
-    >>> from lightning_reuse.nn.small_cnn import SmallCNN
+    >>> from lightning_reuse.samples.models import SmallCNN
     >>> net = SmallCNN(width=4)
     >>> with capture_output(net, "block1") as store:
     ...     _ = net(torch.zeros(2, 1, 8, 8))

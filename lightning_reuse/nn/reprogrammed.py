@@ -7,7 +7,7 @@ Example:
     >>> import torch
     >>> from lightning_reuse.nn.label_mapping import FrequencyLabelMapping
     >>> from lightning_reuse.nn.prompts import PaddingPrompt
-    >>> from lightning_reuse.nn.small_cnn import SmallCNN
+    >>> from lightning_reuse.samples.models import SmallCNN
     >>> source = SmallCNN(num_classes=10, width=4)
     >>> model = ReprogrammedModel(source, PaddingPrompt((1, 6, 6), (1, 8, 8)), FrequencyLabelMapping(10, 3))
     >>> model(torch.rand(5, 1, 6, 6)).shape

@@ -7,7 +7,7 @@ network built here is zero-initialised, so ``F == f`` exactly before the first o
 
 Example:
     >>> import torch
-    >>> from lightning_reuse.nn.small_cnn import SmallCNN
+    >>> from lightning_reuse.samples.models import SmallCNN
     >>> base = SmallCNN(width=4).requires_grad_(False)
     >>> x = torch.rand(3, 1, 8, 8)
     >>> model = AdditiveModel.from_base(base, x, width=6, depth=3, feature="pool")

@@ -16,7 +16,7 @@ checks this (``clean``): a cut is clean when the model's output depends on its i
 
 Example:
     >>> import torch
-    >>> from lightning_reuse.nn.small_cnn import SmallCNN
+    >>> from lightning_reuse.samples.models import SmallCNN
     >>> net = SmallCNN(width=4, depth=2).eval()
     >>> [(p.name, p.shape, p.clean) for p in stitchable_points(net, torch.randn(4, 1, 8, 8))][:3]
     [('block1.0', (4, 8, 8), True), ('block1.1', (4, 8, 8), True), ('block1', (4, 8, 8), True)]

@@ -20,7 +20,7 @@ from lightning_reuse.functional.ntk_scores import ScreeningThresholds
 from lightning_reuse.nn.label_mapping import FrequencyLabelMapping
 from lightning_reuse.nn.prompts import PaddingPrompt
 from lightning_reuse.nn.reprogrammed import ReprogrammedModel
-from lightning_reuse.nn.small_cnn import SmallCNN
+from lightning_reuse.samples.models import SmallCNN
 
 PASS_ALL = ScreeningThresholds(ntk_accuracy_fail=None, ntk_accuracy_warn=None)  # no rule: always PASS
 FAIL_ALL = ScreeningThresholds(min_confidence=1e9)
@@ -274,7 +274,7 @@ from lightning_reuse.functional.ntk_scores import ScreeningThresholds
 from lightning_reuse.nn.label_mapping import FrequencyLabelMapping
 from lightning_reuse.nn.prompts import PaddingPrompt
 from lightning_reuse.nn.reprogrammed import ReprogrammedModel
-from lightning_reuse.nn.small_cnn import SmallCNN
+from lightning_reuse.samples.models import SmallCNN
 
 class Reprog(pl.LightningModule):
     def __init__(self):

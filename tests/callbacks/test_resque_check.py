@@ -14,12 +14,12 @@ import torch
 from lightning.pytorch.loggers import Logger
 
 from lightning_reuse.callbacks.resque_check import RESQUECheck, RESQUEThresholdWarning
-from lightning_reuse.datasets import apply_shift, digits_loader, load_digits_tensors
+from lightning_reuse.energy.ledger import RetrainingLedger
 from lightning_reuse.functional import pool_features, resque_dist, resque_task
 from lightning_reuse.functional.resque import RESQUEClassSkippedWarning
-from lightning_reuse.ledger import RetrainingLedger
 from lightning_reuse.nn.layers import LayerNotFoundError, capture_output
-from lightning_reuse.nn.small_cnn import SmallCNN, train_classifier
+from lightning_reuse.samples.digits import apply_shift, digits_loader, load_digits_tensors
+from lightning_reuse.samples.models import SmallCNN, train_classifier
 
 
 class Classifier(pl.LightningModule):
@@ -297,7 +297,7 @@ def test_ddp_two_processes_equal_single_process(ddp_runner: Any, tmp_path: Path)
         """
 import lightning.pytorch as pl
 from lightning_reuse.callbacks.resque_check import RESQUECheck
-from lightning_reuse.datasets import apply_shift, digits_loader, load_digits_tensors
+from lightning_reuse.samples.digits import apply_shift, digits_loader, load_digits_tensors
 from tests.callbacks.test_resque_check import Classifier
 
 torch.manual_seed(0)

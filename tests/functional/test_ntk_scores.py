@@ -238,7 +238,7 @@ def test_auto_sketch_keeps_exact_rows_when_sketching_would_not_shrink_them() -> 
     from lightning_reuse.nn.label_mapping import FrequencyLabelMapping
     from lightning_reuse.nn.prompts import PaddingPrompt
     from lightning_reuse.nn.reprogrammed import ReprogrammedModel
-    from lightning_reuse.nn.small_cnn import SmallCNN
+    from lightning_reuse.samples.models import SmallCNN
 
     torch.manual_seed(0)  # padding prompt 6x6 -> 8x8: P_m = 64 - 36 = 28 trainable input entries
     model = ReprogrammedModel(

@@ -11,9 +11,7 @@ import torch
 from torch import nn
 
 from lightning_reuse._warnings import LightningReuseWarning
-from lightning_reuse.datasets import digits_loader, load_digits_tensors, split_indices
 from lightning_reuse.modules.reprogramming import ModelReprogramming, describe_source, source_fingerprint
-from lightning_reuse.nn.efficientnet import load_efficientnet_lite0
 from lightning_reuse.nn.label_mapping import (
     FrequencyLabelMapping,
     IterativeLabelMapping,
@@ -21,7 +19,9 @@ from lightning_reuse.nn.label_mapping import (
     OneToOneLabelMapping,
 )
 from lightning_reuse.nn.prompts import FullPrompt, PaddingPrompt
-from lightning_reuse.nn.small_cnn import accuracy, train_classifier
+from lightning_reuse.samples.digits import digits_loader, load_digits_tensors, split_indices
+from lightning_reuse.samples.efficientnet import load_efficientnet_lite0
+from lightning_reuse.samples.models import accuracy, train_classifier
 
 SHIFT = 5  # target label = (digit + SHIFT) % 10
 
@@ -274,7 +274,7 @@ def test_ddp_counts_are_summed_over_ranks(ddp_runner, frame_source, tmp_path: Pa
     result = ddp_runner(
         """
 import lightning.pytorch as pl
-from lightning_reuse.datasets import digits_loader, load_digits_tensors
+from lightning_reuse.samples.digits import digits_loader, load_digits_tensors
 from lightning_reuse.modules.reprogramming import ModelReprogramming, source_fingerprint
 from lightning_reuse.nn.label_mapping import IterativeLabelMapping
 from lightning_reuse.nn.prompts import PaddingPrompt

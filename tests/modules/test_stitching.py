@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_reuse.datasets import digits_loader, load_digits_tensors
 from lightning_reuse.modules.stitching import ModelStitching
 from lightning_reuse.nn.layers import LayerNotFoundError
-from lightning_reuse.nn.small_cnn import train_classifier
 from lightning_reuse.nn.stitch import AffineStitch, UpsampleStitch
+from lightning_reuse.samples.digits import digits_loader, load_digits_tensors
+from lightning_reuse.samples.models import train_classifier
 from tests.nn.test_stitch import TinyResNet
 
 
@@ -109,7 +109,7 @@ def test_ddp_fit_keeps_halves_frozen_and_stitch_replicas_identical(ddp_runner) -
     result = ddp_runner(
         """
 import lightning.pytorch as pl
-from lightning_reuse.datasets import digits_loader, load_digits_tensors
+from lightning_reuse.samples.digits import digits_loader, load_digits_tensors
 from lightning_reuse.modules.stitching import ModelStitching
 from tests.nn.test_stitch import TinyResNet
 

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_reuse.datasets import load_digits_tensors
 from lightning_reuse.nn.label_mapping import OneToOneLabelMapping, RandomLabelMapping
 from lightning_reuse.nn.prompts import FullPrompt, PaddingPrompt
 from lightning_reuse.nn.reprogrammed import ReprogrammedModel
-from lightning_reuse.nn.small_cnn import SmallCNN, accuracy, train_classifier
+from lightning_reuse.samples.digits import load_digits_tensors
+from lightning_reuse.samples.models import SmallCNN, accuracy, train_classifier
 
 
 def slow_padding_prompt(x, theta, source_hw, placed_hw, mean, std):

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_reuse.nn.efficientnet import EFFICIENTNET_LITE_NORMALIZATION, load_efficientnet_lite0
 from lightning_reuse.nn.label_mapping import FrequencyLabelMapping, LinearLabelMapping, RandomLabelMapping
 from lightning_reuse.nn.prompts import FullPrompt, PaddingPrompt
 from lightning_reuse.nn.reprogrammed import ReprogrammedModel
+from lightning_reuse.samples.efficientnet import EFFICIENTNET_LITE_NORMALIZATION, load_efficientnet_lite0
 
 
 class DropoutSource(nn.Module):

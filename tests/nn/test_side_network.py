@@ -19,7 +19,7 @@ from lightning_reuse.nn.side_network import (
     base_fingerprint,
     build_side_network,
 )
-from lightning_reuse.nn.small_cnn import SmallCNN
+from lightning_reuse.samples.models import SmallCNN
 
 
 def bn_base(seed: int = 0) -> nn.Module:

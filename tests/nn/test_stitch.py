@@ -6,9 +6,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lightning_reuse.datasets import load_digits_tensors
 from lightning_reuse.nn.layers import LayerNotFoundError
-from lightning_reuse.nn.small_cnn import SmallCNN, accuracy, train_classifier
 from lightning_reuse.nn.stitch import (
     AffineStitch,
     ConvStitch,
@@ -27,6 +25,8 @@ from lightning_reuse.nn.stitched import (
     run_with_replaced_output,
     stitchable_points,
 )
+from lightning_reuse.samples.digits import load_digits_tensors
+from lightning_reuse.samples.models import SmallCNN, accuracy, train_classifier
 
 
 class _Block(nn.Module):

@@ -1,0 +1,335 @@
+"""Sender-layer x receiver-layer stitching matrix with the controls that keep it honest; resumable.
+
+For every pair of cut points a stitch is trained (sender and receiver frozen, Hernandez et al., arXiv
+2303.11277) and scored on held-out data. Beside the stitched accuracy every cell records the controls:
+
+- ``random_sender_acc`` / ``random_receiver_acc``: the same stitch trained with a randomly initialised
+  sender (or receiver) of the same architecture; a high value means the stitch alone does the work;
+- ``mse`` / ``mse_normalized`` / ``cka``: mismatch between the stitch output and the receiver's own
+  representation at that layer (a stitch can "hack" the receiver with a different representation);
+- ``ls_acc``: the training-free least-squares affine stitch (Csiszarik et al., NeurIPS 2021);
+- ``penalty``: stitched loss minus the receiver's own loss.
+
+Results go to ``<out_dir>/<name>.json`` (written after every cell: re-running skips finished cells),
+``<name>.csv`` and a heatmap ``<name>.png``; with a W&B logger (or run) they are logged as a table and an
+image. Stitches are trained with a plain torch loop (Adam, cosine; Bansal et al.) because a sweep trains
+hundreds of tiny stitches; use :class:`lightning_reuse.modules.stitching.ModelStitching` for one pair.
+
+Example:
+    >>> import torch
+    >>> from lightning_reuse.samples.models import SmallCNN
+    >>> _ = torch.manual_seed(0)
+    >>> x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    >>> net = SmallCNN(width=4)
+    >>> res = stitching_sweep(net, net, ["block1"], ["block2"], (x, y), (x, y), out_dir="sweep_doc",
+    ...                       epochs=1, controls=(), progress=False)
+    >>> sorted(res.cells[0])[:4], res.computed
+    (['cka', 'ls_acc', 'mse', 'mse_normalized'], [('block1', 'block2')])
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_reuse.functional.stitching import linear_cka, representation_mse
+from lightning_reuse.nn.stitch import AffineStitch
+from lightning_reuse.nn.stitched import StitchedModel
+
+CONTROLS: tuple[str, ...] = ("random_sender", "random_receiver")
+
+
+@dataclass
+class SweepResult:
+    """The cells of a sweep (one dict per sender/receiver pair) and where they were written."""
+
+    sender_layers: list[str]
+    receiver_layers: list[str]
+    cells: list[dict[str, Any]]
+    computed: list[tuple[str, str]] = field(default_factory=list)
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    def matrix(self, metric: str = "stitched_acc") -> np.ndarray:
+        """``[len(sender_layers), len(receiver_layers)]`` array of ``metric`` (NaN where missing)."""
+        out = np.full((len(self.sender_layers), len(self.receiver_layers)), np.nan)
+        for c in self.cells:
+            if c["sender_layer"] in self.sender_layers and c["receiver_layer"] in self.receiver_layers:
+                value = c.get(metric)
+                i, j = (
+                    self.sender_layers.index(c["sender_layer"]),
+                    self.receiver_layers.index(c["receiver_layer"]),
+                )
+                out[i, j] = np.nan if value is None else value
+        return out
+
+
+def random_like(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of ``model`` with every parameter re-initialised (``reset_parameters``) under ``seed``."""
+    clone = copy.deepcopy(model)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for m in clone.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    return clone.eval()
+
+
+def _batches(x: Tensor, y: Tensor, batch_size: int) -> Any:
+    for i in range(0, len(x), batch_size):
+        yield x[i : i + batch_size], y[i : i + batch_size]
+
+
+def train_stitch(
+    stitched: StitchedModel,
+    x: Tensor,
+    y: Tensor,
+    epochs: int = 4,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> StitchedModel:
+    """Fit only ``stitched.stitch`` with Adam and a cosine schedule (plain torch loop).
+
+    The frozen sender's activations are computed once and reused every epoch (same result, less work).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        feats = torch.cat([stitched.sender_features(xb) for xb, _ in _batches(x, y, 512)])
+    params = [p for p in stitched.stitch.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    total = max(1, epochs * math.ceil(len(x) / batch_size))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
+    )
+    stitched.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), batch_size):
+            idx = perm[i : i + batch_size]
+            if len(idx) < 2:  # BatchNorm in the stitch needs two samples
+                continue
+            opt.zero_grad(set_to_none=True)
+            logits = stitched.receiver_from(stitched.stitch(feats[idx]), x[idx])
+            F.cross_entropy(logits, y[idx]).backward()
+            opt.step()
+            sched.step()
+    return stitched.eval()
+
+
+@torch.no_grad()
+def _scores(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> tuple[float, float]:
+    logits = torch.cat([model(xb) for xb, _ in _batches(x, y, batch_size)])
+    return float((logits.argmax(-1) == y).float().mean()), float(F.cross_entropy(logits, y))
+
+
+def _cell(
+    sender: nn.Module,
+    s_layer: str,
+    receiver: nn.Module,
+    r_layer: str,
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    controls: Sequence[str],
+    rand: dict[str, nn.Module],
+    hp: dict[str, Any],
+) -> dict[str, Any]:
+    (xt, yt), (xv, yv) = train, val
+    bs, example = hp["batch_size"], xt[: min(len(xt), 16)]
+
+    def fit(snd: nn.Module, rcv: nn.Module) -> StitchedModel:
+        torch.manual_seed(hp["seed"])
+        st = StitchedModel(
+            snd,
+            s_layer,
+            rcv,
+            r_layer,
+            stitch="auto",
+            example_input=example,
+            adapter=hp.get("adapter", "hernandez"),
+        )
+        return train_stitch(st, xt, yt, hp["epochs"], hp["lr"], bs, hp["seed"])
+
+    stitched = fit(sender, receiver)
+    acc, loss = _scores(stitched, xv, yv, bs)
+    _, own_loss = _scores(receiver, xv, yv, bs)
+    with torch.no_grad():
+        out = torch.cat([stitched.stitch_output(xb) for xb, _ in _batches(xv, yv, bs)])
+        own = torch.cat([stitched.receiver_features(xb) for xb, _ in _batches(xv, yv, bs)])
+        ls = AffineStitch(stitched.sender_shape, stitched.receiver_shape).fit(
+            torch.cat([stitched.sender_features(xb) for xb, _ in _batches(xt, yt, bs)]),
+            torch.cat([stitched.receiver_features(xb) for xb, _ in _batches(xt, yt, bs)]),
+            ridge=hp["ridge"],
+        )
+    ls_acc, _ = _scores(StitchedModel(sender, s_layer, receiver, r_layer, stitch=ls), xv, yv, bs)
+    cell = {
+        "sender_layer": s_layer,
+        "receiver_layer": r_layer,
+        "stitch": type(stitched.stitch).__name__,
+        "stitched_acc": acc,
+        "stitched_loss": loss,
+        "penalty": loss - own_loss,
+        "mse": float(representation_mse(out, own)),
+        "mse_normalized": float(representation_mse(out, own, normalized=True)),
+        "cka": float(linear_cka(out, own)),
+        "ls_acc": ls_acc,
+        "random_sender_acc": None,
+        "random_receiver_acc": None,
+    }
+    if "random_sender" in controls:
+        cell["random_sender_acc"] = _scores(fit(rand["sender"], receiver), xv, yv, bs)[0]
+    if "random_receiver" in controls:
+        cell["random_receiver_acc"] = _scores(fit(sender, rand["receiver"]), xv, yv, bs)[0]
+    return cell
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)  # atomic: an interrupted sweep leaves the last complete file
+
+
+def stitching_sweep(
+    sender: nn.Module,
+    receiver: nn.Module,
+    sender_layers: Sequence[str],
+    receiver_layers: Sequence[str],
+    train_data: tuple[Tensor, Tensor],
+    val_data: tuple[Tensor, Tensor],
+    out_dir: str | os.PathLike,
+    name: str = "stitching",
+    epochs: int = 4,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    ridge: float = 1e-3,
+    adapter: Literal["hernandez", "pooled"] = "hernandez",
+    controls: Sequence[str] = CONTROLS,
+    seed: int = 0,
+    logger: Any = None,
+    progress: bool = True,
+) -> SweepResult:
+    """Train and score a stitch for every ``(sender_layer, receiver_layer)`` pair, with controls.
+
+    Args:
+        sender, receiver: trained models (frozen here; eval mode). May be the same model.
+        sender_layers, receiver_layers: cut points (names from ``stitchable_points``; block outputs).
+        train_data, val_data: ``(x, y)`` to fit the stitches and to score them.
+        out_dir, name: results go to ``out_dir/name.{json,csv,png}``. An existing JSON with the same
+            settings is resumed (finished cells are kept, not recomputed).
+        epochs, lr, batch_size, seed: stitch training (Adam, cosine decay).
+        ridge: L2 penalty of the least-squares baseline (stabilises rank-deficient activations).
+        adapter: stitch family for differing shapes, ``"hernandez"`` or ``"pooled"`` (see ``make_stitch``).
+        controls: subset of ``("random_sender", "random_receiver")``.
+        logger: a Lightning ``WandbLogger`` or a ``wandb`` run: the table and heatmap are logged to it.
+        progress: show a progress bar over cells.
+
+    Returns:
+        A :class:`SweepResult`; ``result.matrix("stitched_acc")`` is the heatmap's matrix.
+    """
+    unknown = set(controls) - set(CONTROLS)
+    if unknown:
+        raise ValueError(f"`controls` must be a subset of {CONTROLS}; got unknown {sorted(unknown)}.")
+    sender_layers, receiver_layers = list(sender_layers), list(receiver_layers)
+    hp = {
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "ridge": ridge,
+        "seed": seed,
+        "controls": sorted(controls),
+    }
+    if adapter != "hernandez":  # files written before the option existed stay resumable
+        hp["adapter"] = adapter
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"{name}.json"
+    cells: dict[str, dict[str, Any]] = {}
+    if json_path.exists():
+        saved = json.loads(json_path.read_text())
+        if saved.get("settings") != hp:
+            raise ValueError(
+                f"{json_path} was written with settings {saved.get('settings')}, not {hp}; resuming would mix "
+                "them. HINT: pass another `name`/`out_dir`, or delete the file to start over."
+            )
+        cells = {f"{c['sender_layer']}|{c['receiver_layer']}": c for c in saved["cells"]}
+    for half in (sender, receiver):
+        half.eval()
+    rand = {"sender": random_like(sender, seed + 1), "receiver": random_like(receiver, seed + 2)}
+    todo = [(s, r) for s in sender_layers for r in receiver_layers if f"{s}|{r}" not in cells]
+    from tqdm.auto import tqdm
+
+    computed = []
+    for s, r in tqdm(todo, desc=f"stitching sweep {name}", disable=not progress):
+        cells[f"{s}|{r}"] = _cell(sender, s, receiver, r, train_data, val_data, controls, rand, hp)
+        computed.append((s, r))
+        _write_json(json_path, {"settings": hp, "cells": list(cells.values())})
+    wanted = [cells[f"{s}|{r}"] for s in sender_layers for r in receiver_layers]
+    if not json_path.exists():
+        _write_json(json_path, {"settings": hp, "cells": list(cells.values())})
+    result = SweepResult(sender_layers, receiver_layers, wanted, computed, {"json": json_path})
+    result.paths["csv"] = _write_csv(out / f"{name}.csv", wanted)
+    result.paths["png"] = plot_sweep(result, out / f"{name}.png")
+    if logger is not None:
+        _log_wandb(logger, name, wanted, result.paths["png"])
+    return result
+
+
+def _write_csv(path: Path, cells: list[dict[str, Any]]) -> Path:
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(cells[0]) if cells else ["sender_layer"])
+        writer.writeheader()
+        writer.writerows(cells)
+    return path
+
+
+def plot_sweep(result: SweepResult, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Heatmaps of stitched accuracy, random-sender accuracy and CKA (rows: sender layers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("stitched_acc", "stitched accuracy"),
+        ("random_sender_acc", "random sender"),
+        ("cka", "linear CKA"),
+    ]
+    fig, axes = plt.subplots(
+        1, 3, figsize=(4 + 1.2 * len(result.receiver_layers) * 3, 1.5 + 0.45 * len(result.sender_layers))
+    )
+    for ax, (metric, label) in zip(axes, panels):
+        im = ax.imshow(result.matrix(metric), vmin=0, vmax=1, cmap="viridis", origin="upper")
+        ax.set_title(label)
+        ax.set_xticks(range(len(result.receiver_layers)), result.receiver_layers, rotation=45, ha="right")
+        ax.set_yticks(range(len(result.sender_layers)), result.sender_layers)
+        ax.set_xlabel("receiver layer")
+        for (i, j), v in np.ndenumerate(result.matrix(metric)):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
+    axes[0].set_ylabel("sender layer")
+    fig.colorbar(im, ax=axes, shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def _log_wandb(logger: Any, name: str, cells: list[dict[str, Any]], png: Path) -> None:
+    import wandb
+
+    run = getattr(logger, "experiment", logger)
+    columns = list(cells[0]) if cells else []
+    table = wandb.Table(columns=columns, data=[[c[k] for k in columns] for c in cells])
+    run.log({f"{name}/table": table, f"{name}/heatmap": wandb.Image(str(png))})

