@@ -57,7 +57,7 @@ def test_fit_and_interval_equal_the_textbook_formulas() -> None:
     ledger = RetrainingLedger(":memory:")
     for xi, yi in zip(x, y):
         ledger.add_run(float(xi), energy_wh=float(yi))
-    est = ledger.predict(0.15, "energy_wh", level=0.8)
+    est = ledger.predict(0.15, "energy_wh", confidence=0.8)
     b, a = np.polyfit(x, y, 1)
     s = np.sqrt(((y - (a + b * x)) ** 2).sum() / 10)
     half = (
@@ -76,7 +76,7 @@ def test_interval_covers_new_runs_at_its_level() -> None:
         ledger = RetrainingLedger(":memory:", min_runs=3)
         for xi in rng.uniform(0, 1, 8):
             ledger.add_run(float(xi), epochs_to_target=float(5 + 10 * xi + rng.normal(0, 1)))
-        est = ledger.predict(0.5, level=0.9)
+        est = ledger.predict(0.5, confidence=0.9)
         hits += est.lower <= 10 + rng.normal(0, 1) <= est.upper
     assert 0.84 <= hits / 200 <= 0.96
 

@@ -127,7 +127,7 @@ def format_estimates(estimates: dict[str, Any], target_acc: float) -> str:
             return f"no cost prediction: {e}"
         parts.append(f"{e.value:.3g} {unit} [{e.lower:.3g}, {e.upper:.3g}]")
     n = next(iter(estimates.values())).n_runs if estimates else 0
-    level = next(iter(estimates.values())).level if estimates else 0.9
+    level = next(iter(estimates.values())).confidence if estimates else 0.9
     return (
         f"predicted cost to {target_acc:.0%} validation accuracy by full fine-tuning: "
         + ", ".join(parts)

@@ -66,7 +66,7 @@ class LedgerRun:
 
 @dataclass(frozen=True)
 class CostEstimate:
-    """A predicted cost for one score: ``value`` within ``[lower, upper]`` at ``level``, or ``None`` + why.
+    """A predicted cost for one score: ``value`` within ``[lower, upper]`` at ``confidence``, or ``None`` + why.
 
     ``str(estimate)`` is a sentence a user can read.
     """
@@ -76,7 +76,7 @@ class CostEstimate:
     value: float | None
     lower: float | None
     upper: float | None
-    level: float
+    confidence: float
     n_runs: int
     slope: float | None
     message: str
@@ -198,11 +198,11 @@ class RetrainingLedger:
         self,
         score: float,
         quantity: str = "epochs_to_target",
-        level: float = 0.9,
+        confidence: float = 0.9,
         variant: str | None = None,
         tag: str | None = None,
     ) -> CostEstimate:
-        """Predict ``quantity`` for a new ``score`` with a ``level`` prediction interval.
+        """Predict ``quantity`` for a new ``score`` with a ``confidence`` prediction interval.
 
         Fit: least squares ``y = a + b * score`` with ``b >= 0`` (if the unconstrained slope is negative the
         best monotone fit is the mean). Interval: ``t_{n-p} * s * sqrt(1 + h)`` with the usual leverage ``h``.
@@ -213,8 +213,8 @@ class RetrainingLedger:
         """
         if quantity not in QUANTITIES:
             raise ValueError(f"`quantity` must be one of {QUANTITIES}, got {quantity!r}.")
-        if not 0.0 < level < 1.0:
-            raise ValueError(f"`level` must be in (0, 1), got {level!r}.")
+        if not 0.0 < confidence < 1.0:
+            raise ValueError(f"`confidence` must be in (0, 1), got {confidence!r}. HINT: e.g. 0.9.")
         score = float(_check_number("score", score, allow_none=False))
         pts = [
             (r.score, getattr(r, quantity))
@@ -227,7 +227,7 @@ class RetrainingLedger:
         )
         if n < self.min_runs:
             return CostEstimate(
-                quantity, score, None, None, None, level, n, None,
+                quantity, score, None, None, None, confidence, n, None,
                 f"Cannot estimate {quantity}: {where} holds {n} run(s) with {quantity} measured; at least "
                 f"{self.min_runs} are needed. Record finished retraining runs with `ledger.add_run(...)` "
                 "(or RESQUECheck(record_to_ledger=True)).",
@@ -238,7 +238,7 @@ class RetrainingLedger:
         if self.scale == "log":
             if min(ys) <= 0:
                 return CostEstimate(
-                    quantity, score, None, None, None, level, n, None,
+                    quantity, score, None, None, None, confidence, n, None,
                     f"Cannot estimate {quantity} on a log scale: {where} holds values <= 0. HINT: use "
                     "RetrainingLedger(..., scale='linear').",
                 )  # fmt: skip
@@ -259,7 +259,7 @@ class RetrainingLedger:
         value = ybar + slope * (score - xbar)
         resid = sum((y - (ybar + slope * (x - xbar))) ** 2 for x, y in zip(xs, ys))
         s = math.sqrt(resid / (n - params))
-        half = float(stats.t.ppf(0.5 + level / 2, n - params)) * s * math.sqrt(1.0 + leverage)
+        half = float(stats.t.ppf(0.5 + confidence / 2, n - params)) * s * math.sqrt(1.0 + leverage)
         if self.scale == "log":
             value, lower, upper = math.exp(value), math.exp(value - half), math.exp(value + half)
             notes.append("log-linear fit")
@@ -279,15 +279,15 @@ class RetrainingLedger:
                 f"score {score:.4g} is outside the recorded range [{min(xs):.4g}, {max(xs):.4g}] (extrapolation)"
             )
         msg = (
-            f"Estimated {quantity} for RESQUE score {score:.4g}: {value:.4g} ({level:.0%} prediction interval "
+            f"Estimated {quantity} for RESQUE score {score:.4g}: {value:.4g} ({confidence:.0%} prediction interval "
             f"{lower:.4g} to {upper:.4g}), from {n} runs in {where}."
         )
         if notes:
             msg += " Note: " + "; ".join(notes) + "."
-        return CostEstimate(quantity, score, value, lower, upper, level, n, slope, msg)
+        return CostEstimate(quantity, score, value, lower, upper, confidence, n, slope, msg)
 
     def predict_all(
-        self, score: float, level: float = 0.9, variant: str | None = None, tag: str | None = None
+        self, score: float, confidence: float = 0.9, variant: str | None = None, tag: str | None = None
     ) -> dict[str, CostEstimate]:
         """:meth:`predict` for every quantity."""
-        return {q: self.predict(score, q, level, variant, tag) for q in QUANTITIES}
+        return {q: self.predict(score, q, confidence, variant, tag) for q in QUANTITIES}
