@@ -25,7 +25,7 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -102,6 +102,62 @@ def _check_number(name: str, value: Any, allow_none: bool = True) -> float | Non
             f"`{name}` must be a finite number >= 0{' or None' if allow_none else ''}, got {value!r}."
         )
     return float(value)
+
+
+# scale -> (forward transform of a cost, note added to the estimate's message)
+_SCALES: dict[str, tuple[Callable[[float], float], str]] = {
+    "linear": (float, ""),
+    "log": (math.log, "log-linear fit"),
+    "log1p": (math.log1p, "fit of log(1 + cost)"),  # add_run refuses negative costs
+}
+
+
+@dataclass(frozen=True)
+class LineFit:
+    """A monotone least-squares line evaluated at one score: the value and the prediction half-width."""
+
+    value: float
+    half_width: float
+    slope: float
+    notes: tuple[str, ...]
+
+
+def fit_monotone_line(xs: Sequence[float], ys: Sequence[float], score: float, confidence: float) -> LineFit:
+    """Least squares ``y = a + b * x`` with ``b >= 0``, evaluated at ``score`` with a prediction interval.
+
+    If the unconstrained slope is not positive the best monotone fit is the mean (one parameter). The
+    half-width is ``t_{n-p} * s * sqrt(1 + h)`` with the leverage ``h`` of ``score``.
+
+    Example:
+        >>> fit = fit_monotone_line([0.0, 1.0, 2.0, 3.0], [1.0, 3.0, 5.0, 7.0], 1.5, 0.9)
+        >>> round(fit.value, 6), round(fit.slope, 6), round(fit.half_width, 6)
+        (4.0, 2.0, 0.0)
+    """
+    from scipy import stats  # third-party, loaded only when a prediction is made
+
+    n = len(xs)
+    xbar, ybar = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - xbar) ** 2 for x in xs)
+    slope = sum((x - xbar) * (y - ybar) for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0
+    notes: tuple[str, ...] = ()
+    if slope <= 0:
+        notes = ("the recorded runs do not show cost rising with the score, so the estimate is their mean",)
+        slope, params, leverage = 0.0, 1, 1.0 / n
+    else:
+        params, leverage = 2, 1.0 / n + (score - xbar) ** 2 / sxx
+    resid = sum((y - (ybar + slope * (x - xbar))) ** 2 for x, y in zip(xs, ys))
+    s = math.sqrt(resid / (n - params))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - params)) * s * math.sqrt(1.0 + leverage)
+    return LineFit(ybar + slope * (score - xbar), half, slope, notes)
+
+
+def _back_transform(scale: str, value: float, half: float) -> tuple[float, float, float]:
+    """``(value, lower, upper)`` of a fit on the ``scale`` mapped back to cost units (never below 0)."""
+    if scale == "log":
+        return math.exp(value), math.exp(value - half), math.exp(value + half)
+    if scale == "log1p":
+        return max(0.0, math.expm1(value)), max(0.0, math.expm1(value - half)), math.expm1(value + half)
+    return max(0.0, value), max(0.0, value - half), value + half
 
 
 class RetrainingLedger:
@@ -225,55 +281,26 @@ class RetrainingLedger:
         where = f"the ledger {self.path!r}" + (
             f" (variant={variant!r}, tag={tag!r})" if variant or tag else ""
         )
+
+        def refuse(why: str) -> CostEstimate:
+            return CostEstimate(quantity, score, None, None, None, confidence, n, None, why)
+
         if n < self.min_runs:
-            return CostEstimate(
-                quantity, score, None, None, None, confidence, n, None,
+            return refuse(
                 f"Cannot estimate {quantity}: {where} holds {n} run(s) with {quantity} measured; at least "
                 f"{self.min_runs} are needed. Record finished retraining runs with `ledger.add_run(...)` "
-                "(or RESQUECheck(record_to_ledger=True)).",
-            )  # fmt: skip
-        from scipy import stats
-
+                "(or RESQUECheck(record_to_ledger=True))."
+            )
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        if self.scale == "log":
-            if min(ys) <= 0:
-                return CostEstimate(
-                    quantity, score, None, None, None, confidence, n, None,
-                    f"Cannot estimate {quantity} on a log scale: {where} holds values <= 0. HINT: use "
-                    "RetrainingLedger(..., scale='linear').",
-                )  # fmt: skip
-            ys = [math.log(y) for y in ys]
-        elif self.scale == "log1p":  # add_run refuses negative costs
-            ys = [math.log1p(y) for y in ys]
-        xbar, ybar = sum(xs) / n, sum(ys) / n
-        sxx = sum((x - xbar) ** 2 for x in xs)
-        slope = sum((x - xbar) * (y - ybar) for x, y in zip(xs, ys)) / sxx if sxx > 0 else 0.0
-        notes = []
-        if slope <= 0:
-            notes.append(
-                "the recorded runs do not show cost rising with the score, so the estimate is their mean"
+        if self.scale == "log" and min(ys) <= 0:
+            return refuse(
+                f"Cannot estimate {quantity} on a log scale: {where} holds values <= 0. HINT: use "
+                "RetrainingLedger(..., scale='linear')."
             )
-            slope, params, leverage = 0.0, 1, 1.0 / n
-        else:
-            params, leverage = 2, 1.0 / n + (score - xbar) ** 2 / sxx
-        value = ybar + slope * (score - xbar)
-        resid = sum((y - (ybar + slope * (x - xbar))) ** 2 for x, y in zip(xs, ys))
-        s = math.sqrt(resid / (n - params))
-        half = float(stats.t.ppf(0.5 + confidence / 2, n - params)) * s * math.sqrt(1.0 + leverage)
-        if self.scale == "log":
-            value, lower, upper = math.exp(value), math.exp(value - half), math.exp(value + half)
-            notes.append("log-linear fit")
-        elif self.scale == "log1p":
-            value, lower, upper = (
-                math.expm1(value),
-                max(0.0, math.expm1(value - half)),
-                math.expm1(value + half),
-            )
-            value = max(0.0, value)
-            notes.append("fit of log(1 + cost)")
-        else:
-            lower, upper = max(0.0, value - half), value + half
-            value = max(0.0, value)
+        forward, scale_note = _SCALES[self.scale]
+        fit = fit_monotone_line(xs, [forward(y) for y in ys], score, confidence)
+        value, lower, upper = _back_transform(self.scale, fit.value, fit.half_width)
+        notes = [*fit.notes, *([scale_note] if scale_note else [])]
         if not min(xs) <= score <= max(xs):
             notes.append(
                 f"score {score:.4g} is outside the recorded range [{min(xs):.4g}, {max(xs):.4g}] (extrapolation)"
@@ -284,7 +311,7 @@ class RetrainingLedger:
         )
         if notes:
             msg += " Note: " + "; ".join(notes) + "."
-        return CostEstimate(quantity, score, value, lower, upper, confidence, n, slope, msg)
+        return CostEstimate(quantity, score, value, lower, upper, confidence, n, fit.slope, msg)
 
     def predict_all(
         self, score: float, confidence: float = 0.9, variant: str | None = None, tag: str | None = None
