@@ -8,14 +8,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
+from lightning_reuse.demo.config import DemoConfig
+from lightning_reuse.demo.pipeline import run_demo
 
-def _demo(argv: Sequence[str]) -> int:
-    from lightning_reuse.demo.pipeline import DemoConfig, run_demo
 
-    defaults = DemoConfig()
+def _demo_parser(defaults: DemoConfig) -> argparse.ArgumentParser:
+    """The arguments of ``lightning-reuse demo``, with ``defaults`` as their defaults."""
     p = argparse.ArgumentParser(
         prog="lightning-reuse demo", description="Reuse or retrain? End-to-end demo on digits."
     )
@@ -41,7 +43,11 @@ def _demo(argv: Sequence[str]) -> int:
     p.add_argument("--no-wandb", action="store_true", help="do not write the offline W&B run")
     p.add_argument("--quick", action="store_true", help="reduced configuration (seconds; for smoke tests)")
     p.add_argument("--seed", type=int, default=defaults.seed)
-    a = p.parse_args(list(argv))
+    return p
+
+
+def _demo(argv: Sequence[str]) -> int:
+    a = _demo_parser(DemoConfig()).parse_args(list(argv))
     run_demo(
         DemoConfig(
             out_dir=a.out,
@@ -61,10 +67,9 @@ def _demo(argv: Sequence[str]) -> int:
 
 def cli_main(args: Sequence[str] | None = None, run: bool = True) -> object:
     """LightningCLI over any LightningModule / DataModule (``class_path`` in YAML recipes)."""
-    import os
-
     # LightningCLI calls jsonargparse APIs that newer jsonargparse flags as deprecated; users cannot act on it.
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    # third-party, imported after the variable above is set (jsonargparse reads it on import)
     import lightning.pytorch as pl
     from lightning.pytorch.cli import LightningCLI
 
@@ -89,6 +94,7 @@ def _has_omegaconf() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: ``lightning-reuse demo ...`` or a LightningCLI subcommand."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "demo":
         return _demo(argv[1:])

@@ -1,5 +1,24 @@
-"""The end-to-end "reuse or retrain?" demo (``lightning-reuse demo``)."""
+"""The end-to-end "reuse or retrain?" demo (``lightning-reuse demo``), split by stage.
 
-from lightning_reuse.demo.pipeline import DemoConfig, run_demo
+- :mod:`~lightning_reuse.demo.config`: :class:`DemoConfig` and the run folder.
+- :mod:`~lightning_reuse.demo.data`: the new data (shifted digits) and the pre-trained source.
+- :mod:`~lightning_reuse.demo.strategies`: the reuse strategies compared.
+- :mod:`~lightning_reuse.demo.training`: one measured fit of one strategy.
+- :mod:`~lightning_reuse.demo.resque_pass`, :mod:`~lightning_reuse.demo.calibration`,
+  :mod:`~lightning_reuse.demo.resque_stage`: the RESQUE score and the ledger's cost prediction.
+- :mod:`~lightning_reuse.demo.ntk_stage`: NTK screening of reprogramming.
+- :mod:`~lightning_reuse.demo.recommend`: the choice and its reasons.
+- :mod:`~lightning_reuse.demo.plots`, :mod:`~lightning_reuse.demo.report`: report.md, PNGs, W&B, table.
+- :mod:`~lightning_reuse.demo.pipeline`: ``run_demo``, which runs the stages in order.
+"""
 
-__all__ = ["DemoConfig", "run_demo"]
+from lightning_reuse._lazy import attach
+
+# Public name -> defining module (relative), resolved on first use.
+_NAMES: dict[str, str] = {
+    "DemoConfig": ".config",
+    "run_demo": ".pipeline",
+}
+
+__all__ = list(_NAMES)
+__getattr__, __dir__ = attach(__name__, _NAMES)

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lightning_reuse.demo.plots import save_plots
+
 
 def _fmt(value: Any, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
@@ -43,101 +45,10 @@ HEADER = [
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table of ``rows`` under ``header``."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def _plots(summary: dict[str, Any], run_dir: Path) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out: dict[str, Path] = {}
-    res = summary["strategies"]
-    measured = all(r["energy_wh"] is not None for r in res)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in res:
-        cost = r["energy_wh"] if measured else r["duration_s"]
-        ax.scatter(cost, r["test_acc"], s=60)
-        ax.annotate(r["name"], (cost, r["test_acc"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xlabel("energy of the fit (Wh)" if measured else "wall time of the fit (s)")
-    ax.set_ylabel("test accuracy on the new data")
-    ax.set_title("Accuracy vs cost per strategy")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out["accuracy_vs_energy"] = run_dir / "accuracy_vs_energy.png"
-    fig.savefig(out["accuracy_vs_energy"], dpi=110)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for r in res:
-        axes[0].plot(
-            range(1, len(r["val_acc_per_epoch"]) + 1), r["val_acc_per_epoch"], marker="o", label=r["name"]
-        )
-        if r["energy_wh_per_epoch"]:
-            axes[1].plot(
-                range(1, len(r["energy_wh_per_epoch"]) + 1),
-                r["energy_wh_per_epoch"],
-                marker="o",
-                label=r["name"],
-            )
-    axes[0].axhline(summary["target_acc"], color="grey", ls="--", lw=1, label="target")
-    axes[0].set(xlabel="epoch", ylabel="validation accuracy", title="Learning curves")
-    axes[1].set(xlabel="epoch", ylabel="energy (Wh)", title="Energy per epoch")
-    if not any(r["energy_wh_per_epoch"] for r in res):
-        axes[1].text(0.5, 0.5, "energy not measured", ha="center", va="center", transform=axes[1].transAxes)
-    for a in axes:
-        a.grid(alpha=0.3)
-        if a.get_legend_handles_labels()[0]:
-            a.legend(fontsize=7)
-    fig.tight_layout()
-    out["epochs"] = run_dir / "learning_curves_and_energy.png"
-    fig.savefig(out["epochs"], dpi=110)
-    plt.close(fig)
-    if summary.get("ntk", {}).get("plot"):
-        out["ntk_spectrum"] = Path(summary["ntk"]["plot"])
-    resque = summary.get("resque")
-    if resque and resque.get("per_class"):
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        classes = sorted(resque["per_class"], key=int)
-        ax.bar([str(c) for c in classes], [resque["per_class"][c] for c in classes], color="tab:orange")
-        ax.axhline(resque["score"], color="k", ls="--", lw=1, label=f"RESQUE_dist = {resque['score']:.3f}")
-        ax.set(xlabel="class", ylabel="angle / pi", title="RESQUE per class (clean vs shifted features)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        out["resque_per_class"] = run_dir / "resque_per_class.png"
-        fig.savefig(out["resque_per_class"], dpi=110)
-        plt.close(fig)
-        runs = resque.get("ledger_runs") or []
-        pts = [
-            (r["score"], r["epochs_to_target"], r["energy_wh"])
-            for r in runs
-            if r["epochs_to_target"] is not None
-        ]
-        if pts:
-            fig, ax = plt.subplots(figsize=(5, 3.5))
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], label="ledger runs (measured)")
-            est = resque["estimates"].get("epochs_to_target", {})
-            if est.get("value") is not None:
-                ax.errorbar(
-                    [resque["score"]],
-                    [est["value"]],
-                    yerr=[[est["value"] - est["lower"]], [est["upper"] - est["value"]]],
-                    fmt="o",
-                    color="tab:red",
-                    capsize=4,
-                    label="prediction for the new data",
-                )
-            ax.set(xlabel="RESQUE_dist", ylabel="epochs to target", title="Retraining cost vs RESQUE")
-            ax.legend(fontsize=8)
-            ax.grid(alpha=0.3)
-            fig.tight_layout()
-            out["resque_cost_model"] = run_dir / "resque_cost_model.png"
-            fig.savefig(out["resque_cost_model"], dpi=110)
-            plt.close(fig)
-    return out
 
 
 def resque_section(summary: dict[str, Any]) -> str:
@@ -192,7 +103,16 @@ def ntk_section(summary: dict[str, Any]) -> str:
 
 def write_report(summary: dict[str, Any], run_dir: Path, use_wandb: bool = True) -> Path:
     """Write ``report.md`` (and PNGs) into ``run_dir``; log the same to an offline W&B run if asked."""
-    plots = _plots(summary, run_dir)
+    plots = save_plots(summary, run_dir)
+    report = run_dir / "report.md"
+    report.write_text("\n".join(report_lines(summary, plots)))
+    if use_wandb:
+        _log_wandb(summary, plots, run_dir)
+    return report
+
+
+def report_lines(summary: dict[str, Any], plots: dict[str, Path]) -> list[str]:
+    """The lines of ``report.md``: recommendation, pre-checks, the strategies' table, the plots."""
     cfg = summary["config"]
     rec = summary["recommendation"]
     lines = [
@@ -226,14 +146,11 @@ def write_report(summary: dict[str, Any], run_dir: Path, use_wandb: bool = True)
         *[f"![{name}]({path.name})" for name, path in plots.items()],
         "",
     ]
-    report = run_dir / "report.md"
-    report.write_text("\n".join(lines))
-    if use_wandb:
-        _log_wandb(summary, plots, run_dir)
-    return report
+    return lines
 
 
 def _log_wandb(summary: dict[str, Any], plots: dict[str, Path], run_dir: Path) -> None:
+    # third-party and slow to import: only when the W&B run is asked for
     import wandb
 
     run = wandb.init(
@@ -257,6 +174,7 @@ def _log_wandb(summary: dict[str, Any], plots: dict[str, Path], run_dir: Path) -
 
 
 def print_summary(summary: dict[str, Any], printer: Callable[..., None] = print) -> None:
+    """Print the strategies' table, the recommendation with its reasons, and where the report is."""
     rows = summary_rows(summary)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADER)]
     printer("")

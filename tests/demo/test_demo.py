@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 from lightning_reuse.cli import main
-from lightning_reuse.demo.pipeline import DemoConfig, StrategyResult, new_run_dir, recommend
+from lightning_reuse.demo.config import DemoConfig, new_run_dir
+from lightning_reuse.demo.pipeline import run_demo
+from lightning_reuse.demo.recommend import recommend
+from lightning_reuse.demo.training import StrategyResult
 from tests.helpers.wandb_read import find_offline_run_dirs, read_offline_run
 
 
@@ -94,8 +97,6 @@ def test_demo_quick_end_to_end(tmp_path: Path) -> None:
 
 
 def test_demo_rejects_unknown_strategy(tmp_path: Path) -> None:
-    from lightning_reuse.demo.pipeline import run_demo
-
     with pytest.raises(ValueError, match="Unknown strategies"):
         run_demo(
             DemoConfig(out_dir=str(tmp_path), quick=True, strategies=["magic"], wandb=False, progress=False)

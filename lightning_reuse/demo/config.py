@@ -1,0 +1,84 @@
+"""What the demo runs (:class:`DemoConfig`) and where it writes (a new run folder each time)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class DemoConfig:
+    """What the demo runs. The defaults are the README's end-to-end demo (a few minutes on 2 CPU cores).
+
+    Attributes:
+        out_dir: Parent folder; each run writes a new ``run-<timestamp>`` folder inside (never overwritten).
+        shift: The distribution shift of the new data (see ``lightning_reuse.samples.apply_shift``).
+        level: The strength of ``shift``.
+        train_limit: Labelled samples of new data available for (re)training.
+        max_epochs: Epochs per strategy.
+        batch_size: Samples per training batch.
+        seed: Seed of the fits, the shift noise and the NTK subset (the data split is fixed).
+        source_width: Width of the pre-trained SmallCNN source.
+        strategies: Names to run (default: all available).
+        wandb: Also write an offline W&B run of the report.
+        country_iso_code: Carbon intensity used for gCO2 (codecarbon offline, no network).
+        target_acc: Validation accuracy that counts as "reached the target".
+        calibration_epochs: Epoch budget of each ledger calibration run.
+        source_epochs: Pre-training epochs of the source.
+        ntk_samples: Samples screened by the NTK pre-check.
+        quick: A reduced configuration (tiny source, 2 epochs) for tests.
+        progress: Print progress lines and the summary table.
+    """
+
+    out_dir: str = "reports"
+    shift: str = "blur"
+    level: float = 1.0
+    train_limit: int = 400
+    max_epochs: int = 12
+    batch_size: int = 32
+    seed: int = 0
+    source_width: int = 32
+    strategies: list[str] | None = None
+    wandb: bool = True
+    country_iso_code: str = "USA"
+    target_acc: float = 0.75
+    calibration_epochs: int = 20
+    source_epochs: int = 30
+    ntk_samples: int = 256
+    quick: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            self.max_epochs = min(self.max_epochs, 2)
+            self.calibration_epochs = min(self.calibration_epochs, 2)
+            self.source_epochs = min(self.source_epochs, 4)
+            self.source_width = min(self.source_width, 8)
+            self.train_limit = min(self.train_limit, 120)
+            self.ntk_samples = min(self.ntk_samples, 64)
+            self.target_acc = min(self.target_acc, 0.15)
+
+
+def new_run_dir(parent: str | Path) -> Path:
+    """A fresh ``run-YYYYmmdd-HHMMSS[-k]`` folder under ``parent`` (earlier reports are never clobbered).
+
+    Example:
+        >>> import tempfile
+        >>> parent = tempfile.mkdtemp()
+        >>> new_run_dir(parent) != new_run_dir(parent)
+        True
+    """
+    parent = Path(parent)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for k in range(1000):
+        path = parent / (f"run-{stamp}" if k == 0 else f"run-{stamp}-{k}")
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(
+        f"Could not create a new run folder under `parent`={str(parent)!r}: run-{stamp} and its 999 "
+        "numbered variants exist. HINT: pass another output folder (`--out`)."
+    )
