@@ -32,7 +32,7 @@ from __future__ import annotations
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,13 +43,16 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 from typing_extensions import override
 
 from lightning_reuse._warnings import LightningReuseWarning
-from lightning_reuse.callbacks._windows import measurement_window
+from lightning_reuse.callbacks._windows import find_energy_monitor, measurement_window
 from lightning_reuse.energy.ledger import CostEstimate, RetrainingLedger
-from lightning_reuse.functional.resque import POOLINGS, Pooling, pool_features
+from lightning_reuse.functional.resque import Pooling
+from lightning_reuse.functional.resque_config import RESQUEConfig
 from lightning_reuse.metrics.resque import RESQUEDist, RESQUETask
+from lightning_reuse.nn.batch import split_batch
 from lightning_reuse.nn.layers import capture_output, get_layer
 
 
@@ -72,16 +75,16 @@ class RESQUEResult:
 
 
 def default_batch_fn(batch: Any) -> tuple[Tensor, Tensor | None]:
-    """``(x, y, ...)`` -> ``(x, y)``; ``x`` or ``(x,)`` -> ``(x, None)``; dicts with ``x``/``y`` keys."""
-    if isinstance(batch, Tensor):
-        return batch, None
-    if isinstance(batch, dict):
-        return batch.get("x", batch.get("input")), batch.get("y", batch.get("label"))
-    if isinstance(batch, (tuple, list)):
-        return batch[0], (batch[1] if len(batch) > 1 else None)
-    raise TypeError(
-        f"Cannot split a batch of type {type(batch).__name__}; pass `batch_fn=` returning (x, y)."
-    )
+    """``(x, y, ...)`` -> ``(x, y)``; ``x`` or ``(x,)`` -> ``(x, None)``; dicts with ``x``/``y`` keys.
+
+    The package's one batch reader, :func:`lightning_reuse.nn.batch.split_batch`; pass ``batch_fn=`` to
+    RESQUECheck for other layouts.
+    """
+    return split_batch(batch, who="RESQUECheck (or pass `batch_fn=` returning (x, y))")
+
+
+def _device_of(module: LightningModule) -> torch.device:
+    return getattr(module, "device", None) or next(module.parameters()).device
 
 
 class _FrozenModel:
@@ -107,6 +110,33 @@ class _FrozenModel:
         random.setstate(self.rng[2])
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.cuda_rng)
+
+
+def _check_fit_options(
+    config: RESQUEConfig,
+    original_dataloader: Any,
+    warn_above: Any,
+    stop_above: Any,
+    record_to_ledger: bool,
+    ledger: Any,
+    target: Any,
+) -> None:
+    """The callback's own options (loaders, thresholds, ledger); the pass's options are in ``config``."""
+    if config.mode == "dist" and original_dataloader is None:
+        raise ValueError(
+            "`mode='dist'` compares two datasets: pass `original_dataloader=` as well. "
+            "HINT: give the original-distribution loader, or use mode='task' for a new task."
+        )
+    for name, value in (("warn_above", warn_above), ("stop_above", stop_above)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(
+                f"`{name}` must be a number or None, got {value!r}. HINT: pass a RESQUE score, e.g. {name}=0.3."
+            )
+    if record_to_ledger and (ledger is None or target is None):
+        raise ValueError(
+            "`record_to_ledger=True` needs `ledger=` and `target=(metric_name, value)`. "
+            "HINT: pass both, e.g. ledger='ledger.sqlite', target=('val_acc', 0.9)."
+        )
 
 
 class RESQUECheck(Callback):
@@ -156,32 +186,14 @@ class RESQUECheck(Callback):
         progress_bar: bool = True,
         log_prefix: str = "resque",
     ) -> None:
-        if mode not in ("auto", "dist", "task"):
-            raise ValueError(f"`mode` must be 'auto', 'dist' or 'task', got {mode!r}.")
-        self.mode = ("dist" if original_dataloader is not None else "task") if mode == "auto" else mode
-        if self.mode == "dist" and original_dataloader is None:
-            raise ValueError("`mode='dist'` compares two datasets: pass `original_dataloader=` as well.")
-        if self.mode == "dist" and num_classes is None:
-            raise ValueError(
-                "`num_classes` is required for mode='dist' (states have a fixed size across ranks)."
-            )
-        if pooling not in POOLINGS:
-            raise ValueError(f"`pooling` must be one of {POOLINGS}, got {pooling!r}.")
-        if label_source not in ("target", "prediction"):
-            raise ValueError(f"`label_source` must be 'target' or 'prediction', got {label_source!r}.")
-        if label_source == "prediction" and self.mode != "dist":
-            raise ValueError(
-                "`label_source='prediction'` applies to mode='dist' (a new task needs its labels)."
-            )
-        for name, value in (("warn_above", warn_above), ("stop_above", stop_above)):
-            if value is not None and not isinstance(value, (int, float)):
-                raise ValueError(f"`{name}` must be a number or None, got {value!r}.")
-        if record_to_ledger and (ledger is None or target is None):
-            raise ValueError("`record_to_ledger=True` needs `ledger=` and `target=(metric_name, value)`.")
+        if mode == "auto":  # the only callback-level part of the mode: it depends on the loaders given
+            mode = "dist" if original_dataloader is not None else "task"
+        self.config = RESQUEConfig(layer, mode, num_classes, pooling, label_source, reservoir_size)
+        _check_fit_options(
+            self.config, original_dataloader, warn_above, stop_above, record_to_ledger, ledger, target
+        )
         self.dataloader, self.original_dataloader = dataloader, original_dataloader
-        self.layer, self.num_classes, self.pooling = layer, num_classes, pooling
-        self.label_source, self.warn_above, self.stop_above = label_source, warn_above, stop_above
-        self.reservoir_size = reservoir_size
+        self.warn_above, self.stop_above = warn_above, stop_above
         self.ledger = RetrainingLedger(ledger) if isinstance(ledger, (str, Path)) else ledger
         self.ledger_tag, self.record_to_ledger, self.target = ledger_tag, record_to_ledger, target
         self.batch_fn, self.progress_bar, self.log_prefix = batch_fn, progress_bar, log_prefix
@@ -190,88 +202,105 @@ class RESQUECheck(Callback):
         self._fit_started = 0.0
 
     @property
+    def mode(self) -> str:
+        """``"dist"`` or ``"task"`` (``mode="auto"`` resolved)."""
+        return self.config.mode
+
+    @property
     def state_key(self) -> str:
-        return self._generate_state_key(layer=self.layer, mode=self.mode, log_prefix=self.log_prefix)
+        return self._generate_state_key(layer=self.config.layer, mode=self.mode, log_prefix=self.log_prefix)
 
     # ------------------------------------------------------------------ the pass
-    def _features(
-        self, pl_module: LightningModule, loader: Iterable[Any], side: str, trainer: Trainer
-    ) -> Any:
-        world, rank = trainer.world_size, trainer.global_rank
+    def _check_length(self, loader: Iterable[Any], side: str, world: int) -> int | None:
+        """The number of batches of ``loader`` (None if unknown); refuse empty loaders and too few batches."""
         try:
             total = len(loader)  # type: ignore[arg-type]
         except TypeError:
-            total = None
+            return None
         if total == 0:
             raise ValueError(
                 f"RESQUECheck: the {side} dataloader is empty. HINT: pass a loader with samples."
             )
-        if total is not None and world > 1 and total < world:
+        if world > 1 and total < world:
             raise ValueError(
-                f"RESQUECheck: the {side} dataloader has {total} batches for {world} ranks; each rank needs one. "
-                "HINT: use a smaller batch size."
+                f"RESQUECheck: the {side} dataloader has {total} batches for {world} ranks; each rank needs "
+                "one. HINT: use a smaller batch size."
             )
+        return total
+
+    def _batch_features(
+        self, pl_module: LightningModule, store: dict[str, Any], batch: Any, side: str, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        """Pooled features ``[B, D]`` and labels ``[B]`` of one batch (one forward of the frozen model)."""
+        x, y = self.batch_fn(batch)
+        # labels travel with the inputs, before the forward: a copy after it would wait for the GPU
+        x, y = x.to(device), (y.to(device) if y is not None else None)
+        store.pop("output", None)
+        out = pl_module(x)
+        if "output" not in store:
+            raise ValueError(
+                f"RESQUECheck: layer {self.config.layer!r} did not run in the forward pass. "
+                "HINT: pick a layer that `forward` uses (see `lightning_reuse.nn.layers.layer_names`)."
+            )
+        if side == "shifted" and self.config.label_source == "prediction":
+            y = out.argmax(-1)
+        if y is None:
+            raise ValueError(
+                f"RESQUECheck: the {side} dataloader yields unlabeled batches, but RESQUE groups samples "
+                "by class. HINT: yield `(x, y)` batches, pass `batch_fn=` returning (x, y), or, for "
+                "unlabeled shifted data, `label_source='prediction'`."
+            )
+        return self.config.pool(store["output"]), y
+
+    def _features(
+        self, pl_module: LightningModule, loader: Iterable[Any], side: str, trainer: Trainer
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Features and labels of this rank's batches of ``loader`` (batch ``i`` goes to rank ``i % world``)."""
+        world, rank = trainer.world_size, trainer.global_rank
+        total = self._check_length(loader, side, world)
         bar = None
         if self.progress_bar and trainer.is_global_zero:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=total, desc=f"RESQUE ({side})", leave=False, dynamic_ncols=True)
         seen = 0
-        device = getattr(pl_module, "device", None) or next(pl_module.parameters()).device
-        with capture_output(pl_module, self.layer) as store:
+        device = _device_of(pl_module)
+        with capture_output(pl_module, self.config.layer) as store:
             for i, batch in enumerate(loader):
                 if bar is not None:
                     bar.update(1)
                 if i % world != rank:  # batch-level sharding: exact, no padded duplicates
                     continue
-                x, y = self.batch_fn(batch)
-                # labels travel with the inputs, before the forward: a copy after it would wait for the GPU
-                x, y = x.to(device), (y.to(device) if y is not None else None)
-                store.pop("output", None)
-                out = pl_module(x)
-                if "output" not in store:
-                    raise ValueError(
-                        f"RESQUECheck: layer {self.layer!r} did not run in the forward pass. "
-                        "HINT: pick a layer that `forward` uses (see `lightning_reuse.nn.layers.layer_names`)."
-                    )
-                if side == "shifted" and self.label_source == "prediction":
-                    y = out.argmax(-1)
-                if y is None:
-                    raise ValueError(
-                        f"RESQUECheck: the {side} dataloader yields unlabeled batches, but RESQUE groups samples "
-                        "by class. HINT: yield `(x, y)` batches, pass `batch_fn=` returning (x, y), or, for "
-                        "unlabeled shifted data, `label_source='prediction'`."
-                    )
                 seen += 1
-                yield pool_features(store["output"], self.pooling), y
+                yield self._batch_features(pl_module, store, batch, side, device)
         if bar is not None:
             bar.close()
         if seen == 0 and total is None:
-            raise ValueError(f"RESQUECheck: the {side} dataloader yielded no batches on rank {rank}.")
+            raise ValueError(
+                f"RESQUECheck: the {side} dataloader yielded no batches on rank {rank}. "
+                "HINT: pass a loader with at least one batch per rank."
+            )
+
+    def _metric(self) -> RESQUEDist | RESQUETask:
+        c = self.config
+        if c.mode == "dist":
+            return RESQUEDist(num_classes=c.num_classes, return_per_class=True)
+        return RESQUETask(num_classes=c.num_classes, reservoir_size=c.reservoir_size)
 
     def run(self, trainer: Trainer, pl_module: LightningModule) -> RESQUEResult:
         """Run the pass now (``on_fit_start`` calls this) and return the result."""
-        get_layer(pl_module, self.layer)  # fail fast with the list of valid names
+        get_layer(pl_module, self.config.layer)  # fail fast with the list of valid names
         start = time.perf_counter()
+        dist = self.mode == "dist"
+        sides = (("original", self.original_dataloader), ("shifted", self.dataloader)) if dist else None
         with measurement_window(trainer, "resque-precheck") as record, _FrozenModel(pl_module):
-            if self.mode == "dist":
-                metric: Any = RESQUEDist(num_classes=self.num_classes, return_per_class=True)
-                sides = (("original", self.original_dataloader), ("shifted", self.dataloader))
-            else:
-                metric = RESQUETask(num_classes=self.num_classes, reservoir_size=self.reservoir_size)
-                sides = (("new task", self.dataloader),)
-            metric = metric.to(getattr(pl_module, "device", None) or next(pl_module.parameters()).device)
+            metric: Any = self._metric().to(_device_of(pl_module))
             counts = {}
-            for side, loader in sides:
+            for side, loader in sides or (("new task", self.dataloader),):
                 n = 0
                 for feats, y in self._features(pl_module, loader, side, trainer):
-                    if self.mode == "dist":
-                        metric.update(feats, y, shifted=side == "shifted")
-                    else:
-                        metric.update(feats, y)
+                    metric.update(feats, y, shifted=side == "shifted") if dist else metric.update(feats, y)
                     n += len(y)
                 counts[side] = n
-            if self.mode == "dist":
+            if dist:
                 score, per_class_t = metric.compute()
                 per_class = {c: float(v) for c, v in enumerate(per_class_t.tolist()) if v == v}
             else:
@@ -325,8 +354,6 @@ class RESQUECheck(Callback):
                 f"RESQUECheck: target {self.target} not reached; this run is not recorded in the ledger."
             )
             return
-        from lightning_reuse.callbacks._windows import find_energy_monitor
-
         monitor = find_energy_monitor(trainer)
         total = getattr(monitor, "total", None) if monitor is not None else None
         assert self.ledger is not None

@@ -1,12 +1,15 @@
 """Pure torch maths (no lightning import): RESQUE statistics, NTK spectra, FTC bounds, ...."""
 
+from typing import TYPE_CHECKING
+
 from lightning_reuse._lazy import attach
 
-# Public name -> defining module (relative). Add one line per public name.
+# Public name -> defining module (relative). Add one line per public name; the TYPE_CHECKING block mirrors it.
 _NAMES: dict[str, str] = {
     "resque_dist": ".resque",
     "resque_task": ".resque",
     "pool_features": ".resque",
+    "RESQUEConfig": ".resque_config",
     "least_squares_affine": ".stitching",
     "linear_cka": ".stitching",
     "representation_mse": ".stitching",
@@ -26,15 +29,88 @@ _NAMES: dict[str, str] = {
     "features_to_kernel": ".ntk",
     "topk_eigh": ".ntk",
     "assert_per_sample": ".ntk",
+    "ScreeningConfig": ".ntk_config",
+    "ScreeningThresholds": ".ntk_config",
     "screening_scores": ".ntk_scores",
     "screen_reprogramming": ".ntk_scores",
     "ScreeningScores": ".ntk_scores",
-    "ScreeningThresholds": ".ntk_scores",
     "source_guard": ".ntk_scores",
     "stratified_subset": ".ntk_scores",
     "residual_at_init": ".ntk_scores",
     "decide": ".ntk_scores",
 }
 
-__all__ = list(_NAMES)
+if TYPE_CHECKING:
+    from lightning_reuse.functional.ftc import (
+        depth2_construction,
+        depth3_construction,
+        fine_tuning_capacity,
+        ftc_neurons,
+        ftc_widths,
+        max_changed,
+        project_to_line,
+    )
+    from lightning_reuse.functional.ntk import (
+        PromptJacobian,
+        assert_per_sample,
+        empirical_ntk,
+        features_to_kernel,
+        ntk_matrix,
+        ntk_vector_product,
+        prompt_jacobian,
+        topk_eigh,
+    )
+    from lightning_reuse.functional.ntk_config import ScreeningConfig, ScreeningThresholds
+    from lightning_reuse.functional.ntk_scores import (
+        ScreeningScores,
+        decide,
+        residual_at_init,
+        screen_reprogramming,
+        screening_scores,
+        source_guard,
+        stratified_subset,
+    )
+    from lightning_reuse.functional.resque import pool_features, resque_dist, resque_task
+    from lightning_reuse.functional.resque_config import RESQUEConfig
+    from lightning_reuse.functional.stitching import (
+        channel_rows,
+        least_squares_affine,
+        linear_cka,
+        representation_mse,
+    )
+
+__all__ = [
+    "resque_dist",
+    "resque_task",
+    "pool_features",
+    "RESQUEConfig",
+    "least_squares_affine",
+    "linear_cka",
+    "representation_mse",
+    "channel_rows",
+    "fine_tuning_capacity",
+    "max_changed",
+    "depth2_construction",
+    "depth3_construction",
+    "project_to_line",
+    "ftc_neurons",
+    "ftc_widths",
+    "empirical_ntk",
+    "ntk_matrix",
+    "ntk_vector_product",
+    "prompt_jacobian",
+    "PromptJacobian",
+    "features_to_kernel",
+    "topk_eigh",
+    "assert_per_sample",
+    "ScreeningConfig",
+    "ScreeningThresholds",
+    "screening_scores",
+    "screen_reprogramming",
+    "ScreeningScores",
+    "source_guard",
+    "stratified_subset",
+    "residual_at_init",
+    "decide",
+]
 __getattr__, __dir__ = attach(__name__, _NAMES)

@@ -114,7 +114,7 @@ def adjusted_rand_index(labels_true: Tensor, labels_pred: Tensor) -> Tensor:
     if labels_true.shape != labels_pred.shape or labels_true.ndim != 1:
         raise ValueError(
             f"adjusted_rand_index expects two 1-D label tensors of the same length, got shapes "
-            f"{tuple(labels_true.shape)} and {tuple(labels_pred.shape)}."
+            f"{tuple(labels_true.shape)} and {tuple(labels_pred.shape)}. HINT: pass one label per sample in each."
         )
     _, a = torch.unique(labels_true, return_inverse=True)
     _, b = torch.unique(labels_pred, return_inverse=True)

@@ -69,13 +69,13 @@ def _select_params(
         if missing:
             raise ValueError(
                 f"`params` names {missing} are not parameters of {type(model).__name__}; "
-                f"valid names: {sorted(named)}."
+                f"valid names: {sorted(named)}. HINT: pick names from `model.named_parameters()`."
             )
         chosen = {n: named[n].detach() for n in names}
     if not chosen:
         raise ValueError(
-            "`params` selects no parameter (the model has no parameter with requires_grad=True); pass "
-            "a list of parameter names or a {name: tensor} dict."
+            "`params` selects no parameter (the model has no parameter with requires_grad=True). "
+            "HINT: pass a list of parameter names or a {name: tensor} dict."
         )
     return chosen
 
@@ -116,7 +116,9 @@ def empirical_ntk(
         ``[N1, N2, O, O]`` tensor. :func:`ntk_matrix` flattens it to ``[N1 O, N2 O]`` (sample-major).
     """
     if mode not in _MODES:
-        raise ValueError(f"`mode` must be one of {_MODES}, got {mode!r}.")
+        raise ValueError(
+            f"`mode` must be one of {_MODES}, got {mode!r}. HINT: pass mode='jacobian_contraction' (the default)."
+        )
     p = _select_params(model, params)
     x2_ = x1 if x2 is None else x2
 
@@ -186,7 +188,7 @@ def assert_per_sample(module: nn.Module, name: str = "model") -> None:
     if bad:
         raise ValueError(
             f"The NTK of `{name}` is not per-sample: {', '.join(bad[:5])} in training mode mixes samples "
-            "(batch statistics) or draws random masks. Call `.eval()` on the frozen source before "
+            "(batch statistics) or draws random masks. HINT: call `.eval()` on the frozen source before "
             "screening (reprogramming keeps the source in eval mode), or replace BatchNorm by GroupNorm."
         )
 
@@ -259,9 +261,14 @@ def prompt_jacobian(
         progress: Called with the number of samples done after each batch.
     """
     if sketch not in _SKETCHES:
-        raise ValueError(f"`sketch` must be one of {_SKETCHES}, got {sketch!r}.")
+        raise ValueError(
+            f"`sketch` must be one of {_SKETCHES}, got {sketch!r}. HINT: pass sketch='none' for exact rows."
+        )
     if batch_size < 1 or sketch_dim < 1:
-        raise ValueError(f"`batch_size` and `sketch_dim` must be >= 1, got {batch_size} and {sketch_dim}.")
+        raise ValueError(
+            f"`batch_size` and `sketch_dim` must be >= 1, got {batch_size} and {sketch_dim}. "
+            "HINT: pass positive ints (the defaults are 128 and 4096)."
+        )
     if isinstance(head, nn.Module):
         assert_per_sample(head, "head")
     shape = u.shape[1:]
@@ -276,7 +283,10 @@ def prompt_jacobian(
             ub = u[start : start + batch_size].detach().requires_grad_(True)
             out = head(ub)
             if out.dim() != 2:
-                raise ValueError(f"`head` must return logits [batch, C], got shape {tuple(out.shape)}.")
+                raise ValueError(
+                    f"`head` must return logits [batch, C], got shape {tuple(out.shape)}. "
+                    "HINT: flatten the output, or map it to class logits."
+                )
             c = out.shape[1]
             if pseudo:
                 targets = [out.sum(1) / math.sqrt(c)]
@@ -334,7 +344,9 @@ def topk_eigh(
         matmul = (lambda v: mat @ (mat.T @ v)) if features else (lambda v: mat @ v)
     else:
         if dim is None:
-            raise ValueError("`dim` is required when `operator` is a callable (matrix-free).")
+            raise ValueError(
+                "`dim` is required when `operator` is a callable (matrix-free). HINT: pass dim=<operator size>."
+            )
         d, matmul, dtype, device = dim, operator, torch.float64, torch.device("cpu")
     k = min(k, d)
     m = min(d, k + oversample)

@@ -69,8 +69,21 @@ def pool_features(output: Tensor, pooling: Pooling = "default") -> Tensor:
         >>> pool_features(torch.ones(2, 5, 7), "cls").shape
         torch.Size([2, 7])
     """
+    _check_pooling(pooling)
+    return _pool_checked(output, pooling)
+
+
+def _check_pooling(pooling: str) -> None:
+    """Raise a ValueError naming the allowed poolings unless ``pooling`` is one of :data:`POOLINGS`."""
     if pooling not in POOLINGS:
-        raise ValueError(f"`pooling` must be one of {POOLINGS}, got {pooling!r}.")
+        raise ValueError(
+            f"`pooling` must be one of {POOLINGS}, got {pooling!r}. HINT: pass pooling='default' (channel "
+            "mean for conv outputs) or another of these."
+        )
+
+
+def _pool_checked(output: Tensor, pooling: Pooling) -> Tensor:
+    """:func:`pool_features` for a ``pooling`` already validated (by :func:`_check_pooling` or a config)."""
     if not isinstance(output, Tensor) or output.ndim < 2:
         shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
         raise ValueError(
@@ -92,8 +105,8 @@ def pool_features(output: Tensor, pooling: Pooling = "default") -> Tensor:
     if pooling == "feature_mean":
         return output.flatten(2).mean(-1)
     raise ValueError(
-        f"`pooling={pooling!r}` does not apply to a {output.ndim}-D output {tuple(output.shape)}; "
-        "use 'default' or 'flatten'."
+        f"`pooling={pooling!r}` does not apply to a {output.ndim}-D output {tuple(output.shape)}. "
+        "HINT: use 'default' or 'flatten'."
     )
 
 
@@ -122,9 +135,15 @@ def _check_structure(features: Tensor, labels: Tensor | None, name: str = "featu
         raise ValueError(f"`{name}` is empty (0 samples). HINT: check that the dataloader yields batches.")
     if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.shape[0] != features.shape[0]:
         shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-        raise ValueError(f"labels of `{name}` must be a [N={features.shape[0]}] tensor, got {shape}.")
+        raise ValueError(
+            f"labels of `{name}` must be a [N={features.shape[0]}] tensor, got {shape}. "
+            "HINT: pass one class index per feature row."
+        )
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():
-        raise TypeError(f"labels of `{name}` must be integer class indices, got dtype {labels.dtype}.")
+        raise TypeError(
+            f"labels of `{name}` must be integer class indices, got dtype {labels.dtype}. "
+            "HINT: convert them with `labels.long()`."
+        )
 
 
 def _check_inputs(
@@ -134,7 +153,9 @@ def _check_inputs(
     _check_structure(features, labels, name)
     low, high = (int(v) for v in torch.aminmax(labels))
     if low < 0:
-        raise ValueError(f"labels of `{name}` must be >= 0, got minimum {low}.")
+        raise ValueError(
+            f"labels of `{name}` must be >= 0, got minimum {low}. HINT: remap the labels to [0, num_classes)."
+        )
     if check_finite and not bool(torch.isfinite(features).all()):
         _raise_not_finite(features, name)
     return low, high
@@ -233,7 +254,7 @@ def _resque_dist_compute(
         raise ValueError(
             "RESQUE_dist: no class has samples on both sides, so there is nothing to compare. Original "
             f"classes: {torch.nonzero(counts > 0).flatten().tolist()}; shifted classes: "
-            f"{torch.nonzero(shifted_counts > 0).flatten().tolist()}."
+            f"{torch.nonzero(shifted_counts > 0).flatten().tolist()}. HINT: give both sides samples of the same classes."
         )
     per_class = torch.where(scored, theta, torch.full_like(theta, float("nan")))
     return per_class[scored].mean(), per_class
@@ -282,7 +303,7 @@ def resque_dist(
     if features.shape[1] != shifted_features.shape[1]:
         raise ValueError(
             f"`features` and `shifted_features` must have the same width, got {features.shape[1]} and "
-            f"{shifted_features.shape[1]}."
+            f"{shifted_features.shape[1]}. HINT: take both from the same layer with the same pooling."
         )
     if num_classes is None:
         k = max(int(labels.max()), int(shifted_labels.max())) + 1
@@ -310,7 +331,9 @@ def _resque_task_compute(
     """1 - ARI between the labels and k-means clusters of the features (k = number of distinct labels)."""
     _check_inputs(features, labels)
     if init not in ("centroids", "k-means++"):
-        raise ValueError(f"`init` must be 'centroids' or 'k-means++', got {init!r}.")
+        raise ValueError(
+            f"`init` must be 'centroids' or 'k-means++', got {init!r}. HINT: pass init='centroids' (the default)."
+        )
     classes, y = torch.unique(labels, return_inverse=True)
     k = classes.numel()
     if k < 2:

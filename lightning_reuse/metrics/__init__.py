@@ -1,12 +1,20 @@
 """torchmetrics ``Metric`` s: streaming, DDP-synchronised versions of the functional statistics."""
 
+from typing import TYPE_CHECKING
+
 from lightning_reuse._lazy import attach
 
-# Public name -> defining module (relative). Add one line per public name.
+# Public name -> defining module (relative). Add one line per public name; the TYPE_CHECKING block mirrors it.
 _NAMES: dict[str, str] = {
     "RESQUEDist": ".resque",
     "RESQUETask": ".resque",
 }
 
-__all__ = list(_NAMES)
+if TYPE_CHECKING:
+    from lightning_reuse.metrics.resque import RESQUEDist, RESQUETask
+
+__all__ = [
+    "RESQUEDist",
+    "RESQUETask",
+]
 __getattr__, __dir__ = attach(__name__, _NAMES)

@@ -40,7 +40,10 @@ def _check_num_classes(num_classes: Any, required: bool) -> None:
     if num_classes is None and not required:
         return
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"`num_classes` must be a positive int, got {num_classes!r}.")
+        raise ValueError(
+            f"`num_classes` must be a positive int, got {num_classes!r}. "
+            "HINT: pass the number of classes of the task (fixed, so states match across ranks)."
+        )
 
 
 class RESQUEDist(Metric):
@@ -69,7 +72,10 @@ class RESQUEDist(Metric):
         super().__init__(**kwargs)
         _check_num_classes(num_classes, required=True)
         if num_features is not None and (not isinstance(num_features, int) or num_features < 1):
-            raise ValueError(f"`num_features` must be a positive int or None, got {num_features!r}.")
+            raise ValueError(
+                f"`num_features` must be a positive int or None, got {num_features!r}. "
+                "HINT: leave it out to infer the width from the first batch."
+            )
         self.num_classes = num_classes
         self.return_per_class = return_per_class
         width = num_features or 0
@@ -93,7 +99,8 @@ class RESQUEDist(Metric):
         current = self.shifted_sums if shifted else self.sums
         if current.shape[1] != sums.shape[1]:
             raise ValueError(
-                f"feature width changed from {current.shape[1]} to {sums.shape[1]} between batches."
+                f"feature width changed from {current.shape[1]} to {sums.shape[1]} between batches. "
+                "HINT: hook one layer with one pooling for every batch."
             )
         current += sums
         (self.shifted_counts if shifted else self.counts).add_(counts)
@@ -151,9 +158,15 @@ class RESQUETask(Metric):
         super().__init__(**kwargs)
         _check_num_classes(num_classes, required=reservoir_size is not None)
         if reservoir_size is not None and (not isinstance(reservoir_size, int) or reservoir_size < 1):
-            raise ValueError(f"`reservoir_size` must be a positive int or None, got {reservoir_size!r}.")
+            raise ValueError(
+                f"`reservoir_size` must be a positive int or None, got {reservoir_size!r}. "
+                "HINT: leave it out (None) to keep every feature."
+            )
         if init not in ("centroids", "k-means++"):
-            raise ValueError(f"`init` must be 'centroids' or 'k-means++', got {init!r}.")
+            raise ValueError(
+                f"`init` must be 'centroids' or 'k-means++', got {init!r}. "
+                "HINT: pass init='centroids' (the default)."
+            )
         self.num_classes = num_classes
         self.reservoir_size = reservoir_size
         self.init, self.max_iter, self.tol, self.seed = init, max_iter, tol, seed
