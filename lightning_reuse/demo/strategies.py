@@ -11,7 +11,10 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lightning_reuse.modules.classifier import ImageClassifier
+from lightning_reuse import AdditiveFineTuning, ModelReprogramming
+from lightning_reuse.modules import ImageClassifier
+from lightning_reuse.nn import FullPrompt, IterativeLabelMapping, SideConv
+from lightning_reuse.optim import configure_ftp
 
 
 @dataclass
@@ -51,28 +54,21 @@ def baseline_strategies() -> list[Strategy]:
 
 
 def _ftp(source: nn.Module, num_classes: int) -> pl.LightningModule:
-    from lightning_reuse.optim.ftp_presets import configure_ftp
-
     net = copy.deepcopy(source)
-    module = ImageClassifier(net, trainable="all", lr=1e-3)
     # the head is excluded from the projection (its anchor is not a pre-trained feature extractor)
-    module.optimizer_factory = lambda params: configure_ftp(net, torch.optim.Adam, lr=1e-3, exclude="head")
-    return module
+    return ImageClassifier(
+        net,
+        trainable="all",
+        optimizer=lambda params: configure_ftp(net, torch.optim.Adam, lr=1e-3, exclude="head"),
+    )
 
 
 def _additive(source: nn.Module, num_classes: int) -> pl.LightningModule:
-    from lightning_reuse.modules.additive import AdditiveFineTuning
-    from lightning_reuse.nn.side_network import SideConv
-
     base = copy.deepcopy(source).requires_grad_(False).eval()
     return AdditiveFineTuning(base, SideConv(1, num_classes, width=8), lr=3e-3)
 
 
 def _reprogramming(source: nn.Module, num_classes: int) -> pl.LightningModule:
-    from lightning_reuse.modules.reprogramming import ModelReprogramming
-    from lightning_reuse.nn.label_mapping import IterativeLabelMapping
-    from lightning_reuse.nn.prompts import FullPrompt
-
     return ModelReprogramming(
         copy.deepcopy(source),
         FullPrompt((1, 8, 8), (1, 8, 8)),

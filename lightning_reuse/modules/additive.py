@@ -1,15 +1,16 @@
 """``AdditiveFineTuning``: train only a small side network ``g`` added to a frozen pre-trained model ``f``.
 
 Sohn, Kwon, An and Lee, "Memorization Capacity for Additive Fine-Tuning with Small ReLU Networks",
-UAI 2024 (arXiv 2408.00359). The model is ``F(x) = f(x) + g(x or a named feature of f)``; ``g``'s last layer
+UAI 2024 (arXiv 2408.00359). The model is ``F(x) = f(x) + g(x or the output of a named layer of f)``; ``g``'s last layer
 starts at zero, so ``F == f`` before the first step. Checkpoints hold the side network only, plus the
-base's SHA-256 fingerprint and what is needed to rebuild the side network; load them with the same base:
+base's SHA-256 fingerprint (:func:`lightning_reuse.nn.module_fingerprint`) and what is needed to rebuild the
+side network; load them with the same base:
 ``AdditiveFineTuning.load_from_checkpoint(path, base=base)``.
 
 Example:
     >>> import torch
-    >>> from lightning_reuse.samples.models import SmallCNN
-    >>> from lightning_reuse.nn.side_network import SideMLP
+    >>> from lightning_reuse.samples import SmallCNN
+    >>> from lightning_reuse.nn import SideMLP
     >>> base = SmallCNN(width=4).requires_grad_(False)
     >>> module = AdditiveFineTuning(base, SideMLP(64, 10, width=8))
     >>> x = torch.rand(2, 1, 8, 8)
@@ -21,19 +22,22 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import warnings
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
+from typing_extensions import override
 
+from lightning_reuse.modules._shared import OptimizerCallable, batch_inputs, check_optimizer, labelled_batch
+from lightning_reuse.nn.fingerprint import module_fingerprint
 from lightning_reuse.nn.parameter_count import ParameterCount, count_parameters, format_parameter_count
-from lightning_reuse.nn.side_network import AdditiveModel, base_fingerprint, build_side_network
+from lightning_reuse.nn.side_network import AdditiveModel, build_side_network
 
 LossName = Literal["cross_entropy", "mse"]
-OptimizerFactory = Callable[[Iterable[Any]], torch.optim.Optimizer]
 _BASE_PREFIX = "model.base."
 _CKPT_KEY = "additive_fine_tuning"
 IGNORE_INDEX = -100
@@ -48,32 +52,36 @@ class AdditiveFineTuning(pl.LightningModule):
             :func:`lightning_reuse.nn.side_network.freeze_base`).
         side: the side network ``g`` (e.g. :class:`~lightning_reuse.nn.side_network.SideMLP`), or its
             ``config`` mapping (how ``load_from_checkpoint`` rebuilds it).
-        feature: layer name of ``base`` whose output ``g`` reads; ``None`` reads the input.
+        layer: name of the ``base`` layer whose output ``g`` reads; ``None`` reads the input.
         loss: ``"cross_entropy"`` (targets are class indices; ``val_acc`` is logged; the label ``-100``
             means "no label term": such samples only feel ``output_penalty``, which keeps ``F`` at ``f``)
             or ``"mse"``.
-        lr: learning rate of the default Adam optimizer.
-        weight_decay: Adam weight decay (side network only).
+        lr: learning rate of the default optimizer.
+        weight_decay: weight decay of the default optimizer (side network only).
         output_penalty: weight of ``mean(g(.)^2)`` added to the loss; pulls ``F`` towards ``f`` on every
             sample (useful when only a few labels should change).
-        optimizer: optional factory ``param_groups -> optimizer``; it receives one group
+        optimizer: factory ``param_groups -> optimizer``; ``None`` (default):
+            ``torch.optim.Adam(side parameters, lr=lr, weight_decay=weight_decay)``. A factory receives one group
             ``{"params": side parameters, "name": "side", "anchor": None}``. The side network has no
             pre-trained anchor: an optimizer with ``is_projected(p)`` (FTP) that would project a side
             parameter is refused with a ``ValueError``; pass ``exclude=groups[0]["params"]`` to FTP.
         check_base: when loading a checkpoint, refuse a base whose fingerprint differs from the one saved.
+        feature: deprecated spelling of ``layer`` (goes in the next release).
     """
 
     def __init__(
         self,
         base: nn.Module,
         side: nn.Module | Mapping[str, Any],
-        feature: str | None = None,
+        layer: str | None = None,
         loss: LossName = "cross_entropy",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         output_penalty: float = 0.0,
-        optimizer: OptimizerFactory | None = None,
+        optimizer: OptimizerCallable | None = None,
         check_base: bool = True,
+        *,
+        feature: str | None = None,
     ) -> None:
         super().__init__()
         if loss not in ("cross_entropy", "mse"):
@@ -84,13 +92,25 @@ class AdditiveFineTuning(pl.LightningModule):
             raise ValueError(
                 f"`weight_decay` and `output_penalty` must be >= 0, got {weight_decay!r}, {output_penalty!r}."
             )
+        if feature is not None:
+            warnings.warn(
+                "AdditiveFineTuning: `feature` is deprecated and goes in the next release. HINT: pass "
+                f"`layer={feature!r}`.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            layer = feature if layer is None else layer
         if isinstance(side, Mapping):
             side = build_side_network(side)
-        self.model = AdditiveModel(base, side, feature=feature)
+        self.model = AdditiveModel(base, side, layer=layer)
         self.loss_name, self.lr, self.weight_decay = loss, lr, weight_decay
-        self.output_penalty, self.optimizer_factory, self.check_base = output_penalty, optimizer, check_base
-        self.base_fingerprint = base_fingerprint(base)
-        self.save_hyperparameters(ignore=["base", "side", "optimizer"])
+        self.output_penalty, self.check_base = output_penalty, check_base
+        self.optimizer_factory = check_optimizer(
+            optimizer, lr=lr, weight_decay=weight_decay, who="AdditiveFineTuning"
+        )
+        self.base_fingerprint = module_fingerprint(base)
+        self.save_hyperparameters(ignore=["base", "side", "optimizer", "feature"])
+        self.hparams["layer"] = layer
         side_config = getattr(side, "config", None)
         if isinstance(side_config, Mapping):
             self.hparams["side"] = dict(side_config)
@@ -104,9 +124,11 @@ class AdditiveFineTuning(pl.LightningModule):
         rank_zero_info(format_parameter_count(self.parameter_count()))
 
     # --- model --------------------------------------------------------------------------------------
+    @override
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
+    @override
     def train(self, mode: bool = True) -> AdditiveFineTuning:
         super().train(mode)
         self.model.base.eval()  # the frozen base never changes mode (BatchNorm statistics, dropout)
@@ -120,7 +142,7 @@ class AdditiveFineTuning(pl.LightningModule):
         return nn.functional.mse_loss(out, target.to(out.dtype))
 
     def _shared_step(self, batch: Any, stage: str) -> Tensor:
-        x, y = batch[0], batch[1]
+        x, y = labelled_batch(batch, who="AdditiveFineTuning")
         base_out, delta = self.model.parts(x)
         out = base_out + delta
         loss = self._loss(out, y)
@@ -135,18 +157,23 @@ class AdditiveFineTuning(pl.LightningModule):
             )
         return total
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._shared_step(batch, "val")
 
+    @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
+    @override
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self(batch[0] if isinstance(batch, (tuple, list)) else batch)
+        return self(batch_inputs(batch, who="AdditiveFineTuning"))
 
+    @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.model.side.parameters() if p.requires_grad]
         if self.optimizer_factory is None:
@@ -162,6 +189,7 @@ class AdditiveFineTuning(pl.LightningModule):
             )
         return optimizer
 
+    @override
     def on_fit_start(self) -> None:
         trainable = [n for n, p in self.model.base.named_parameters() if p.requires_grad]
         if trainable:
@@ -172,6 +200,7 @@ class AdditiveFineTuning(pl.LightningModule):
             )
 
     # --- checkpoints: side network only -------------------------------------------------------------
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith(_BASE_PREFIX)]:
@@ -179,10 +208,11 @@ class AdditiveFineTuning(pl.LightningModule):
         checkpoint[_CKPT_KEY] = {
             "base_fingerprint": self.base_fingerprint,
             "base_class": f"{type(self.model.base).__module__}.{type(self.model.base).__qualname__}",
-            "feature": self.model.feature,
+            "layer": self.model.layer,
             "side_config": getattr(self.model.side, "config", None),
         }
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get(_CKPT_KEY)
         if info is None:

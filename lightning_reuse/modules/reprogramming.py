@@ -33,25 +33,42 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lightning_reuse._warnings import LightningReuseWarning
+from lightning_reuse.modules._shared import OptimizerCallable, batch_inputs, check_optimizer, labelled_batch
+from lightning_reuse.nn.fingerprint import module_fingerprint
 from lightning_reuse.nn.label_mapping import FrequencyLabelMapping, IterativeLabelMapping, LabelMapping
+from lightning_reuse.nn.parameter_count import count_parameters
 from lightning_reuse.nn.prompts import InputTransform
 from lightning_reuse.nn.reprogrammed import ReprogrammedModel
 
 SOURCE_PREFIX = "model.source."
-OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 
 
 def source_fingerprint(source: nn.Module) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of ``source.state_dict()`` (parameters and buffers)."""
+    """Deprecated alias of :func:`lightning_reuse.nn.module_fingerprint`; goes in the next release.
+
+    It now returns the one module fingerprint (the hash it gave before differed in byte order).
+    """
+    warnings.warn(
+        "`source_fingerprint` is deprecated and goes in the next release. HINT: use "
+        "`lightning_reuse.nn.module_fingerprint`.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return module_fingerprint(source)
+
+
+def _legacy_source_fingerprint(source: nn.Module) -> str:
+    """The source fingerprint in checkpoints written by release 0.1 (read only: they still load without a warning)."""
     digest = hashlib.sha256()
     for name, tensor in source.state_dict().items():
         t = tensor.detach().cpu().contiguous().reshape(-1)
@@ -66,8 +83,8 @@ def describe_source(source: nn.Module, name: str | None = None) -> dict[str, Any
     return {
         "class": f"{cls.__module__}.{cls.__qualname__}",
         "name": name,
-        "num_parameters": sum(p.numel() for p in source.parameters()),
-        "fingerprint": source_fingerprint(source),
+        "num_parameters": count_parameters(source).total,
+        "fingerprint": module_fingerprint(source),
     }
 
 
@@ -83,12 +100,16 @@ class ModelReprogramming(pl.LightningModule):
             start of the first epoch, :class:`~lightning_reuse.nn.IterativeLabelMapping` at the start of every
             ``remap_every``-th epoch (both from the training data under the current prompt);
             :class:`~lightning_reuse.nn.LinearLabelMapping` trains with the prompt.
-        lr: learning rate (ILM-VP: 0.01 with Adam).
+        lr: learning rate of the default optimizer (ILM-VP: 0.01 with Adam).
         milestones: fractions of training after which the learning rate is multiplied by ``gamma`` (ILM-VP:
             50% and 72%); epochs when ``max_epochs`` bounds the fit, else optimizer steps.
         gamma: the ``MultiStepLR`` factor.
-        optimizer: ``"adam"`` (ILM-VP) or ``"sgd"`` (momentum 0.9).
-        weight_decay: weight decay of the optimizer.
+        optimizer: factory ``params -> optimizer`` given the trainable parameters (prompt and mapping);
+            ``None`` (default, ILM-VP): ``torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)``. The
+            ``MultiStepLR`` schedule applies to either. SGD with momentum:
+            ``functools.partial(torch.optim.SGD, lr=0.01, momentum=0.9)``; the strings ``"adam"``/``"sgd"``
+            are deprecated (one release).
+        weight_decay: weight decay of the default optimizer.
         remap_batches: at most this many training batches are used to count the FLM/ILM matrix (``None``: all).
         source_name: an optional human-readable reference stored in checkpoints (e.g. ``"efficientnet-lite0"``).
 
@@ -106,7 +127,7 @@ class ModelReprogramming(pl.LightningModule):
         lr: float = 0.01,
         milestones: Sequence[float] = (0.5, 0.72),
         gamma: float = 0.1,
-        optimizer: Literal["adam", "sgd"] = "adam",
+        optimizer: OptimizerCallable | None = None,
         weight_decay: float = 0.0,
         remap_batches: int | None = None,
         source_name: str | None = None,
@@ -118,27 +139,31 @@ class ModelReprogramming(pl.LightningModule):
             raise ValueError(f"`milestones` are fractions of training in (0, 1), got {tuple(milestones)}.")
         if not 0 < gamma <= 1:
             raise ValueError(f"`gamma` must be in (0, 1], got {gamma}.")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}, got {optimizer!r}.")
         if weight_decay < 0:
             raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}.")
         if remap_batches is not None and remap_batches < 1:
             raise ValueError(f"`remap_batches` must be None or >= 1, got {remap_batches}.")
-        self.save_hyperparameters(ignore=["source", "transform", "mapping"])
+        self.optimizer_factory = check_optimizer(
+            optimizer, lr=lr, weight_decay=weight_decay, who="ModelReprogramming"
+        )
+        self.save_hyperparameters(ignore=["source", "transform", "mapping", "optimizer"])
         self.model = ReprogrammedModel(source, transform, mapping)
         self.source_reference = describe_source(source, source_name)
         self.remap_history: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------------------------------- modes
+    @override
     def train(self, mode: bool = True) -> ModelReprogramming:
         """Train/eval mode for the prompt and mapping; the source always stays in eval mode."""
         super().train(mode)
         self.model.source.eval()
         return self
 
+    @override
     def on_fit_start(self) -> None:
         self.model.freeze_source()  # in case parameters were unfrozen after construction
 
+    @override
     def on_train_epoch_start(self) -> None:
         self.model.source.eval()
         mapping = self.model.mapping
@@ -171,7 +196,7 @@ class ModelReprogramming(pl.LightningModule):
             for i, batch in enumerate(self._progress(loader)):
                 if self.hparams.remap_batches is not None and i >= self.hparams.remap_batches:
                     break
-                x, y = self._unpack(batch)
+                x, y = labelled_batch(batch, who="ModelReprogramming")
                 pred = self.model.source_logits(x.to(self.device)).argmax(-1)
                 counts += torch.bincount(
                     y.to(self.device).long() * mapping.num_source + pred, minlength=counts.numel()
@@ -194,9 +219,7 @@ class ModelReprogramming(pl.LightningModule):
         step = self.global_step if self._trainer is not None else -1
         self.remap_history.append({"epoch": epoch, "step": step, "mapping": new.tolist(), "changed": changed})
         if self._trainer is not None and self.trainer.training:
-            self.log(
-                "reprogramming/mapping_changed", changed / mapping.num_target, on_step=False, on_epoch=True
-            )
+            self.log("train_mapping_changed", changed / mapping.num_target, on_step=False, on_epoch=True)
         return new
 
     def _progress(self, loader: Iterable[Any]) -> Iterable[Any]:
@@ -211,23 +234,13 @@ class ModelReprogramming(pl.LightningModule):
 
         return tqdm(loader, desc="label mapping", leave=False, dynamic_ncols=True)
 
-    @staticmethod
-    def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
-        if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-            return batch[0], batch[1]
-        if isinstance(batch, dict) and {"x", "y"} <= batch.keys():
-            return batch["x"], batch["y"]
-        raise ValueError(
-            f"ModelReprogramming expects batches (x, y) or {{'x': ..., 'y': ...}}, got {type(batch).__name__}. "
-            "HINT: yield (images [N, C, H, W], labels [N]) from the dataloader."
-        )
-
     # ----------------------------------------------------------------------------------------- steps
+    @override
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
     def _shared_step(self, batch: Any, stage: str) -> Tensor:
-        x, y = self._unpack(batch)
+        x, y = labelled_batch(batch, who="ModelReprogramming")
         logits = self.model(x)
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(-1) == y).float().mean()
@@ -236,26 +249,30 @@ class ModelReprogramming(pl.LightningModule):
         self.log(f"{stage}_acc", acc, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "val")
 
+    @override
     def test_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "test")
 
+    @override
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.model(x)
+        return self.model(batch_inputs(batch, who="ModelReprogramming"))
 
+    @override
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         params = self.model.trainable_parameters()
         hp = self.hparams
-        if hp.optimizer == "adam":
-            opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        if self.optimizer_factory is None:
+            opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
         else:
-            opt = torch.optim.SGD(params, lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
+            opt = self.optimizer_factory(params)
         max_epochs = self.trainer.max_epochs
         by_epoch = max_epochs is not None and max_epochs > 0 and self.trainer.max_steps == -1
         total = max_epochs if by_epoch else int(self.trainer.estimated_stepping_batches)
@@ -267,6 +284,7 @@ class ModelReprogramming(pl.LightningModule):
         }
 
     # ----------------------------------------------------------------------------------------- checkpoints
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(SOURCE_PREFIX)]:
@@ -276,23 +294,10 @@ class ModelReprogramming(pl.LightningModule):
             "remap_history": list(self.remap_history),
         }
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get("reprogramming", {})
-        saved = info.get("source", {})
-        current = describe_source(self.model.source, self.source_reference.get("name"))
-        if saved and saved.get("class") != current["class"]:
-            raise ValueError(
-                f"This checkpoint was trained on a source of class {saved.get('class')}, got {current['class']}. "
-                "HINT: pass the same pre-trained source model as `source=` when loading."
-            )
-        if saved and saved.get("fingerprint") != current["fingerprint"]:
-            warnings.warn(
-                "The source model's weights differ from those this checkpoint was trained with (SHA-256 "
-                f"{str(saved.get('fingerprint'))[:12]}... vs {current['fingerprint'][:12]}...); the prompt may not "
-                "transfer.",
-                LightningReuseWarning,
-                stacklevel=2,
-            )
+        self._check_source(info.get("source", {}))
         self.remap_history = list(info.get("remap_history", []))
         state = checkpoint.setdefault("state_dict", {})
         for (
@@ -300,3 +305,25 @@ class ModelReprogramming(pl.LightningModule):
             value,
         ) in self.model.source.state_dict().items():  # the source is not stored: keep the given one
             state.setdefault(SOURCE_PREFIX + key, value)
+
+    def _check_source(self, saved: dict[str, Any]) -> None:
+        """Refuse a source of another class; warn when its weights differ from the checkpoint's source."""
+        if not saved:
+            return
+        current = describe_source(self.model.source, self.source_reference.get("name"))
+        if saved.get("class") != current["class"]:
+            raise ValueError(
+                f"This checkpoint was trained on a source of class {saved.get('class')}, got {current['class']}. "
+                "HINT: pass the same pre-trained source model as `source=` when loading."
+            )
+        fingerprint = saved.get("fingerprint")
+        if fingerprint != current["fingerprint"] and fingerprint != _legacy_source_fingerprint(
+            self.model.source
+        ):
+            warnings.warn(
+                "The source model's weights differ from those this checkpoint was trained with (SHA-256 "
+                f"{str(fingerprint)[:12]}... vs {current['fingerprint'][:12]}...); the prompt may not "
+                "transfer.",
+                LightningReuseWarning,
+                stacklevel=2,
+            )

@@ -5,14 +5,16 @@ Representations", arXiv 2303.11277; Bansal, Nakkiran, Barak, "Revisiting Model S
 Neural Representations", NeurIPS 2021. The score is the stitched accuracy; beside it the stitching
 penalty (stitched loss minus the receiver's own loss on the same batch) and the receiver's own accuracy.
 
-Logged (``stage`` is ``train``, ``val`` or ``test``): ``{stage}/loss`` (stitched cross-entropy),
-``{stage}/stitched_acc``; in ``val``/``test`` also ``{stage}/receiver_loss``, ``{stage}/receiver_acc``
-and ``{stage}/penalty``.
+Logged (``stage`` is ``train``, ``val`` or ``test``): ``{stage}_loss`` (stitched cross-entropy),
+``{stage}_stitched_acc``; in ``val``/``test`` also ``{stage}_receiver_loss``, ``{stage}_receiver_acc``
+and ``{stage}_penalty``.
+
+For a matrix of many sender/receiver layer pairs (with controls) see
+:func:`lightning_reuse.modules.stitching_sweep.stitching_sweep`, an experiment runner with its own loop.
 
 Example:
     >>> import torch, lightning.pytorch as pl
-    >>> from lightning_reuse.samples.models import SmallCNN
-    >>> from lightning_reuse.samples.digits import digits_loader
+    >>> from lightning_reuse.samples import SmallCNN, digits_loader
     >>> _ = torch.manual_seed(0)
     >>> a, b = SmallCNN(width=4).eval(), SmallCNN(width=4).eval()
     >>> x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))
@@ -26,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -38,7 +41,10 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
+from lightning_reuse.modules._shared import OptimizerCallable, check_optimizer, labelled_batch
 from lightning_reuse.nn.stitched import StitchedModel
+
+_METRICS: tuple[str, ...] = ("loss", "stitched_acc", "receiver_loss", "receiver_acc", "penalty")
 
 
 class ModelStitching(pl.LightningModule):
@@ -55,10 +61,13 @@ class ModelStitching(pl.LightningModule):
         receiver_input_shape: per-sample input shape of the receiver (default: the sender's).
         adapter: ``"hernandez"`` (learned shape adapters) or ``"pooled"`` (pooling + channel-only stitch).
         input_shape: per-sample sender input shape, to trace shapes on zeros when no ``example_input``.
-        optimizer: ``"adam"`` (Bansal et al.: Adam, cosine) or ``"sgd"`` (Hernandez et al.: SGD with
-            momentum 0.9, linear warm-up then cosine).
-        lr: learning rate (Bansal 1e-3, Hernandez 1e-2).
-        weight_decay: L2 weight decay of the stitch (Hernandez 0.01).
+        optimizer: factory ``params -> optimizer`` given the stitch's trainable parameters; ``None`` (default,
+            Bansal et al.): ``torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)``. Hernandez et al.:
+            ``functools.partial(torch.optim.SGD, lr=1e-2, momentum=0.9, weight_decay=0.01)`` with
+            ``warmup_fraction``. The schedule below applies to either. The strings ``"adam"``/``"sgd"`` are
+            deprecated (one release).
+        lr: learning rate of the default optimizer (Bansal 1e-3, Hernandez 1e-2).
+        weight_decay: L2 weight decay of the default optimizer (Hernandez 0.01).
         warmup_fraction: fraction of the training steps with linear warm-up (0 = none).
         schedule: ``"cosine"`` decay to 0 over the fit, or ``"constant"``.
     """
@@ -72,7 +81,7 @@ class ModelStitching(pl.LightningModule):
         stitch: nn.Module | str = "auto",
         example_input: Tensor | None = None,
         receiver_input_shape: Sequence[int] | None = None,
-        optimizer: Literal["adam", "sgd"] = "adam",
+        optimizer: OptimizerCallable | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_fraction: float = 0.0,
@@ -81,17 +90,11 @@ class ModelStitching(pl.LightningModule):
         input_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        if optimizer not in ("adam", "sgd"):
-            raise ValueError(f"`optimizer` must be 'adam' or 'sgd'; got {optimizer!r}.")
-        if schedule not in ("cosine", "constant"):
-            raise ValueError(f"`schedule` must be 'cosine' or 'constant'; got {schedule!r}.")
-        if not lr > 0:
-            raise ValueError(f"`lr` must be > 0; got {lr}.")
-        if weight_decay < 0:
-            raise ValueError(f"`weight_decay` must be >= 0; got {weight_decay}.")
-        if not 0 <= warmup_fraction < 1:
-            raise ValueError(f"`warmup_fraction` must be in [0, 1); got {warmup_fraction}.")
-        self.save_hyperparameters(ignore=["sender", "receiver", "stitch", "example_input"])
+        _check_schedule(lr, weight_decay, warmup_fraction, schedule)
+        self.optimizer_factory = check_optimizer(
+            optimizer, lr=lr, weight_decay=weight_decay, who="ModelStitching"
+        )
+        self.save_hyperparameters(ignore=["sender", "receiver", "stitch", "example_input", "optimizer"])
         self.model = StitchedModel(
             sender,
             sender_layer,
@@ -109,11 +112,7 @@ class ModelStitching(pl.LightningModule):
                 "training-free stitch use `AffineStitch.fit(...)` and evaluate with `Trainer.validate`."
             )
         self.metrics = nn.ModuleDict(
-            {
-                f"{stage}_{name}": MeanMetric()
-                for stage in ("val", "test")
-                for name in ("loss", "stitched_acc", "receiver_loss", "receiver_acc", "penalty")
-            }
+            {f"{stage}_{name}": MeanMetric() for stage in ("val", "test") for name in _METRICS}
         )
 
     @override
@@ -122,15 +121,15 @@ class ModelStitching(pl.LightningModule):
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x, y = batch[0], batch[1]
+        x, y = labelled_batch(batch, who="ModelStitching")
         logits = self.model(x)
         loss = F.cross_entropy(logits, y)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/stitched_acc", (logits.argmax(-1) == y).float().mean())
+        self.log("train_loss", loss, prog_bar=True)
+        self.log("train_stitched_acc", (logits.argmax(-1) == y).float().mean())
         return loss
 
     def _evaluate(self, batch: Any, stage: str) -> None:
-        x, y = batch[0], batch[1]
+        x, y = labelled_batch(batch, who="ModelStitching")
         logits = self.model(x)
         with torch.no_grad():
             own = self.model.receiver(x)
@@ -144,7 +143,7 @@ class ModelStitching(pl.LightningModule):
         for name, value in values.items():
             metric = self.metrics[f"{stage}_{name}"]
             metric.update(value, weight=len(y))
-            self.log(f"{stage}/{name}", metric, prog_bar=name == "stitched_acc")
+            self.log(f"{stage}_{name}", metric, prog_bar=name == "stitched_acc")
 
     @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -158,22 +157,34 @@ class ModelStitching(pl.LightningModule):
     def configure_optimizers(self) -> OptimizerLRScheduler:
         hp = self.hparams
         params = [p for p in self.model.stitch.parameters() if p.requires_grad]
-        if hp.optimizer == "sgd":
-            opt: torch.optim.Optimizer = torch.optim.SGD(
-                params, lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay
-            )
-        else:
+        if self.optimizer_factory is None:
             opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            opt = self.optimizer_factory(params)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(hp.warmup_fraction * total)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            if hp.schedule == "constant":
-                return 1.0
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-
+        factor = functools.partial(
+            _lr_factor, warmup=int(hp.warmup_fraction * total), total=total, schedule=hp.schedule
+        )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _check_schedule(lr: float, weight_decay: float, warmup_fraction: float, schedule: str) -> None:
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"`schedule` must be 'cosine' or 'constant'; got {schedule!r}.")
+    if not lr > 0:
+        raise ValueError(f"`lr` must be > 0; got {lr}.")
+    if weight_decay < 0:
+        raise ValueError(f"`weight_decay` must be >= 0; got {weight_decay}.")
+    if not 0 <= warmup_fraction < 1:
+        raise ValueError(f"`warmup_fraction` must be in [0, 1); got {warmup_fraction}.")
+
+
+def _lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up over ``warmup`` steps, then cosine to 0 or constant."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -1,4 +1,8 @@
-"""Sender-layer x receiver-layer stitching matrix with the controls that keep it honest; resumable.
+"""The stitching sweep, an experiment runner: a sender-layer x receiver-layer matrix of stitches, with controls.
+
+It is not a LightningModule: it has its own plain torch training loop (:func:`train_stitch`) because a sweep trains hundreds of tiny
+stitches, where a Trainer per stitch would cost more than the training. To train one stitch with Lightning
+(callbacks, loggers, DDP, checkpoints) use :class:`lightning_reuse.ModelStitching`.
 
 For every pair of cut points a stitch is trained (sender and receiver frozen, Hernandez et al., arXiv
 2303.11277) and scored on held-out data. Beside the stitched accuracy every cell records the controls:
@@ -12,12 +16,11 @@ For every pair of cut points a stitch is trained (sender and receiver frozen, He
 
 Results go to ``<out_dir>/<name>.json`` (written after every cell: re-running skips finished cells),
 ``<name>.csv`` and a heatmap ``<name>.png``; with a W&B logger (or run) they are logged as a table and an
-image. Stitches are trained with a plain torch loop (Adam, cosine; Bansal et al.) because a sweep trains
-hundreds of tiny stitches; use :class:`lightning_reuse.modules.stitching.ModelStitching` for one pair.
+image. Stitches are trained with Adam and a cosine schedule (Bansal et al.).
 
 Example:
     >>> import torch
-    >>> from lightning_reuse.samples.models import SmallCNN
+    >>> from lightning_reuse.samples import SmallCNN
     >>> _ = torch.manual_seed(0)
     >>> x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 10, (64,))
     >>> net = SmallCNN(width=4)
@@ -44,9 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_reuse.functional.stitching import linear_cka, representation_mse
-from lightning_reuse.nn.stitch import AffineStitch
-from lightning_reuse.nn.stitched import StitchedModel
+from lightning_reuse.functional import linear_cka, representation_mse
+from lightning_reuse.nn import AffineStitch, StitchedModel
 
 CONTROLS: tuple[str, ...] = ("random_sender", "random_receiver")
 
@@ -134,6 +136,53 @@ def _scores(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> tuple[fl
     return float((logits.argmax(-1) == y).float().mean()), float(F.cross_entropy(logits, y))
 
 
+def _fit(
+    sender: nn.Module,
+    s_layer: str,
+    receiver: nn.Module,
+    r_layer: str,
+    train: tuple[Tensor, Tensor],
+    hp: dict[str, Any],
+) -> StitchedModel:
+    """Build an ``"auto"`` stitch between the two layers and train it (seeded by ``hp["seed"]``)."""
+    xt, yt = train
+    torch.manual_seed(hp["seed"])
+    stitched = StitchedModel(
+        sender,
+        s_layer,
+        receiver,
+        r_layer,
+        stitch="auto",
+        example_input=xt[: min(len(xt), 16)],
+        adapter=hp.get("adapter", "hernandez"),
+    )
+    return train_stitch(stitched, xt, yt, hp["epochs"], hp["lr"], hp["batch_size"], hp["seed"])
+
+
+@torch.no_grad()
+def _representation_scores(
+    stitched: StitchedModel, train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor], hp: dict[str, Any]
+) -> dict[str, Any]:
+    """Mismatch of the stitch output with the receiver's own representation, and the least-squares stitch."""
+    (xt, yt), (xv, yv), bs = train, val, hp["batch_size"]
+    out = torch.cat([stitched.stitch_output(xb) for xb, _ in _batches(xv, yv, bs)])
+    own = torch.cat([stitched.receiver_features(xb) for xb, _ in _batches(xv, yv, bs)])
+    ls = AffineStitch(stitched.sender_shape, stitched.receiver_shape).fit(
+        torch.cat([stitched.sender_features(xb) for xb, _ in _batches(xt, yt, bs)]),
+        torch.cat([stitched.receiver_features(xb) for xb, _ in _batches(xt, yt, bs)]),
+        ridge=hp["ridge"],
+    )
+    ls_model = StitchedModel(
+        stitched.sender, stitched.sender_layer, stitched.receiver, stitched.receiver_layer, stitch=ls
+    )
+    return {
+        "mse": float(representation_mse(out, own)),
+        "mse_normalized": float(representation_mse(out, own, normalized=True)),
+        "cka": float(linear_cka(out, own)),
+        "ls_acc": _scores(ls_model, xv, yv, bs)[0],
+    }
+
+
 def _cell(
     sender: nn.Module,
     s_layer: str,
@@ -145,34 +194,12 @@ def _cell(
     rand: dict[str, nn.Module],
     hp: dict[str, Any],
 ) -> dict[str, Any]:
-    (xt, yt), (xv, yv) = train, val
-    bs, example = hp["batch_size"], xt[: min(len(xt), 16)]
-
-    def fit(snd: nn.Module, rcv: nn.Module) -> StitchedModel:
-        torch.manual_seed(hp["seed"])
-        st = StitchedModel(
-            snd,
-            s_layer,
-            rcv,
-            r_layer,
-            stitch="auto",
-            example_input=example,
-            adapter=hp.get("adapter", "hernandez"),
-        )
-        return train_stitch(st, xt, yt, hp["epochs"], hp["lr"], bs, hp["seed"])
-
-    stitched = fit(sender, receiver)
+    """One cell of the matrix: the stitched scores, the representation scores and the random controls."""
+    (xv, yv), bs = val, hp["batch_size"]
+    stitched = _fit(sender, s_layer, receiver, r_layer, train, hp)
     acc, loss = _scores(stitched, xv, yv, bs)
     _, own_loss = _scores(receiver, xv, yv, bs)
-    with torch.no_grad():
-        out = torch.cat([stitched.stitch_output(xb) for xb, _ in _batches(xv, yv, bs)])
-        own = torch.cat([stitched.receiver_features(xb) for xb, _ in _batches(xv, yv, bs)])
-        ls = AffineStitch(stitched.sender_shape, stitched.receiver_shape).fit(
-            torch.cat([stitched.sender_features(xb) for xb, _ in _batches(xt, yt, bs)]),
-            torch.cat([stitched.receiver_features(xb) for xb, _ in _batches(xt, yt, bs)]),
-            ridge=hp["ridge"],
-        )
-    ls_acc, _ = _scores(StitchedModel(sender, s_layer, receiver, r_layer, stitch=ls), xv, yv, bs)
+    representation = _representation_scores(stitched, train, val, hp)
     cell = {
         "sender_layer": s_layer,
         "receiver_layer": r_layer,
@@ -180,17 +207,18 @@ def _cell(
         "stitched_acc": acc,
         "stitched_loss": loss,
         "penalty": loss - own_loss,
-        "mse": float(representation_mse(out, own)),
-        "mse_normalized": float(representation_mse(out, own, normalized=True)),
-        "cka": float(linear_cka(out, own)),
-        "ls_acc": ls_acc,
+        **{k: representation[k] for k in ("mse", "mse_normalized", "cka", "ls_acc")},
         "random_sender_acc": None,
         "random_receiver_acc": None,
     }
     if "random_sender" in controls:
-        cell["random_sender_acc"] = _scores(fit(rand["sender"], receiver), xv, yv, bs)[0]
+        cell["random_sender_acc"] = _scores(
+            _fit(rand["sender"], s_layer, receiver, r_layer, train, hp), xv, yv, bs
+        )[0]
     if "random_receiver" in controls:
-        cell["random_receiver_acc"] = _scores(fit(sender, rand["receiver"]), xv, yv, bs)[0]
+        cell["random_receiver_acc"] = _scores(
+            _fit(sender, s_layer, rand["receiver"], r_layer, train, hp), xv, yv, bs
+        )[0]
     return cell
 
 
@@ -241,28 +269,11 @@ def stitching_sweep(
     if unknown:
         raise ValueError(f"`controls` must be a subset of {CONTROLS}; got unknown {sorted(unknown)}.")
     sender_layers, receiver_layers = list(sender_layers), list(receiver_layers)
-    hp = {
-        "epochs": epochs,
-        "lr": lr,
-        "batch_size": batch_size,
-        "ridge": ridge,
-        "seed": seed,
-        "controls": sorted(controls),
-    }
-    if adapter != "hernandez":  # files written before the option existed stay resumable
-        hp["adapter"] = adapter
+    hp = _settings(epochs, lr, batch_size, ridge, seed, controls, adapter)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"{name}.json"
-    cells: dict[str, dict[str, Any]] = {}
-    if json_path.exists():
-        saved = json.loads(json_path.read_text())
-        if saved.get("settings") != hp:
-            raise ValueError(
-                f"{json_path} was written with settings {saved.get('settings')}, not {hp}; resuming would mix "
-                "them. HINT: pass another `name`/`out_dir`, or delete the file to start over."
-            )
-        cells = {f"{c['sender_layer']}|{c['receiver_layer']}": c for c in saved["cells"]}
+    cells = _resume(json_path, hp)
     for half in (sender, receiver):
         half.eval()
     rand = {"sender": random_like(sender, seed + 1), "receiver": random_like(receiver, seed + 2)}
@@ -283,6 +294,36 @@ def stitching_sweep(
     if logger is not None:
         _log_wandb(logger, name, wanted, result.paths["png"])
     return result
+
+
+def _settings(
+    epochs: int, lr: float, batch_size: int, ridge: float, seed: int, controls: Sequence[str], adapter: str
+) -> dict[str, Any]:
+    """The settings a sweep file records; a resumed sweep must have the same."""
+    hp: dict[str, Any] = {
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "ridge": ridge,
+        "seed": seed,
+        "controls": sorted(controls),
+    }
+    if adapter != "hernandez":  # files written before the option existed stay resumable
+        hp["adapter"] = adapter
+    return hp
+
+
+def _resume(json_path: Path, hp: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The finished cells of an earlier run with the same settings, keyed ``"sender_layer|receiver_layer"``."""
+    if not json_path.exists():
+        return {}
+    saved = json.loads(json_path.read_text())
+    if saved.get("settings") != hp:
+        raise ValueError(
+            f"{json_path} was written with settings {saved.get('settings')}, not {hp}; resuming would mix "
+            "them. HINT: pass another `name`/`out_dir`, or delete the file to start over."
+        )
+    return {f"{c['sender_layer']}|{c['receiver_layer']}": c for c in saved["cells"]}
 
 
 def _write_csv(path: Path, cells: list[dict[str, Any]]) -> Path:

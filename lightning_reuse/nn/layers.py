@@ -5,7 +5,7 @@ reprogramming. Names are those of ``model.named_modules()`` (e.g. ``"layer2.1"``
 
 Example:
     >>> import torch
-    >>> from lightning_reuse.samples.models import SmallCNN
+    >>> from lightning_reuse.samples import SmallCNN
     >>> net = SmallCNN(width=4)
     >>> with capture_output(net, "block1") as store:
     ...     _ = net(torch.zeros(2, 1, 8, 8))
@@ -39,31 +39,31 @@ def layer_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
-def get_layer(model: nn.Module, name: str) -> nn.Module:
-    """Return the sub-module called ``name``; raise :class:`LayerNotFoundError` listing valid names."""
+def get_layer(model: nn.Module, layer: str) -> nn.Module:
+    """Return the sub-module called ``layer``; raise :class:`LayerNotFoundError` listing valid names."""
     modules = dict(model.named_modules())
-    if name in modules and name:
-        return modules[name]
+    if layer in modules and layer:
+        return modules[layer]
     names = layer_names(model)
-    close = difflib.get_close_matches(str(name), names, n=3)
+    close = difflib.get_close_matches(str(layer), names, n=3)
     hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
     shown = ", ".join(repr(n) for n in names[:40]) + (
         f", ... ({len(names)} in all)" if len(names) > 40 else ""
     )
     raise LayerNotFoundError(
-        f"No layer named {name!r} in {type(model).__name__}.{hint} Valid names: {shown}. "
+        f"No layer named {layer!r} in {type(model).__name__}.{hint} Valid names: {shown}. "
         "HINT: list them with `lightning_reuse.nn.layers.layer_names(model)`."
     )
 
 
 @contextlib.contextmanager
-def capture_output(model: nn.Module, name: str, detach: bool = True) -> Iterator[dict[str, Any]]:
-    """Within the block, ``store["output"]`` holds the latest output of layer ``name`` (a forward hook).
+def capture_output(model: nn.Module, layer: str, detach: bool = True) -> Iterator[dict[str, Any]]:
+    """Within the block, ``store["output"]`` holds the latest output of ``layer`` (a forward hook).
 
     The hook is removed on exit, also on error. Tuple outputs keep their first tensor. With ``detach`` the
     stored tensor is a detached copy, so a following in-place operation cannot change it.
     """
-    layer = get_layer(model, name)
+    module = get_layer(model, layer)
     store: dict[str, Any] = {}
 
     def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -71,7 +71,7 @@ def capture_output(model: nn.Module, name: str, detach: bool = True) -> Iterator
         # clone: an in-place op after the layer (e.g. ReLU(inplace=True)) would overwrite a mere view
         store["output"] = out.detach().clone() if detach and isinstance(out, Tensor) else out
 
-    handle = layer.register_forward_hook(hook)
+    handle = module.register_forward_hook(hook)
     try:
         yield store
     finally:

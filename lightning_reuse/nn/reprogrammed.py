@@ -7,7 +7,7 @@ Example:
     >>> import torch
     >>> from lightning_reuse.nn.label_mapping import FrequencyLabelMapping
     >>> from lightning_reuse.nn.prompts import PaddingPrompt
-    >>> from lightning_reuse.samples.models import SmallCNN
+    >>> from lightning_reuse.samples import SmallCNN
     >>> source = SmallCNN(num_classes=10, width=4)
     >>> model = ReprogrammedModel(source, PaddingPrompt((1, 6, 6), (1, 8, 8)), FrequencyLabelMapping(10, 3))
     >>> model(torch.rand(5, 1, 6, 6)).shape
@@ -24,8 +24,10 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lightning_reuse.nn.label_mapping import LabelMapping
+from lightning_reuse.nn.parameter_count import count_parameters
 from lightning_reuse.nn.prompts import InputTransform
 
 
@@ -93,6 +95,7 @@ class ReprogrammedModel(nn.Module):
                 "source's number of outputs (e.g. 1000 for ImageNet)."
             )
 
+    @override
     def train(self, mode: bool = True) -> ReprogrammedModel:
         """Set train/eval mode of transform and mapping; the source always stays in eval mode."""
         super().train(mode)
@@ -120,4 +123,4 @@ class ReprogrammedModel(nn.Module):
 
     def num_trainable_parameters(self) -> int:
         """Number of trainable scalars (all of ``theta``, including entries outside the mask)."""
-        return sum(p.numel() for p in self.trainable_parameters())
+        return count_parameters(self.transform).trainable + count_parameters(self.mapping).trainable

@@ -2,15 +2,15 @@
 
 Sohn, Kwon, An and Lee, "Memorization Capacity for Additive Fine-Tuning with Small ReLU Networks",
 UAI 2024 (arXiv 2408.00359): a frozen pre-trained ``f`` plus a small trainable ReLU network ``g``; ``g``
-reads the input ``x`` or a named intermediate feature ``h(x)`` of ``f``. The last layer of every side
+reads the input ``x`` or the output ``h(x)`` of a named layer of ``f``. The last layer of every side
 network built here is zero-initialised, so ``F == f`` exactly before the first optimizer step.
 
 Example:
     >>> import torch
-    >>> from lightning_reuse.samples.models import SmallCNN
+    >>> from lightning_reuse.samples import SmallCNN
     >>> base = SmallCNN(width=4).requires_grad_(False)
     >>> x = torch.rand(3, 1, 8, 8)
-    >>> model = AdditiveModel.from_base(base, x, width=6, depth=3, feature="pool")
+    >>> model = AdditiveModel.from_base(base, x, width=6, depth=3, layer="pool")
     >>> model.side.hidden_widths, model.side.num_neurons
     ((6, 6), 12)
     >>> torch.equal(model(x), base(x))  # exactly the base at step 0
@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -27,9 +26,12 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lightning_reuse._warnings import LightningReuseWarning
+from lightning_reuse.nn.fingerprint import module_fingerprint
 from lightning_reuse.nn.layers import capture_output, get_layer
+from lightning_reuse.nn.parameter_count import count_parameters
 
 SideKind = Literal["mlp", "conv"]
 
@@ -211,13 +213,26 @@ class ShapeMismatchError(ValueError):
 
 
 def base_fingerprint(module: nn.Module) -> str:
-    """SHA-256 of a module's state (names, shapes, dtypes and values): identifies the base a side fits."""
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    """Deprecated alias of :func:`lightning_reuse.nn.module_fingerprint` (same hash); goes in the next release."""
+    warnings.warn(
+        "`base_fingerprint` is deprecated and goes in the next release. HINT: use "
+        "`lightning_reuse.nn.module_fingerprint` (the same hash).",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return module_fingerprint(module)
+
+
+def _renamed_feature(layer: str | None, feature: str | None, who: str) -> str | None:
+    """Resolve the deprecated ``feature`` argument (now ``layer``), with a :class:`DeprecationWarning`."""
+    if feature is None:
+        return layer
+    warnings.warn(
+        f"{who}: `feature` is deprecated and goes in the next release. HINT: pass `layer={feature!r}`.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return feature if layer is None else layer
 
 
 def freeze_base(base: nn.Module, side: nn.Module) -> int:
@@ -234,7 +249,7 @@ def freeze_base(base: nn.Module, side: nn.Module) -> int:
             f"The side network shares {len(shared)} parameter(s) with the base (e.g. {shared[:3]}); additive "
             "fine-tuning needs a separate side network. HINT: build a fresh one with `SideMLP`/`SideConv`."
         )
-    trainable = sum(p.numel() for p in base.parameters() if p.requires_grad)
+    trainable = count_parameters(base).trainable
     if trainable:
         warnings.warn(
             f"The base model had {trainable:,} trainable parameter values; additive fine-tuning froze them "
@@ -248,29 +263,51 @@ def freeze_base(base: nn.Module, side: nn.Module) -> int:
     return trainable
 
 
+@torch.no_grad()
+def _trace_side_input(base: nn.Module, example_input: Tensor, layer: str | None) -> tuple[Tensor, Tensor]:
+    """``(side input, base output)`` of one eval-mode forward pass of ``base`` (its mode is restored)."""
+    if layer is not None:
+        get_layer(base, layer)  # raises LayerNotFoundError listing valid names
+    was_training = base.training
+    base.eval()
+    try:
+        if layer is None:
+            return example_input, base(example_input)
+        with capture_output(base, layer) as store:
+            out = base(example_input)
+        return store["output"], out
+    finally:
+        base.train(was_training)
+
+
 class AdditiveModel(nn.Module):
-    """``F(x) = base(x) + side(x)`` or ``base(x) + side(feature(x))`` with a frozen base kept in eval mode.
+    """``F(x) = base(x) + side(x)`` or ``base(x) + side(h(x))`` with a frozen base kept in eval mode.
 
     Args:
         base: the pre-trained model ``f``; frozen in place (see :func:`freeze_base` for the policy).
         side: the trainable side network ``g``; its output must have the base output's shape.
-        feature: name of a layer of ``base`` (``named_modules``) whose output ``g`` reads; ``None`` = the input.
+        layer: name of a layer of ``base`` (``named_modules``) whose output ``h(x)`` ``g`` reads; ``None``:
+            the input.
+        feature: deprecated spelling of ``layer`` (goes in the next release).
 
     ``train(mode)`` never puts the base in training mode, so BatchNorm statistics and dropout of the base
     stay as they were. The base runs without autograd unless the input itself requires grad.
     """
 
-    def __init__(self, base: nn.Module, side: nn.Module, feature: str | None = None) -> None:
+    def __init__(
+        self, base: nn.Module, side: nn.Module, layer: str | None = None, *, feature: str | None = None
+    ) -> None:
         super().__init__()
+        layer = _renamed_feature(layer, feature, "AdditiveModel")
         if not isinstance(base, nn.Module) or not isinstance(side, nn.Module):
             raise TypeError(
                 f"`base` and `side` must be torch.nn.Module, got {type(base).__name__} and "
                 f"{type(side).__name__}."
             )
-        if feature is not None:
-            get_layer(base, feature)  # raises LayerNotFoundError listing valid names
+        if layer is not None:
+            get_layer(base, layer)  # raises LayerNotFoundError listing valid names
         freeze_base(base, side)
-        self.base, self.side, self.feature = base, side, feature
+        self.base, self.side, self.layer = base, side, layer
 
     @classmethod
     def from_base(
@@ -279,24 +316,20 @@ class AdditiveModel(nn.Module):
         example_input: Tensor,
         width: int | Sequence[int] = 16,
         depth: int = 2,
-        feature: str | None = None,
+        layer: str | None = None,
         kind: SideKind = "mlp",
+        *,
+        feature: str | None = None,
     ) -> AdditiveModel:
-        """Build the side network with sizes read from one forward pass of ``base`` on ``example_input``."""
+        """Build the side network with sizes read from one forward pass of ``base`` on ``example_input``.
+
+        ``layer`` is the base layer the side network reads (``None``: the input); ``feature`` is its deprecated
+        spelling.
+        """
+        layer = _renamed_feature(layer, feature, "AdditiveModel.from_base")
         if kind not in ("mlp", "conv"):
             raise ValueError(f"`kind` must be 'mlp' or 'conv', got {kind!r}.")
-        if feature is not None:
-            get_layer(base, feature)
-        was_training = base.training
-        base.eval()
-        with torch.no_grad():
-            if feature is None:
-                out, h = base(example_input), example_input
-            else:
-                with capture_output(base, feature) as store:
-                    out = base(example_input)
-                h = store["output"]
-        base.train(was_training)
+        h, out = _trace_side_input(base, example_input, layer)
         if out.dim() != 2:
             raise ShapeMismatchError(
                 f"The base output must be [batch, outputs] for a built side network, got {tuple(out.shape)}."
@@ -307,11 +340,12 @@ class AdditiveModel(nn.Module):
             if h.dim() != 4:
                 raise ShapeMismatchError(
                     f"kind='conv' needs an image-shaped side input [B, C, H, W], got {tuple(h.shape)} "
-                    f"(feature={feature!r}). HINT: use kind='mlp'."
+                    f"(layer={layer!r}). HINT: use kind='mlp'."
                 )
             side = SideConv(h.shape[1], out.shape[1], width=width, depth=depth)
-        return cls(base, side, feature=feature)
+        return cls(base, side, layer=layer)
 
+    @override
     def train(self, mode: bool = True) -> AdditiveModel:
         super().train(mode)
         self.base.eval()
@@ -320,9 +354,9 @@ class AdditiveModel(nn.Module):
     def side_input_and_base_output(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Run the frozen base once; return ``(side input, base output)``."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
-            if self.feature is None:
+            if self.layer is None:
                 return x, self.base(x)
-            with capture_output(self.base, self.feature, detach=not x.requires_grad) as store:
+            with capture_output(self.base, self.layer, detach=not x.requires_grad) as store:
                 out = self.base(x)
             return store["output"], out
 

@@ -16,7 +16,7 @@ checks this (``clean``): a cut is clean when the model's output depends on its i
 
 Example:
     >>> import torch
-    >>> from lightning_reuse.samples.models import SmallCNN
+    >>> from lightning_reuse.samples import SmallCNN
     >>> net = SmallCNN(width=4, depth=2).eval()
     >>> [(p.name, p.shape, p.clean) for p in stitchable_points(net, torch.randn(4, 1, 8, 8))][:3]
     [('block1.0', (4, 8, 8), True), ('block1.1', (4, 8, 8), True), ('block1', (4, 8, 8), True)]
@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lightning_reuse.nn.layers import get_layer
 from lightning_reuse.nn.stitch import STITCH_KINDS, make_stitch
@@ -83,6 +84,27 @@ def stitchable_points(
     """
     was_training = model.training
     model.eval()
+    try:
+        order, outputs, calls, reference = _trace(model, example_input, max_depth)
+        other = _other_input(example_input) if check_cut else None
+        points = []
+        for name in order:
+            clean = None
+            if other is not None:
+                clean = calls[name] == 1 and reference is not None
+                if clean:
+                    out = _first_tensor(run_with_replaced_output(model, name, other, outputs[name]))
+                    clean = out is not None and torch.allclose(out, reference, rtol=1e-4, atol=1e-5)
+            points.append(StitchPoint(name, tuple(outputs[name].shape[1:]), clean))
+    finally:
+        model.train(was_training)
+    return points
+
+
+def _trace(
+    model: nn.Module, example_input: Tensor, max_depth: int | None
+) -> tuple[list[str], dict[str, Tensor], dict[str, int], Tensor | None]:
+    """One forward pass: layer names in execution order, their first tensor output, call counts, the output."""
     modules = {name: m for name, m in model.named_modules() if name}
     if max_depth is not None:
         modules = {n: m for n, m in modules.items() if n.count(".") < max_depth}
@@ -106,21 +128,14 @@ def stitchable_points(
     finally:
         for h in handles:
             h.remove()
-    points = []
-    if check_cut:
-        g = torch.Generator(device="cpu").manual_seed(0)
-        other = torch.randn(example_input.shape, generator=g).to(example_input)
-        other = other * example_input.float().std() + example_input.float().mean()
-    for name in order:
-        clean = None
-        if check_cut:
-            clean = calls[name] == 1 and reference is not None
-            if clean:
-                out = _first_tensor(run_with_replaced_output(model, name, other, outputs[name]))
-                clean = out is not None and torch.allclose(out, reference, rtol=1e-4, atol=1e-5)
-        points.append(StitchPoint(name, tuple(outputs[name].shape[1:]), clean))
-    model.train(was_training)
-    return points
+    return order, outputs, calls, reference
+
+
+def _other_input(example_input: Tensor) -> Tensor:
+    """A different input with the example's mean and spread (seeded): a clean cut makes it irrelevant."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    other = torch.randn(example_input.shape, generator=g).to(example_input)
+    return other * example_input.float().std() + example_input.float().mean()
 
 
 def layer_output(model: nn.Module, layer: str, x: Tensor) -> Tensor:
@@ -241,6 +256,7 @@ class StitchedModel(nn.Module):
             return torch.zeros_like(x)
         return torch.zeros(len(x), *self.receiver_input_shape, dtype=x.dtype, device=x.device)
 
+    @override
     def train(self, mode: bool = True) -> StitchedModel:
         """Set the stitch's mode; sender and receiver always stay in eval mode."""
         super().train(mode)

@@ -84,7 +84,7 @@ def test_checkpoint_holds_the_side_only_and_reloads_with_the_base(tmp_path: Path
     ckpt = torch.load(path, weights_only=False)
     assert set(ckpt["state_dict"]) == {f"model.side.{k}" for k in module.model.side.state_dict()}
     info = ckpt["additive_fine_tuning"]
-    assert info["feature"] is None and info["side_config"]["width"] == [4]
+    assert info["layer"] is None and info["side_config"]["width"] == [4]
     assert ckpt["hyper_parameters"]["side"]["kind"] == "mlp"
     reloaded = AdditiveFineTuning.load_from_checkpoint(path, base=bn_base())  # same weights, new object
     module.eval()

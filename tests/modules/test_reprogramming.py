@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from lightning_reuse._warnings import LightningReuseWarning
-from lightning_reuse.modules.reprogramming import ModelReprogramming, describe_source, source_fingerprint
+from lightning_reuse.modules.reprogramming import ModelReprogramming, describe_source
+from lightning_reuse.nn import module_fingerprint
 from lightning_reuse.nn.label_mapping import (
     FrequencyLabelMapping,
     IterativeLabelMapping,
@@ -120,7 +121,7 @@ def test_ilm_remaps_on_schedule_and_flm_once(tmp_path: Path, frame_source) -> No
     assert ilm.remap_history[0]["mapping"] == expected  # counted under the initial prompt
     assert ilm.model.mapping.mapping.tolist() == ilm.remap_history[-1]["mapping"]
     assert ilm.model.mapping.counts.sum() == len(x)  # the whole training set was counted
-    assert "reprogramming/mapping_changed" in t.callback_metrics
+    assert "train_mapping_changed" in t.callback_metrics
 
     flm = ModelReprogramming(
         frame_source, PaddingPrompt((1, 8, 8), (1, 12, 12)), FrequencyLabelMapping(10, 10)
@@ -250,7 +251,7 @@ def test_bad_inputs_raise_clear_errors(frame_source) -> None:
 def test_efficientnet_lite0_smoke_fit_keeps_source_unchanged(tmp_path: Path) -> None:
     """ImageNet EfficientNet-Lite0 (BatchNorm + dropout) reprogrammed for digits padded into 64 px."""
     source, norm = load_efficientnet_lite0(image_size=64)
-    fingerprint = source_fingerprint(source)  # parameters AND BatchNorm running statistics
+    fingerprint = module_fingerprint(source)  # parameters AND BatchNorm running statistics
     transform = PaddingPrompt((1, 8, 8), (3, 64, 64), resize=32, mean=norm.mean, std=norm.std)
     module = ModelReprogramming(
         source, transform, FrequencyLabelMapping(1000, 10), source_name="efficientnet-lite0"
@@ -260,7 +261,7 @@ def test_efficientnet_lite0_smoke_fit_keeps_source_unchanged(tmp_path: Path) -> 
     trainer(tmp_path, max_epochs=1, callbacks=[recorder]).fit(
         module, digits_loader(x[:64], y[:64], batch_size=32)
     )
-    assert source_fingerprint(source) == fingerprint
+    assert module_fingerprint(source) == fingerprint
     assert recorder.source_flags and not any(recorder.source_flags)
     assert not any(m.training for m in source.modules())
     assert module.model.transform.theta.detach()[transform.mask.bool()].abs().min() > 0
@@ -275,12 +276,13 @@ def test_ddp_counts_are_summed_over_ranks(ddp_runner, frame_source, tmp_path: Pa
         """
 import lightning.pytorch as pl
 from lightning_reuse.samples.digits import digits_loader, load_digits_tensors
-from lightning_reuse.modules.reprogramming import ModelReprogramming, source_fingerprint
+from lightning_reuse.modules.reprogramming import ModelReprogramming
+from lightning_reuse.nn import module_fingerprint
 from lightning_reuse.nn.label_mapping import IterativeLabelMapping
 from lightning_reuse.nn.prompts import PaddingPrompt
 
 source = torch.load("source.pt", weights_only=False)
-before = source_fingerprint(source)
+before = module_fingerprint(source)
 x, y = load_digits_tensors()
 x, target = x[:256], (y[:256] + 5) % 10
 module = ModelReprogramming(source, PaddingPrompt((1, 8, 8), (1, 12, 12)), IterativeLabelMapping(10, 10), lr=0.05)
@@ -289,7 +291,7 @@ trainer = pl.Trainer(accelerator="cpu", devices=int(os.environ["LIGHTNING_REUSE_
                      enable_model_summary=False)
 trainer.fit(module, digits_loader(x, target, batch_size=64))
 torch.save({"history": module.remap_history, "counts": module.model.mapping.counts,
-            "theta": module.model.transform.theta.detach(), "unchanged": source_fingerprint(source) == before,
+            "theta": module.model.transform.theta.detach(), "unchanged": module_fingerprint(source) == before,
             "eval": not any(m.training for m in source.modules())}, f"rank{trainer.global_rank}.pt")
 """
     )

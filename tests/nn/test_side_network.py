@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lightning_reuse._warnings import LightningReuseWarning
+from lightning_reuse.nn.fingerprint import module_fingerprint
 from lightning_reuse.nn.layers import LayerNotFoundError
 from lightning_reuse.nn.parameter_count import ParameterCount, count_parameters, format_parameter_count
 from lightning_reuse.nn.side_network import (
@@ -16,7 +17,6 @@ from lightning_reuse.nn.side_network import (
     ShapeMismatchError,
     SideConv,
     SideMLP,
-    base_fingerprint,
     build_side_network,
 )
 from lightning_reuse.samples.models import SmallCNN
@@ -50,7 +50,7 @@ X = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(1))
 def test_model_equals_base_exactly_at_step_zero(feature: str | None, kind: str, depth: int) -> None:
     base = bn_base()
     expected = base(X)
-    model = AdditiveModel.from_base(base, X, width=5, depth=depth, feature=feature, kind=kind)
+    model = AdditiveModel.from_base(base, X, width=5, depth=depth, layer=feature, kind=kind)
     model.train()  # the wrapper in training mode must still evaluate the base in eval mode
     assert torch.equal(model(X), expected)
     assert not base.training and all(not m.training for m in base.modules())
@@ -58,7 +58,7 @@ def test_model_equals_base_exactly_at_step_zero(feature: str | None, kind: str, 
 
 def test_side_reads_the_named_feature() -> None:
     base = SmallCNN(width=4).requires_grad_(False)
-    model = AdditiveModel.from_base(base, X, width=3, feature="pool")
+    model = AdditiveModel.from_base(base, X, width=3, layer="pool")
     assert model.side.in_features == 4  # the pooled embedding, not the 64 pixels
     nn.init.normal_(model.side.out.weight)
     out_base, delta = model.parts(X)
@@ -116,14 +116,14 @@ def test_output_shape_mismatch_is_a_clear_error() -> None:
     with pytest.raises(ShapeMismatchError, match="32 features per sample, got \\(5, 1, 8, 8\\)"):
         model(X)
     with pytest.raises(ShapeMismatchError, match="kind='conv' needs an image-shaped"):
-        AdditiveModel.from_base(base, X, feature="head", kind="conv")
+        AdditiveModel.from_base(base, X, layer="head", kind="conv")
     assert issubclass(ShapeMismatchError, ValueError)
 
 
 def test_unknown_feature_lists_valid_names() -> None:
     base = SmallCNN(width=4).requires_grad_(False)
     with pytest.raises(LayerNotFoundError, match="Did you mean: 'block1'"):
-        AdditiveModel(base, SideMLP(64, 10, width=2), feature="blok1")
+        AdditiveModel(base, SideMLP(64, 10, width=2), layer="blok1")
     with pytest.raises(TypeError, match="must be torch.nn.Module"):
         AdditiveModel(base, lambda x: x)  # type: ignore[arg-type]
 
@@ -154,7 +154,7 @@ def test_parameter_count_against_a_manual_count() -> None:
 
 def test_base_fingerprint_sees_one_changed_value_and_buffers() -> None:
     base = bn_base()
-    before = base_fingerprint(base)
-    assert base_fingerprint(bn_base()) == before  # deterministic
+    before = module_fingerprint(base)
+    assert module_fingerprint(bn_base()) == before  # deterministic
     base[1].running_mean[0] += 1e-6
-    assert base_fingerprint(base) != before
+    assert module_fingerprint(base) != before
