@@ -10,9 +10,10 @@ Pure torch, no optimizer object. A step is split in two phases so that the radiu
   ``c = p' - p0``, row-wise L1 norms ``n``, the clip ``1e-8 <= gamma <= max(n)``, the projection
   ``p = p0 + clamp(gamma / n, 0, 1) * c`` and the memory of ``c / n`` for the next step.
 
-Per-tensor state (all floating point, dtype of the anchor): ``anchor`` (``p0``), ``direction`` (``c / n``
-of the previous step, the only element-sized buffer beside the anchor), ``gamma``, ``exp_avg`` and
-``exp_avg_sq`` (0-d tensors). Nothing here reads a tensor's value on the host by design. On CUDA the
+Per-tensor state: entries of the optimizer's ``state[p]`` (the base optimizer shares that dict, hence the
+``ftp_`` prefix; all floating point, dtype of the anchor): ``ftp_anchor`` (``p0``), ``ftp_direction``
+(``c / n`` of the previous step, the only element-sized buffer beside the anchor), ``ftp_gamma``,
+``ftp_exp_avg`` and ``ftp_exp_avg_sq`` (0-d tensors). A tensor has them from its first step on. Nothing here reads a tensor's value on the host by design. On CUDA the
 foreach and flat paths were checked to run without host synchronisation; the single path synchronised
 when last measured (a clamp with a number and a tensor bound was split in two since as the likely cause;
 not re-measured).
@@ -23,8 +24,9 @@ the same with multi-tensor kernels (``torch._foreach_*``) and agree with them to
 Example:
     >>> import torch
     >>> p0 = torch.zeros(2, 3)
-    >>> state = {"anchor": p0.clone(), "direction": torch.zeros(2, 3), "gamma": torch.tensor(0.5),
-    ...          "exp_avg": torch.tensor(0.0), "exp_avg_sq": torch.tensor(0.0)}
+    >>> state = init_state(p0, anchor=p0)
+    >>> state[GAMMA].fill_(0.5)  # doctest: +ELLIPSIS
+    tensor(0.5...)
     >>> p = torch.ones(2, 3)  # the base optimizer moved every entry by 1: row norms are 3
     >>> ftp_project_single([p], [state])
     >>> p  # projected back onto the L1 ball of radius 0.5 around the anchor
@@ -34,10 +36,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+
+ANCHOR, DIRECTION, GAMMA = "ftp_anchor", "ftp_direction", "ftp_gamma"
+EXP_AVG, EXP_AVG_SQ = "ftp_exp_avg", "ftp_exp_avg_sq"
+STATE_KEYS = (ANCHOR, DIRECTION, GAMMA, EXP_AVG, EXP_AVG_SQ)
 
 GAMMA_MIN = 1e-8
 NORM_EPS = 1e-8
@@ -45,6 +51,20 @@ RADIUS_BETAS = (0.9, 0.999)
 RADIUS_EPS = 1e-8
 
 State = dict[str, Any]
+
+
+class ProjectedGroup(NamedTuple):
+    """The projected parameters of one param group, their ``state[p]`` dicts and the group's FTP values.
+
+    ``t`` is the group's step counter (``ftp_step``, already advanced for this step), ``k`` and ``mu`` its
+    ``ftp_k`` and ``ftp_mu``. Parameters without a gradient this step are included (the paths skip them).
+    """
+
+    params: list[Tensor]
+    states: list[State]
+    t: int
+    k: float
+    mu: float
 
 
 def row_l1_norm(c: Tensor) -> Tensor:
@@ -67,15 +87,17 @@ def _row_l1(c: Tensor) -> Tensor:
 
 
 def init_state(param: Tensor, anchor: Tensor) -> State:
-    """Fresh FTP state for ``param`` anchored at ``anchor`` (radius 1e-8: the first step snaps back)."""
+    """Fresh FTP state for ``param`` anchored at ``anchor`` (radius 1e-8: its first step snaps back).
+
+    Created at the tensor's first step, after the base step (``ftp_direction`` follows in the projection).
+    """
     dtype = anchor.dtype
     zero = torch.zeros((), dtype=dtype, device=param.device)
     return {
-        "anchor": anchor.detach().to(device=param.device, dtype=dtype, copy=True),
-        "direction": None,  # c_prev / n_prev, created by the first projection
-        "gamma": torch.full((), GAMMA_MIN, dtype=dtype, device=param.device),
-        "exp_avg": zero.clone(),
-        "exp_avg_sq": zero.clone(),
+        ANCHOR: anchor.detach().to(device=param.device, dtype=dtype, copy=True),
+        GAMMA: torch.full((), GAMMA_MIN, dtype=dtype, device=param.device),
+        EXP_AVG: zero.clone(),
+        EXP_AVG_SQ: zero.clone(),
     }
 
 
@@ -92,21 +114,21 @@ def ftp_radius_single(grads: list[Tensor], states: list[State], *, t: int, k: fl
     bc1, bc2 = _bias_corrections(t)
     b1, b2 = RADIUS_BETAS
     for g, s in zip(grads, states):
-        h = torch.sum(g.to(s["direction"].dtype) * s["direction"])
+        h = torch.sum(g.to(s[DIRECTION].dtype) * s[DIRECTION])
         h = torch.where(h > 0, h * k, h)
-        s["exp_avg"].mul_(b1).add_(h, alpha=1 - b1)
-        s["exp_avg_sq"].mul_(b2).add_(h * h, alpha=1 - b2)
-        step = (s["exp_avg"] / bc1) / (torch.sqrt(s["exp_avg_sq"] / bc2) + RADIUS_EPS)
-        s["gamma"].sub_(mu * step)
+        s[EXP_AVG].mul_(b1).add_(h, alpha=1 - b1)
+        s[EXP_AVG_SQ].mul_(b2).add_(h * h, alpha=1 - b2)
+        step = (s[EXP_AVG] / bc1) / (torch.sqrt(s[EXP_AVG_SQ] / bc2) + RADIUS_EPS)
+        s[GAMMA].sub_(mu * step)
 
 
 def ftp_project_single(params: list[Tensor], states: list[State]) -> None:
     """Project each ``param`` (already updated by the base optimizer) onto its L1 ball (spec steps 2-6)."""
     for p, s in zip(params, states):
-        anchor = s["anchor"]
+        anchor = s[ANCHOR]
         c = p.to(anchor.dtype) - anchor
         n = row_l1_norm(c)
-        gamma = s["gamma"]
+        gamma = s[GAMMA]
         gamma.clamp_(
             min=GAMMA_MIN
         )  # two ops: a number and a tensor bound in one clamp may copy to the device
@@ -116,7 +138,7 @@ def ftp_project_single(params: list[Tensor], states: list[State]) -> None:
             p.addcmul_(c, scale - 1.0)
         else:  # low-precision parameter: from the fp32 anchor, then one rounding
             p.copy_(anchor + scale * c)
-        s["direction"] = c * (1.0 / n)
+        s[DIRECTION] = c * (1.0 / n)
 
 
 def ftp_radius_foreach(grads: list[Tensor], states: list[State], *, t: int, k: float, mu: float) -> None:
@@ -125,15 +147,15 @@ def ftp_radius_foreach(grads: list[Tensor], states: list[State], *, t: int, k: f
         return
     bc1, bc2 = _bias_corrections(t)
     b1, b2 = RADIUS_BETAS
-    dirs = [s["direction"] for s in states]
+    dirs = [s[DIRECTION] for s in states]
     h = [torch.dot(g.reshape(-1).to(d.dtype), d.reshape(-1)) for g, d in zip(grads, dirs)]
     if k != 1.0:  # h <- k h where h > 0, i.e. min(h, 0) + k max(h, 0)
         h_pos = torch._foreach_clamp_min(h, 0.0)
         h = torch._foreach_clamp_max(h, 0.0)
         torch._foreach_add_(h, h_pos, alpha=k)
-    m = [s["exp_avg"] for s in states]
-    v = [s["exp_avg_sq"] for s in states]
-    gamma = [s["gamma"] for s in states]
+    m = [s[EXP_AVG] for s in states]
+    v = [s[EXP_AVG_SQ] for s in states]
+    gamma = [s[GAMMA] for s in states]
     torch._foreach_lerp_(m, h, 1 - b1)
     torch._foreach_mul_(v, b2)
     torch._foreach_addcmul_(v, h, h, value=1 - b2)
@@ -147,8 +169,8 @@ def ftp_project_foreach(params: list[Tensor], states: list[State]) -> None:
     """Multi-tensor :func:`ftp_project_single`: one row-norm kernel per tensor, the rest in ``_foreach`` kernels."""
     if not params:
         return
-    anchors = [s["anchor"] for s in states]
-    gamma = [s["gamma"] for s in states]
+    anchors = [s[ANCHOR] for s in states]
+    gamma = [s[GAMMA] for s in states]
     same_dtype = all(p.dtype == a.dtype for p, a in zip(params, anchors))
     src = params if same_dtype else [p.to(a.dtype) for p, a in zip(params, anchors)]
     c = torch._foreach_sub(src, anchors)
@@ -166,7 +188,7 @@ def ftp_project_foreach(params: list[Tensor], states: list[State]) -> None:
         torch._foreach_copy_(params, torch._foreach_addcmul(anchors, c, scale))
     torch._foreach_mul_(c, inv_n)
     for s, d in zip(states, c):
-        s["direction"] = d
+        s[DIRECTION] = d
 
 
 class FlatLayout:
@@ -205,16 +227,16 @@ def ftp_radius_flat(
         return
     bc1, bc2 = _bias_corrections(t)
     b1, b2 = RADIUS_BETAS
-    dtype = states[0]["anchor"].dtype
-    prod = layout.cat(grads, dtype).mul_(layout.cat([s["direction"] for s in states], dtype))
+    dtype = states[0][ANCHOR].dtype
+    prod = layout.cat(grads, dtype).mul_(layout.cat([s[DIRECTION] for s in states], dtype))
     h = _segment(prod, "sum", layout.tensor_lengths)
     if k != 1.0:
         h = torch.where(h > 0, h * k, h)
-    m = torch.stack([s["exp_avg"] for s in states]).mul_(b1).add_(h, alpha=1 - b1)
-    v = torch.stack([s["exp_avg_sq"] for s in states]).mul_(b2).addcmul_(h, h, value=1 - b2)
-    gamma = torch.stack([s["gamma"] for s in states])
+    m = torch.stack([s[EXP_AVG] for s in states]).mul_(b1).add_(h, alpha=1 - b1)
+    v = torch.stack([s[EXP_AVG_SQ] for s in states]).mul_(b2).addcmul_(h, h, value=1 - b2)
+    gamma = torch.stack([s[GAMMA] for s in states])
     gamma.sub_(mu * (m / bc1) / (torch.sqrt(v / bc2) + RADIUS_EPS))
-    for key, value in (("exp_avg", m), ("exp_avg_sq", v), ("gamma", gamma)):
+    for key, value in ((EXP_AVG, m), (EXP_AVG_SQ, v), (GAMMA, gamma)):
         torch._foreach_copy_([s[key] for s in states], list(value.unbind(0)))
 
 
@@ -222,14 +244,14 @@ def ftp_project_flat(params: list[Tensor], states: list[State], layout: FlatLayo
     """:func:`ftp_project_single` on the concatenation of all tensors (segment reductions for the rows)."""
     if not params:
         return
-    dtype = states[0]["anchor"].dtype
-    anchors = layout.cat([s["anchor"] for s in states], dtype)
+    dtype = states[0][ANCHOR].dtype
+    anchors = layout.cat([s[ANCHOR] for s in states], dtype)
     c = layout.cat(params, dtype).sub_(anchors)
     n = _segment(c.abs(), "sum", layout.row_lengths).add_(NORM_EPS)
     max_n = _segment(n, "max", layout.rows_per_tensor)
-    gamma = torch.stack([s["gamma"] for s in states]).clamp_(min=GAMMA_MIN)
+    gamma = torch.stack([s[GAMMA] for s in states]).clamp_(min=GAMMA_MIN)
     gamma = torch.minimum(gamma, max_n)
-    torch._foreach_copy_([s["gamma"] for s in states], list(gamma.unbind(0)))
+    torch._foreach_copy_([s[GAMMA] for s in states], list(gamma.unbind(0)))
     inv_n = torch.reciprocal(n)
     gamma_rows = torch.repeat_interleave(gamma, layout.rows_per_tensor, output_size=layout.n_rows)
     scale = (gamma_rows * inv_n).clamp_(max=1.0)
@@ -238,4 +260,4 @@ def ftp_project_flat(params: list[Tensor], states: list[State], layout: FlatLayo
     torch._foreach_copy_(params, layout.split(new))
     inv_el = torch.repeat_interleave(inv_n, layout.row_lengths, output_size=layout.numel)
     for s, d in zip(states, layout.split(c.mul_(inv_el))):
-        s["direction"] = d
+        s[DIRECTION] = d

@@ -5,9 +5,10 @@ Tian et al., "Fast Trainable Projection for Robust Fine-Tuning", NeurIPS 2023. S
 step makes over memory:
 
 - anchors and previous directions of all projected tensors live end to end in two flat buffers, radii and
-  radius moments in three ``[T]`` vectors; ``ftp_state[p]`` holds *views* into them, so ``state_dict``,
-  resume and the other paths keep working unchanged (a state replaced from outside, e.g. by
-  ``load_state_dict``, is noticed and the buffers are rebuilt from it);
+  radius moments in three ``[T]`` vectors: a cache of the optimizer's ``state[p]``, whose ``ftp_*`` entries
+  are *views* into the buffers, so ``state[p]`` stays the source of truth for ``state_dict``, resume and
+  the other paths. When an entry is replaced from outside (``load_state_dict``, Lightning moving
+  ``optimizer.state``), the buffers are rebuilt from ``state[p]``;
 - before the base step, one row kernel computes each row's share of ``h = sum(g_t * c_prev / n_prev)``
   (reading the gradients in place through a table of data pointers: nothing is concatenated), and one
   per-tensor kernel sums them and runs the radius Adam;
@@ -23,8 +24,11 @@ are deterministic, as DDP needs. Memory traffic per fp32 element: 8 bytes before
 (rows longer than 8192 are read twice, mostly from L2); with the 28 of a fused AdamW step, 52 bytes, a floor
 of about 1.9x fused AdamW for this design.
 
-Without Triton (CPU, or a CUDA machine without it), or for tensors the kernels do not take (not fp32, not
-contiguous), the same step runs with ``torch._foreach_*`` ops on the same flat-buffer views.
+Without Triton (CPU, or a CUDA machine without it), for tensors the kernels do not take (not fp32, not
+contiguous), or when param groups differ in ``ftp_k``, ``ftp_mu`` or ``ftp_step`` (the kernels take one
+value of each), the same step runs with ``torch._foreach_*`` ops on the same flat-buffer views. A tensor's
+first step (no FTP state yet) is left to the per-tensor paths, which create its state; so the kernels'
+per-tensor mode 1 ("first step": reset the radius) is no longer launched.
 
 Example (the torch fallback, on CPU):
     >>> import torch
@@ -32,19 +36,19 @@ Example (the torch fallback, on CPU):
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <torch._C.Generator object at ...>
     >>> w = torch.nn.Parameter(torch.randn(3, 4))
-    >>> opt = FTP(torch.optim.SGD([w], lr=0.1), fused=True)
+    >>> opt = FTP(torch.optim.SGD([w], lr=0.1), implementation="fused")
     >>> for _ in range(3):
     ...     opt.zero_grad()
     ...     (w - 1.0).pow(2).sum().backward()
     ...     opt.step()
-    >>> s = opt.ftp_state[w]
-    >>> bool(((w - s["anchor"]).abs().sum(1) <= s["gamma"] + 1e-6).all())
+    >>> s = opt.state[w]
+    >>> bool(((w - s["ftp_anchor"]).abs().sum(1) <= s["ftp_gamma"] + 1e-6).all())
     True
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -66,7 +70,7 @@ __all__ = ["HAS_TRITON", "FusedFTPEngine", "kernels_available"]
 _BUCKETS = ((1024, 1024, 4), (4096, 4096, 8), (8192, 8192, 16), (None, 4096, 8))
 _TENSOR_BLOCK = 1024
 
-COLD, WARM = 1, 2  # per-tensor modes; 0: no gradient this step (untouched)
+WARM = 2  # per-tensor modes: 0 no gradient this step (untouched); 1 (first step) is no longer launched
 
 
 if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
@@ -213,12 +217,11 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
             tl.store(gamma_ptr + i, gamma)
 
 
-def kernels_available(ftp_state: dict[Tensor, F.State]) -> bool:
-    """Whether the Triton kernels can run these parameters (Triton installed, fp32 parameters on CUDA)."""
-    if not HAS_TRITON or not ftp_state:
+def kernels_available(param: Tensor | None) -> bool:
+    """Whether the Triton kernels can run FTP on ``param`` (Triton installed, an fp32 parameter on CUDA)."""
+    if not HAS_TRITON or param is None:
         return False
-    p = next(iter(ftp_state))
-    return p.device.type == "cuda" and p.dtype == torch.float32
+    return param.device.type == "cuda" and param.dtype == torch.float32
 
 
 def _to_device(values: Tensor, device: torch.device) -> Tensor:
@@ -229,45 +232,57 @@ def _to_device(values: Tensor, device: torch.device) -> Tensor:
 
 
 class FusedLayout:
-    """Flat buffers of the FTP state of ``params`` (one device, one state dtype) and the row tables.
+    """Flat buffers holding the FTP state of ``params`` (one device, one state dtype), and the row tables.
 
-    Building it copies each state into the buffers and replaces the entries of ``states`` by views.
+    Building it copies each ``state[p]`` entry into the buffers and puts a view into them back in its place,
+    so ``state[p]`` stays the source of truth; :meth:`linked` says whether every entry is still that view.
     """
 
     def __init__(self, params: list[Tensor], states: list[F.State]) -> None:
         self.device = params[0].device
-        self.dtype = states[0]["anchor"].dtype
+        self.dtype = states[0][F.ANCHOR].dtype
         self.params, self.states = list(params), list(states)
-        dev, dtype = self.device, self.dtype
         self.shapes = [p.shape for p in params]
         self.sizes = [p.numel() for p in params]
-        rows = [p.shape[0] if p.dim() >= 2 else 1 for p in params]
         self.offsets = [0]
         for size in self.sizes:
             self.offsets.append(self.offsets[-1] + size)
-        self.anchor = torch.cat([s["anchor"].reshape(-1).to(dev, dtype) for s in states])
-        self.direction = torch.cat(
-            [
-                torch.zeros(n, device=dev, dtype=dtype)
-                if s["direction"] is None
-                else s["direction"].reshape(-1).to(dev, dtype)
-                for n, s in zip(self.sizes, states)
-            ]
+        self._build_buffers(states)
+        self._build_row_tables([p.shape[0] if p.dim() >= 2 else 1 for p in params])
+        dev, n = self.device, len(params)
+        self.n_row = torch.empty(self.n_rows, device=dev, dtype=self.dtype)
+        self.h_row = torch.empty(self.n_rows, device=dev, dtype=self.dtype)
+        self.modes = torch.zeros(n, device=dev, dtype=torch.int32)
+        self.pointers = torch.zeros(2, n, device=dev, dtype=torch.long)
+        self.modes_key: tuple[int, ...] | None = None
+        self.param_ptrs, self.grad_ptrs = self.pointers[0], self.pointers[1]
+        self.param_key: tuple[int, ...] | None = None
+        self.pointer_key: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        self.kernel_ok = False  # whether the current pointers were validated for the kernels
+
+    def _build_buffers(self, states: list[F.State]) -> None:
+        dev, dtype = self.device, self.dtype
+        self.anchor, self.direction = (
+            torch.cat([s[key].reshape(-1).to(dev, dtype) for s in states]) for key in (F.ANCHOR, F.DIRECTION)
         )
         self.gamma, self.exp_avg, self.exp_avg_sq = (
             torch.stack([s[key].reshape(()).to(dev, dtype) for s in states])
-            for key in ("gamma", "exp_avg", "exp_avg_sq")
+            for key in (F.GAMMA, F.EXP_AVG, F.EXP_AVG_SQ)
         )
-        self.dir_views = [self._view(self.direction, i) for i in range(len(params))]
+        self.dir_views = [self._view(self.direction, i) for i in range(len(states))]
+        self.views: list[tuple[Tensor, ...]] = []
         for i, s in enumerate(states):
-            s["anchor"] = self._view(self.anchor, i)
-            if s["direction"] is not None:
-                s["direction"] = self.dir_views[i]
-            s["gamma"], s["exp_avg"], s["exp_avg_sq"] = self.gamma[i], self.exp_avg[i], self.exp_avg_sq[i]
-        # row tables: rows of every tensor in order; dim 0 of a >= 2-D tensor, else the tensor is one row
+            views = (self._view(self.anchor, i), self.dir_views[i], self.gamma[i], self.exp_avg[i])
+            views += (self.exp_avg_sq[i],)
+            s.update(zip(F.STATE_KEYS, views))
+            self.views.append(views)
+
+    def _build_row_tables(self, rows: list[int]) -> None:
+        """Rows of every tensor in order (dim 0 of a >= 2-D tensor, else the tensor is one row) and buckets."""
+        dev = self.device
         rows_t = torch.tensor(rows, dtype=torch.long)
         lens_t = torch.tensor([size // r if r else 0 for size, r in zip(self.sizes, rows)], dtype=torch.long)
-        row_tensor = torch.repeat_interleave(torch.arange(len(params)), rows_t)
+        row_tensor = torch.repeat_interleave(torch.arange(len(rows)), rows_t)
         row_len = lens_t[row_tensor]
         row_end = torch.cumsum(rows_t, 0)
         row_begin = row_end - rows_t
@@ -285,34 +300,27 @@ class FusedLayout:
         lower = 0
         for upper, block, warps in _BUCKETS:  # rows of length 0 go to the last bucket
             sel = row_len > lower if upper is None else (row_len > lower) & (row_len <= upper)
-            ids = torch.nonzero(sel).flatten()
             if upper is None:  # also the empty rows (length 0)
-                ids = torch.nonzero(sel | (row_len == 0)).flatten()
+                sel = sel | (row_len == 0)
+            ids = torch.nonzero(sel).flatten()
             if len(ids):
                 bucket = (_to_device(ids.to(torch.int32), dev), len(ids), block, warps, upper is not None)
                 self.buckets.append(bucket)
             lower = upper or 0
-        self.n_row = torch.empty(self.n_rows, device=dev, dtype=dtype)
-        self.h_row = torch.empty(self.n_rows, device=dev, dtype=dtype)
-        self.modes = torch.zeros(len(params), device=dev, dtype=torch.int32)
-        self.pointers = torch.zeros(2, len(params), device=dev, dtype=torch.long)
-        self.modes_key: tuple[int, ...] | None = None
-        self.param_ptrs, self.grad_ptrs = self.pointers[0], self.pointers[1]
-        self.param_key: tuple[int, ...] | None = None
-        self.pointer_key: tuple[tuple[int, ...], tuple[int, ...]] | None = None
-        self.cold = {i for i, s in enumerate(states) if s["direction"] is None}  # no direction yet
-        self.kernel_ok = False  # whether the current pointers were validated for the kernels
 
     def _view(self, flat: Tensor, i: int) -> Tensor:
         return flat[self.offsets[i] : self.offsets[i + 1]].view(self.shapes[i])
 
-    def linked(self) -> bool:
-        """Whether every direction is still unset or the view into the buffers (another path replaces it)."""
-        for s, d in zip(self.states, self.dir_views):
-            direction = s["direction"]
-            if direction is not None and direction is not d:
-                return False
-        return True
+    def linked(self, params: list[Tensor], states: list[F.State]) -> bool:
+        """Whether ``params`` are this layout's and every entry of their ``state[p]`` is still the view.
+
+        False after ``load_state_dict`` or a move of ``optimizer.state`` (Lightning's ``optimizer_to``):
+        the buffers are then rebuilt from ``state[p]``.
+        """
+        if len(params) != len(self.params) or any(p is not q for p, q in zip(params, self.params)):
+            return False
+        keys = F.STATE_KEYS
+        return all(s[key] is v for s, views in zip(states, self.views) for key, v in zip(keys, views))
 
 
 def _kernel_tensors_ok(tensors: list[Tensor | None], device: torch.device) -> bool:
@@ -322,65 +330,71 @@ def _kernel_tensors_ok(tensors: list[Tensor | None], device: torch.device) -> bo
 
 
 class FusedFTPEngine:
-    """Runs FTP steps on a :class:`FusedLayout` (built lazily, rebuilt when the state changes hands)."""
+    """Runs FTP steps on a :class:`FusedLayout`: a cache of ``state[p]`` built lazily and rebuilt when stale.
+
+    Its interface is :meth:`step` (the groups of :class:`~lightning_reuse.optim._ftp_functional.ProjectedGroup`
+    and the base optimizer's ``step``) and :meth:`invalidate`.
+    """
 
     def __init__(self) -> None:
         self.layout: FusedLayout | None = None
 
     def invalidate(self) -> None:
-        """Forget the buffers: the next step rebuilds them from ``ftp_state`` (after a state was replaced)."""
+        """Forget the buffers: the next step rebuilds them from ``state[p]`` (after the state was replaced)."""
         self.layout = None
 
-    def _build(self, ftp: Any) -> FusedLayout | None:
-        params = [p for p in ftp._all_params() if p in ftp.ftp_state]
-        states = [ftp.ftp_state[p] for p in params]
-        if not params or len({p.device for p in params}) > 1 or len({s["anchor"].dtype for s in states}) > 1:
-            return None
-        self.layout = FusedLayout(params, states)
-        return self.layout
+    def step(self, groups: list[F.ProjectedGroup], base_step: Callable[[], object]) -> bool:
+        """One full FTP step (radius, ``base_step()``, projection); False, touching nothing, if it cannot.
 
-    def step(self, ftp: Any, t: int) -> bool:
-        """One full FTP step of ``ftp`` (radius, base step, projection); False if this path cannot take it.
-
-        The host work per tensor is a few attribute reads (this path is meant to be launch-bound at worst):
-        the full checks run only when a data pointer changes.
+        It cannot when a parameter with a gradient has no FTP state yet (its first step: the per-tensor
+        paths create the state) or when the parameters with state span several devices or state dtypes.
+        The host work per tensor is a few identity checks (this path is meant to be launch-bound at worst).
         """
+        params, states, hypers = [], [], []
+        for g in groups:
+            for p, s in zip(g.params, g.states):
+                if F.ANCHOR in s:
+                    params.append(p)
+                    states.append(s)
+                    hypers.append((g.t, g.k, g.mu))
+                elif p.grad is not None:
+                    return False
+        layout = self._layout(params, states)
+        if layout is None:
+            return False
+        grads = [p.grad for p in layout.params]
+        modes = tuple([0 if g is None else WARM for g in grads])
+        uniform = len(set(hypers)) == 1
+        if uniform and self._kernels_usable(layout, grads):
+            self._step_triton(layout, modes, hypers[0], base_step)
+        else:
+            self._step_torch(layout, grads, modes, hypers, base_step)
+        return True
+
+    def _layout(self, params: list[Tensor], states: list[F.State]) -> FusedLayout | None:
         layout = self.layout
-        if layout is None or len(ftp.ftp_state) != len(layout.params) or not layout.linked():
-            layout = self._build(ftp)
-            if layout is None:
-                return False
+        if layout is None or not layout.linked(params, states):
+            layout = self.layout = None
+            if (
+                not params
+                or len({p.device for p in params}) > 1
+                or len({s[F.ANCHOR].dtype for s in states}) > 1
+            ):
+                return None
+            layout = self.layout = FusedLayout(params, states)
         param_key = tuple([p.data_ptr() for p in layout.params])
         if param_key != layout.param_key:  # first step, or the parameters were moved or replaced
             if any(p.device != layout.device for p in layout.params):
-                layout = self._build(ftp)
-                if layout is None:
-                    return False
+                self.layout = None
+                return None
             layout.param_key = param_key
-        grads = [p.grad for p in layout.params]
-        if t > 1 and not layout.cold:
-            modes = tuple([0 if g is None else WARM for g in grads])
-        else:
-            modes = tuple(
-                0 if g is None else (WARM if t > 1 and s["direction"] is not None else COLD)
-                for g, s in zip(grads, layout.states)
-            )
-        if self._kernels_usable(layout, param_key, grads):
-            self._step_triton(ftp, layout, modes, t)
-        else:
-            self._step_torch(ftp, layout, grads, modes, t)
-        if COLD in modes:
-            for i, mode in enumerate(modes):
-                if mode == COLD:
-                    layout.states[i]["direction"] = layout.dir_views[i]
-                    layout.cold.discard(i)
-        return True
+        return layout
 
     @staticmethod
-    def _kernels_usable(layout: FusedLayout, param_key: tuple[int, ...], grads: list[Tensor | None]) -> bool:
+    def _kernels_usable(layout: FusedLayout, grads: list[Tensor | None]) -> bool:
         if not HAS_TRITON or layout.device.type != "cuda" or layout.dtype != torch.float32:
             return False
-        key = (param_key, tuple([0 if g is None else g.data_ptr() for g in grads]))
+        key = (layout.param_key or (), tuple([0 if g is None else g.data_ptr() for g in grads]))
         if key != layout.pointer_key:
             layout.pointer_key = key
             layout.kernel_ok = _kernel_tensors_ok(layout.params, layout.device) and _kernel_tensors_ok(
@@ -392,28 +406,20 @@ class FusedFTPEngine:
 
     # --- Triton ------------------------------------------------------------------------------------------
     def _step_triton(
-        self, ftp: Any, layout: FusedLayout, modes: tuple[int, ...], t: int
+        self,
+        layout: FusedLayout,
+        modes: tuple[int, ...],
+        hyper: tuple[int, float, float],
+        base_step: Callable[[], object],
     ) -> None:  # pragma: no cover
         if modes != layout.modes_key:
             layout.modes_key = modes
             layout.modes.copy_(_to_device(torch.tensor(modes, dtype=torch.int32), layout.device))
+        t, k, mu = hyper
+        if WARM in modes:
+            self._launch_hgrad(layout)
         bc1, bc2 = 1.0 - F.RADIUS_BETAS[0] ** t, 1.0 - F.RADIUS_BETAS[1] ** t
         n_tensors = len(layout.params)
-        if WARM in modes:
-            for ids, count, block, warps, _ in layout.buckets:
-                _hgrad_rows[(count,)](
-                    ids,
-                    layout.row_tensor,
-                    layout.row_local,
-                    layout.row_flat,
-                    layout.row_len,
-                    layout.modes,
-                    layout.grad_ptrs,
-                    layout.direction,
-                    layout.h_row,
-                    BLOCK=block,
-                    num_warps=warps,
-                )
         _radius_tensors[(n_tensors,)](
             layout.modes,
             layout.row_begin,
@@ -422,14 +428,44 @@ class FusedFTPEngine:
             layout.gamma,
             layout.exp_avg,
             layout.exp_avg_sq,
-            float(ftp.k),
-            float(ftp.mu),
+            float(k),
+            float(mu),
             bc1,
             bc2,
             BLOCK=_TENSOR_BLOCK,
             num_warps=4,
         )
-        ftp.base_optimizer.step()
+        base_step()
+        self._launch_project(layout)
+        _clip_tensors[(n_tensors,)](
+            layout.modes,
+            layout.row_begin,
+            layout.row_end,
+            layout.n_row,
+            layout.gamma,
+            BLOCK=_TENSOR_BLOCK,
+            num_warps=4,
+        )
+
+    @staticmethod
+    def _launch_hgrad(layout: FusedLayout) -> None:  # pragma: no cover
+        for ids, count, block, warps, _ in layout.buckets:
+            _hgrad_rows[(count,)](
+                ids,
+                layout.row_tensor,
+                layout.row_local,
+                layout.row_flat,
+                layout.row_len,
+                layout.modes,
+                layout.grad_ptrs,
+                layout.direction,
+                layout.h_row,
+                BLOCK=block,
+                num_warps=warps,
+            )
+
+    @staticmethod
+    def _launch_project(layout: FusedLayout) -> None:  # pragma: no cover
         for ids, count, block, warps, single in layout.buckets:
             _project_rows[(count,)](
                 ids,
@@ -447,47 +483,47 @@ class FusedFTPEngine:
                 SINGLE=single,
                 num_warps=warps,
             )
-        _clip_tensors[(n_tensors,)](
-            layout.modes,
-            layout.row_begin,
-            layout.row_end,
-            layout.n_row,
-            layout.gamma,
-            BLOCK=_TENSOR_BLOCK,
-            num_warps=4,
-        )
 
     # --- torch fallback ----------------------------------------------------------------------------------
     def _step_torch(
-        self, ftp: Any, layout: FusedLayout, grads: list[Tensor | None], modes: tuple[int, ...], t: int
+        self,
+        layout: FusedLayout,
+        grads: list[Tensor | None],
+        modes: tuple[int, ...],
+        hypers: list[tuple[int, float, float]],
+        base_step: Callable[[], object],
     ) -> None:
         states = layout.states
-        for s, mode in zip(states, modes):
-            if mode == COLD:
-                s["gamma"].fill_(F.GAMMA_MIN)
-                s["exp_avg"].zero_()
-                s["exp_avg_sq"].zero_()
-        warm = [i for i, mode in enumerate(modes) if mode == WARM]
-        F.ftp_radius_foreach([grads[i] for i in warm], [states[i] for i in warm], t=t, k=ftp.k, mu=ftp.mu)
-        ftp.base_optimizer.step()
+        by_hyper: dict[tuple[int, float, float], list[int]] = {}
+        for i, mode in enumerate(modes):
+            if mode == WARM:
+                by_hyper.setdefault(hypers[i], []).append(i)
+        for (t, k, mu), warm in by_hyper.items():  # one radius update per (t, k, mu): per-group values
+            F.ftp_radius_foreach([grads[i] for i in warm], [states[i] for i in warm], t=t, k=k, mu=mu)
+        base_step()
         active = [i for i, mode in enumerate(modes) if mode]
-        if not active:
-            return
-        params = [layout.params[i] for i in active]
-        anchors = [states[i]["anchor"] for i in active]
-        gammas = [states[i]["gamma"] for i in active]
-        src = [p if p.dtype == a.dtype else p.to(a.dtype) for p, a in zip(params, anchors)]
-        c = torch._foreach_sub(src, anchors)
-        n = [F._row_l1(x) for x in c]
-        torch._foreach_add_(n, F.NORM_EPS)
-        for p, a, ci, ni, g in zip(params, anchors, c, n, gammas):
-            # the radius is clipped below after the projection: min(max(g, 1e-8) / n, 1) is the same scale
-            scale = torch.clamp(torch.clamp(g, min=F.GAMMA_MIN) / ni, max=1.0)
-            if p.dtype == a.dtype:
-                p.addcmul_(ci, scale - 1.0)
-            else:
-                p.copy_(a + scale * ci)
-        torch._foreach_mul_(c, torch._foreach_reciprocal(n))
-        torch._foreach_copy_([layout.dir_views[i] for i in active], c)
-        torch._foreach_clamp_min_(gammas, F.GAMMA_MIN)
-        torch._foreach_minimum_(gammas, torch._foreach_max(n))
+        if active:
+            _project_fallback(layout, active)
+
+
+def _project_fallback(layout: FusedLayout, active: list[int]) -> None:
+    """The projection of the Triton kernels (clip after projecting) with ``_foreach`` ops on the views."""
+    states = layout.states
+    params = [layout.params[i] for i in active]
+    anchors = [states[i][F.ANCHOR] for i in active]
+    gammas = [states[i][F.GAMMA] for i in active]
+    src = [p if p.dtype == a.dtype else p.to(a.dtype) for p, a in zip(params, anchors)]
+    c = torch._foreach_sub(src, anchors)
+    n = [F._row_l1(x) for x in c]
+    torch._foreach_add_(n, F.NORM_EPS)
+    for p, a, ci, ni, g in zip(params, anchors, c, n, gammas):
+        # the radius is clipped below after the projection: min(max(g, 1e-8) / n, 1) is the same scale
+        scale = torch.clamp(torch.clamp(g, min=F.GAMMA_MIN) / ni, max=1.0)
+        if p.dtype == a.dtype:
+            p.addcmul_(ci, scale - 1.0)
+        else:
+            p.copy_(a + scale * ci)
+    torch._foreach_mul_(c, torch._foreach_reciprocal(n))
+    torch._foreach_copy_([layout.dir_views[i] for i in active], c)
+    torch._foreach_clamp_min_(gammas, F.GAMMA_MIN)
+    torch._foreach_minimum_(gammas, torch._foreach_max(n))

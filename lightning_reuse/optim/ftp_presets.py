@@ -1,12 +1,13 @@
 """FTP in the usual ``(params, lr, ...)`` optimizer form, and a one-line ``configure_optimizers`` helper.
 
 :class:`FTPAdamW` and :class:`FTPSGD` take the same arguments as ``torch.optim.AdamW`` / ``torch.optim.SGD``
-plus FTP's ``k``, ``mu``, ``exclude``, ``flat`` and ``fused``, so a LightningCLI recipe can name them by
+plus FTP's ``k``, ``mu``, ``exclude`` and ``implementation``, so a LightningCLI recipe can name them by
 class path. Name rules in ``exclude`` need parameter names: pass ``model.named_parameters()`` (LightningCLI's
 ``OptimizerCallable`` injection does, see ``docs/ftp.md``), or exclude nothing.
 
-``fused`` and ``flat`` choose FTP's implementation (see :class:`FTP`); the base optimizer's own fused kernel is
-``adamw_fused`` / ``sgd_fused`` (torch's ``fused=``). ``foreach`` goes to both.
+``implementation`` chooses FTP's path (see :class:`FTP`); the base optimizer's own kernels are chosen by
+``adamw_foreach`` / ``adamw_fused`` and ``sgd_foreach`` / ``sgd_fused`` (torch's ``foreach=`` and ``fused=``,
+a different thing).
 
 Example:
     >>> import torch
@@ -31,7 +32,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from lightning_reuse.optim.anchors import AnchorSpec, ExcludeSpec
-from lightning_reuse.optim.ftp import FTP
+from lightning_reuse.optim.ftp import FTP, Implementation
 
 __all__ = ["FTPAdamW", "FTPSGD", "configure_ftp"]
 
@@ -41,8 +42,8 @@ Params = Union[Iterable[Any], Iterable[dict[str, Any]]]
 class FTPAdamW(FTP):
     """FTP over ``torch.optim.AdamW``; arguments as AdamW's, then FTP's (see :class:`FTP`).
 
-    ``adamw_fused`` is AdamW's ``fused=`` (torch's fused AdamW kernel for the base update); ``fused`` and
-    ``flat`` are FTP's (its projection path); ``foreach`` is passed to both.
+    ``adamw_foreach`` / ``adamw_fused`` are AdamW's ``foreach=`` / ``fused=`` (torch's kernels for the base
+    update); ``implementation`` is FTP's (its projection path).
     """
 
     def __init__(
@@ -57,9 +58,8 @@ class FTPAdamW(FTP):
         k: float = 1.0,
         mu: float = 1e-2,
         exclude: str | list[str] | None = None,
-        foreach: bool | None = None,
-        flat: bool | None = None,
-        fused: bool | None = None,
+        implementation: Implementation = "auto",
+        adamw_foreach: bool | None = None,
         adamw_fused: bool | None = None,
     ) -> None:
         base = torch.optim.AdamW(
@@ -69,17 +69,17 @@ class FTPAdamW(FTP):
             eps=eps,
             weight_decay=weight_decay,
             amsgrad=amsgrad,
-            foreach=foreach,
+            foreach=adamw_foreach,
             fused=adamw_fused,
         )
-        super().__init__(base, k=k, mu=mu, exclude=exclude, foreach=foreach, flat=flat, fused=fused)
+        super().__init__(base, k=k, mu=mu, exclude=exclude, implementation=implementation)
 
 
 class FTPSGD(FTP):
     """FTP over ``torch.optim.SGD``; arguments as SGD's, then FTP's (the paper: lr 1e-2, Nesterov 0.9).
 
-    ``sgd_fused`` is SGD's ``fused=`` (torch's fused kernel for the base update); ``fused`` and ``flat`` are
-    FTP's (its projection path); ``foreach`` is passed to both.
+    ``sgd_foreach`` / ``sgd_fused`` are SGD's ``foreach=`` / ``fused=`` (torch's kernels for the base
+    update); ``implementation`` is FTP's (its projection path).
     """
 
     def __init__(
@@ -94,9 +94,8 @@ class FTPSGD(FTP):
         k: float = 1.0,
         mu: float = 1e-2,
         exclude: str | list[str] | None = None,
-        foreach: bool | None = None,
-        flat: bool | None = None,
-        fused: bool | None = None,
+        implementation: Implementation = "auto",
+        sgd_foreach: bool | None = None,
         sgd_fused: bool | None = None,
     ) -> None:
         base = torch.optim.SGD(
@@ -106,10 +105,10 @@ class FTPSGD(FTP):
             dampening=dampening,
             weight_decay=weight_decay,
             nesterov=nesterov,
-            foreach=foreach,
+            foreach=sgd_foreach,
             fused=sgd_fused,
         )
-        super().__init__(base, k=k, mu=mu, exclude=exclude, foreach=foreach, flat=flat, fused=fused)
+        super().__init__(base, k=k, mu=mu, exclude=exclude, implementation=implementation)
 
 
 def configure_ftp(
@@ -120,6 +119,7 @@ def configure_ftp(
     k: float = 1.0,
     mu: float = 1e-2,
     anchors: AnchorSpec = None,
+    implementation: Implementation = "auto",
     **optimizer_kwargs: Any,
 ) -> FTP:
     """Build ``optimizer(trainable params of model, **optimizer_kwargs)`` wrapped in FTP, the head excluded.
@@ -127,6 +127,8 @@ def configure_ftp(
     For ``LightningModule.configure_optimizers``: ``return configure_ftp(self, torch.optim.SGD, lr=1e-2)``.
     ``exclude`` defaults to the module named ``head``; pass the name of yours (e.g. ``"classifier"``,
     ``"fc"``) or ``None``. Frozen parameters (``requires_grad=False``) are left out of the optimizer.
+    ``implementation`` is FTP's path (see :class:`FTP`); ``optimizer_kwargs`` go to the base optimizer
+    (there ``foreach=`` / ``fused=`` are torch's kernels for the base update).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -135,4 +137,4 @@ def configure_ftp(
             "should be fine-tuned before calling `configure_ftp`."
         )
     base = optimizer(params, **optimizer_kwargs)
-    return FTP(base, k=k, mu=mu, exclude=exclude, anchors=anchors, model=model)
+    return FTP(base, k=k, mu=mu, exclude=exclude, anchors=anchors, model=model, implementation=implementation)

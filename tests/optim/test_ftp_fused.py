@@ -11,7 +11,7 @@ from torch import nn
 from lightning_reuse.optim import FTP
 from lightning_reuse.optim._ftp_fused import HAS_TRITON
 from tests.optim.ftp_reference import ReferenceFTP
-from tests.optim.test_ftp import batches, make_base, make_net, projected_params, train_step
+from tests.optim.test_ftp import batches, ftp_state, make_base, make_net, projected_params, train_step
 
 CUDA_TRITON = torch.cuda.is_available() and HAS_TRITON
 needs_cuda_triton = pytest.mark.skipif(
@@ -22,7 +22,7 @@ needs_cuda_triton = pytest.mark.skipif(
 @pytest.mark.parametrize(("base", "k"), [("sgd", 0.3), ("adam", 0.0), ("adamw", 1.0)])
 def test_fused_fallback_matches_literal_reference_float64(base: str, k: float) -> None:
     ours, ref = make_net(), make_net()
-    opt = FTP(make_base(base, ours.named_parameters()), k=k, exclude="head", fused=True)
+    opt = FTP(make_base(base, ours.named_parameters()), k=k, exclude="head", implementation="fused")
     ref_opt = ReferenceFTP(make_base(base, ref.parameters()), projected_params(ref), k=k)
     data = batches(10)
     for step in range(200):
@@ -37,22 +37,22 @@ def test_fused_fallback_matches_literal_reference_float64(base: str, k: float) -
 @pytest.mark.parametrize("base", ["sgd", "adamw"])
 def test_fused_fallback_matches_single_fp32_and_state_lives_in_flat_buffers(base: str) -> None:
     a, b = make_net(torch.float32), make_net(torch.float32)
-    opt_a = FTP(make_base(base, a.named_parameters()), k=0.3, exclude="head", foreach=False)
-    opt_b = FTP(make_base(base, b.named_parameters()), k=0.3, exclude="head", fused=True)
+    opt_a = FTP(make_base(base, a.named_parameters()), k=0.3, exclude="head", implementation="single")
+    opt_b = FTP(make_base(base, b.named_parameters()), k=0.3, exclude="head", implementation="fused")
     for batch in batches(100, torch.float32):
         train_step(a, opt_a, batch)
         train_step(b, opt_b, batch)
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.allclose(p, q, rtol=0, atol=1e-6)
     for p, q in zip(projected_params(a), projected_params(b)):
-        sa, sb = opt_a.ftp_state[p], opt_b.ftp_state[q]
+        sa, sb = ftp_state(opt_a, p), ftp_state(opt_b, q)
         for key in ("anchor", "direction", "gamma", "exp_avg", "exp_avg_sq"):
             assert torch.allclose(sa[key], sb[key], rtol=1e-5, atol=1e-6), key
     layout = opt_b._fused_engine.layout
     assert layout is not None
     buffers = (layout.anchor, layout.direction, layout.gamma)
     for q in projected_params(b):  # views into the flat buffers, not copies
-        s = opt_b.ftp_state[q]
+        s = ftp_state(opt_b, q)
         assert any(
             s["anchor"].untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for t in buffers
         )
@@ -62,11 +62,15 @@ def test_fused_fallback_matches_single_fp32_and_state_lives_in_flat_buffers(base
 def test_fused_resume_rebuilds_buffers_and_is_bit_identical() -> None:
     data = batches(30, torch.float32)
     ref = make_net(torch.float32)
-    ref_opt = FTP(torch.optim.AdamW(ref.named_parameters(), lr=1e-2), exclude="head", k=0.3, fused=True)
+    ref_opt = FTP(
+        torch.optim.AdamW(ref.named_parameters(), lr=1e-2), exclude="head", k=0.3, implementation="fused"
+    )
     for batch in data:
         train_step(ref, ref_opt, batch)
     model = make_net(torch.float32)
-    opt = FTP(torch.optim.AdamW(model.named_parameters(), lr=1e-2), exclude="head", k=0.3, fused=True)
+    opt = FTP(
+        torch.optim.AdamW(model.named_parameters(), lr=1e-2), exclude="head", k=0.3, implementation="fused"
+    )
     for batch in data[:12]:
         train_step(model, opt, batch)
     buf = io.BytesIO()
@@ -75,7 +79,9 @@ def test_fused_resume_rebuilds_buffers_and_is_bit_identical() -> None:
     ckpt = torch.load(buf, map_location="cpu")
     resumed = make_net(torch.float32, seed=123)
     resumed.load_state_dict(ckpt["model"])
-    opt2 = FTP(torch.optim.AdamW(resumed.named_parameters(), lr=1e-2), exclude="head", k=0.3, fused=True)
+    opt2 = FTP(
+        torch.optim.AdamW(resumed.named_parameters(), lr=1e-2), exclude="head", k=0.3, implementation="fused"
+    )
     for batch in data[12:14]:  # build buffers first, so loading must replace linked state
         train_step(resumed, opt2, batch)
     resumed.load_state_dict(ckpt["model"])
@@ -93,37 +99,37 @@ def test_fused_parameter_without_grad_is_untouched() -> None:
     torch.manual_seed(0)
     x, y = nn.Parameter(torch.randn(3, 4)), nn.Parameter(torch.randn(5))
     y2 = nn.Parameter(y.detach().clone())
-    opt = FTP(torch.optim.Adam([x, y], lr=0.05), fused=True)
-    opt_y = FTP(torch.optim.Adam([y2], lr=0.05), foreach=False)
+    opt = FTP(torch.optim.Adam([x, y], lr=0.05), implementation="fused")
+    opt_y = FTP(torch.optim.Adam([y2], lr=0.05), implementation="single")
     for step in range(20):
         skip_x = step % 4 == 2 or step == 0  # also: x gets its first gradient at step 2
         opt.zero_grad()
         opt_y.zero_grad()
         ((y - 1).pow(2).sum() + (0 if skip_x else (x + 1).pow(2).sum())).backward()
         (y2 - 1).pow(2).sum().backward()
-        before = {k: None if v is None else v.clone() for k, v in opt.ftp_state[x].items()}
+        before = {k: None if v is None else v.clone() for k, v in ftp_state(opt, x).items()}
         x_before = x.detach().clone()
         opt.step()
         opt_y.step()
         assert torch.allclose(y, y2, rtol=0, atol=1e-6), step
         if skip_x:
             assert torch.equal(x, x_before)
-            for key, v in opt.ftp_state[x].items():
+            for key, v in ftp_state(opt, x).items():
                 assert (v is None and before[key] is None) or torch.equal(v, before[key]), key
-    assert (x - opt.ftp_state[x]["anchor"]).abs().sum() > 0  # x did move once it had gradients
+    assert (x - ftp_state(opt, x)["anchor"]).abs().sum() > 0  # x did move once it had gradients
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_fused_fallback_low_precision_parameters(dtype: torch.dtype) -> None:
     a, b = make_net(dtype), make_net(dtype)
-    opt_a = FTP(torch.optim.SGD(a.named_parameters(), lr=0.1), exclude="head", foreach=False)
-    opt_b = FTP(torch.optim.SGD(b.named_parameters(), lr=0.1), exclude="head", fused=True)
+    opt_a = FTP(torch.optim.SGD(a.named_parameters(), lr=0.1), exclude="head", implementation="single")
+    opt_b = FTP(torch.optim.SGD(b.named_parameters(), lr=0.1), exclude="head", implementation="fused")
     for batch in batches(5, dtype):
         train_step(a, opt_a, batch)
         train_step(b, opt_b, batch)
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.allclose(p.float(), q.float(), rtol=0, atol=1e-2 if dtype == torch.bfloat16 else 1e-6)
-    assert opt_b.ftp_state[b.lin.weight]["anchor"].dtype == torch.float32
+    assert ftp_state(opt_b, b.lin.weight)["anchor"].dtype == torch.float32
 
 
 # --- CUDA: the Triton kernels --------------------------------------------------------------------------------
@@ -154,8 +160,10 @@ def test_triton_kernels_match_single_path_fp32(k: float) -> None:
     a = Mixed().cuda()
     b = Mixed().cuda()
     b.load_state_dict(a.state_dict())
-    opt_a = FTP(torch.optim.AdamW(a.named_parameters(), lr=1e-2), k=k, exclude="head", foreach=False)
-    opt_b = FTP(torch.optim.AdamW(b.named_parameters(), lr=1e-2), k=k, exclude="head", fused=True)
+    opt_a = FTP(
+        torch.optim.AdamW(a.named_parameters(), lr=1e-2), k=k, exclude="head", implementation="single"
+    )
+    opt_b = FTP(torch.optim.AdamW(b.named_parameters(), lr=1e-2), k=k, exclude="head", implementation="fused")
     g = torch.Generator(device="cuda").manual_seed(1)
     for step in range(60):
         x = torch.randn(40, 9, device="cuda", generator=g)
@@ -170,19 +178,19 @@ def test_triton_kernels_match_single_path_fp32(k: float) -> None:
     layout = opt_b._fused_engine.layout
     assert layout is not None and layout.kernel_ok
     for p, q in zip(projected_params(a), projected_params(b)):
-        ga, gb = opt_a.ftp_state[p]["gamma"], opt_b.ftp_state[q]["gamma"]
+        ga, gb = ftp_state(opt_a, p)["gamma"], ftp_state(opt_b, q)["gamma"]
         assert torch.allclose(ga, gb, rtol=1e-5, atol=1e-8)
 
 
 def test_fused_is_off_by_default_on_cpu_and_can_be_forced() -> None:
     model = make_net(torch.float32)
     assert not FTP(torch.optim.SGD(model.parameters(), lr=0.1))._fused_wanted()
-    assert FTP(torch.optim.SGD(model.parameters(), lr=0.1), fused=True)._fused_wanted()
+    assert FTP(torch.optim.SGD(model.parameters(), lr=0.1), implementation="fused")._fused_wanted()
 
 
 @needs_cuda_triton
 def test_fused_is_the_cuda_default_for_fp32_and_not_for_bf16() -> None:
     model = Mixed().cuda()
     assert FTP(torch.optim.AdamW(model.parameters(), lr=1e-3))._fused_wanted()
-    assert not FTP(torch.optim.AdamW(model.parameters(), lr=1e-3), flat=True)._fused_wanted()
+    assert not FTP(torch.optim.AdamW(model.parameters(), lr=1e-3), implementation="flat")._fused_wanted()
     assert not FTP(torch.optim.AdamW(model.to(torch.bfloat16).parameters(), lr=1e-3))._fused_wanted()

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reuse.optim import FTP, FTPSGD, FTPAdamW, configure_ftp
+from tests.optim.test_ftp import ftp_state
 
 
 def tiny_net(seed: int) -> nn.Sequential:
@@ -73,7 +74,7 @@ def test_resume_from_model_checkpoint_is_bit_identical(tmp_path: Path, map_locat
     ckpt_path = tmp_path / "ckpt" / "last.ckpt"
     if map_location_cpu:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        assert ckpt["optimizer_states"][0]["ftp"]["step"] == 8
+        assert ckpt["optimizer_states"][0]["param_groups"][0]["ftp_step"] == 8
         ckpt_path = tmp_path / "cpu.ckpt"
         torch.save(ckpt, ckpt_path)
 
@@ -81,11 +82,11 @@ def test_resume_from_model_checkpoint_is_bit_identical(tmp_path: Path, map_locat
     t = trainer(tmp_path / "resumed", 5)
     t.fit(resumed, loader(), ckpt_path=str(ckpt_path))
     opt = t.optimizers[0]
-    assert isinstance(opt, FTP) and opt.ftp_step == 20
+    assert isinstance(opt, FTP) and opt.param_groups[0]["ftp_step"] == 20
     assert opt.param_groups[0]["lr"] == pytest.approx(0.2 * 0.7 ** (20 // 3))  # the scheduler resumed too
     for p, q in zip(full.parameters(), resumed.parameters()):
         assert torch.equal(p, q)
-    anchor = opt.ftp_state[resumed.net.body[0].weight]["anchor"]
+    anchor = ftp_state(opt, resumed.net.body[0].weight)["anchor"]
     assert torch.equal(anchor, tiny_net(0).body[0].weight)  # the original anchor, not the resumed init
 
 
@@ -172,7 +173,8 @@ def test_lightning_cli_yaml_builds_ftp_adamw_with_head_excluded(tmp_path: Path, 
     )
     cli = LightningCLI(CLIModule, args=["fit", "--config", str(config)], save_config_callback=None)
     opt = cli.trainer.optimizers[0]
-    assert isinstance(opt, FTPAdamW) and opt.k == 0.5 and opt.ftp_step == 2
+    group = opt.param_groups[0]
+    assert isinstance(opt, FTPAdamW) and group["ftp_k"] == 0.5 and group["ftp_step"] == 2
     net = cli.model.net
     assert opt.is_projected(net.body.weight) and not opt.is_projected(net.head.weight)
 
@@ -185,19 +187,27 @@ def test_presets_validate_like_torch() -> None:
     assert opt.base_optimizer.defaults["nesterov"] and not opt.is_projected(net.head.bias)
 
 
-def test_presets_route_fused_and_flat_to_ftp_and_the_base_kernel_separately() -> None:
+def test_presets_route_implementation_to_ftp_and_the_base_kernel_separately() -> None:
     net = tiny_net(0)
-    opt = FTPAdamW(net.named_parameters(), lr=1e-3, exclude="head", fused=True, flat=False)
-    assert opt.fused is True and opt.flat is False and opt._fused_wanted()
+    opt = FTPAdamW(net.named_parameters(), lr=1e-3, exclude="head", implementation="fused")
+    assert opt.implementation == "fused" and opt._fused_wanted()
     assert not opt.base_optimizer.defaults["fused"]  # torch's fused AdamW kernel untouched (CPU here)
-    opt = FTPAdamW(net.named_parameters(), lr=1e-3, exclude="head", fused=False, adamw_fused=True)
-    assert opt.fused is False and not opt._fused_wanted() and opt.base_optimizer.defaults["fused"]
-    opt = FTPSGD(net.named_parameters(), lr=0.1, exclude="head", fused=True, flat=True, sgd_fused=True)
-    assert opt.fused is True and opt.flat is True and opt.base_optimizer.defaults["fused"]
+    opt = FTPAdamW(
+        net.named_parameters(), lr=1e-3, exclude="head", implementation="foreach", adamw_fused=True
+    )
+    assert (
+        opt.implementation == "foreach" and not opt._fused_wanted() and opt.base_optimizer.defaults["fused"]
+    )
+    opt = FTPSGD(net.named_parameters(), lr=0.1, exclude="head", implementation="fused", sgd_fused=True)
+    assert opt.implementation == "fused" and opt.base_optimizer.defaults["fused"]
     loss = net(torch.randn(4, 6)).sum()
     loss.backward()
+    opt.step()  # a first step creates FTP's state (per-tensor path)
+    assert opt.param_groups[0]["ftp_step"] == 1
+    opt.zero_grad()
+    net(torch.randn(4, 6)).sum().backward()
     opt.step()  # the FTP fused fallback over torch's fused SGD step runs on CPU
-    assert opt.ftp_step == 1
+    assert opt._fused_engine.layout is not None
 
 
 # --- AMP ----------------------------------------------------------------------------------------------
@@ -207,12 +217,12 @@ def test_bf16_autocast_fit_keeps_fp32_state_and_invariant(tmp_path: Path) -> Non
     t.fit(model, loader())
     opt = t.optimizers[0]
     for p in model.net.body.parameters():
-        s = opt.ftp_state[p]
+        s = ftp_state(opt, p)
         assert s["anchor"].dtype == torch.float32 and s["gamma"].dtype == torch.float32
         dist = (p.detach() - s["anchor"]).abs().reshape(p.shape[0], -1).sum(1) if p.dim() > 1 else None
         if dist is not None:
             assert (dist <= s["gamma"] + 1e-5).all()
-    assert opt.ftp_step == 8
+    assert opt.param_groups[0]["ftp_step"] == 8
 
 
 def test_fp16_gradscaler_skipped_steps_advance_nothing() -> None:
@@ -224,10 +234,8 @@ def test_fp16_gradscaler_skipped_steps_advance_nothing() -> None:
     done = skipped = 0
     for _ in range(8):
         before_params = [p.detach().clone() for p in net.parameters()]
-        before_state = {
-            p: {k: v.clone() for k, v in s.items() if v is not None} for p, s in opt.ftp_state.items()
-        }
-        step_before = opt.ftp_step
+        before_state = {p: {k: v.clone() for k, v in ftp_state(opt, p).items()} for p in opt.state}
+        step_before = opt.param_groups[0]["ftp_step"]
         opt.zero_grad()
         with torch.autocast("cpu", dtype=torch.float16):
             loss = nn.functional.cross_entropy(net(x), y)
@@ -237,13 +245,14 @@ def test_fp16_gradscaler_skipped_steps_advance_nothing() -> None:
         scaler.update()
         if scaler.get_scale() < scale:  # this step found inf/nan and was skipped
             skipped += 1
-            assert opt.ftp_step == step_before
+            assert opt.param_groups[0]["ftp_step"] == step_before
             assert all(torch.equal(a, b) for a, b in zip(before_params, net.parameters()))
-            for p, s in opt.ftp_state.items():
+            for p in opt.state:
+                s = ftp_state(opt, p)
                 assert all(torch.equal(before_state[p][k], s[k]) for k in before_state[p])
         else:
             done += 1
-            assert opt.ftp_step == step_before + 1
+            assert opt.param_groups[0]["ftp_step"] == step_before + 1
     assert skipped >= 1 and done >= 1
 
 
