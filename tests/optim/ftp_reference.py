@@ -21,12 +21,21 @@ def mars_norm(c: Tensor) -> Tensor:
 
 
 class ReferenceFTP:
-    """FTP with per-parameter Python state; ``projected`` lists the non-excluded parameters."""
+    """FTP with per-parameter Python state; ``projected`` lists the non-excluded parameters.
+
+    ``k_of`` optionally gives some parameters (by ``id``) their own ``k`` (a param group's ``ftp_k``).
+    """
 
     def __init__(
-        self, base: torch.optim.Optimizer, projected: list[Tensor], k: float = 1.0, mu: float = 1e-2
+        self,
+        base: torch.optim.Optimizer,
+        projected: list[Tensor],
+        k: float = 1.0,
+        mu: float = 1e-2,
+        k_of: dict[int, float] | None = None,
     ):
         self.base, self.k, self.mu = base, k, mu
+        self.k_of = k_of or {}
         self.projected = projected
         self.anchor = {id(p): p.detach().clone() for p in projected}
         self.prev: dict[int, dict] = {}
@@ -55,7 +64,7 @@ class ReferenceFTP:
             else:
                 h = float(torch.sum(grads[id(p)] * prev["c"] * (1.0 / prev["n"])))
                 if h > 0:
-                    h = self.k * h
+                    h = self.k_of.get(id(p), self.k) * h
                 m = 0.9 * prev["m"] + 0.1 * h
                 v = 0.999 * prev["v"] + 0.001 * h**2
                 m_hat = m / (1 - 0.9**t)
