@@ -39,6 +39,7 @@ import random
 import warnings
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,13 +49,19 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 from typing_extensions import override
 
 from lightning_reuse._warnings import LightningReuseWarning
 from lightning_reuse.callbacks._windows import measurement_window
-from lightning_reuse.functional.ntk_scores import ScreeningScores, ScreeningThresholds, screen_reprogramming
+from lightning_reuse.functional.ntk_config import ScreeningConfig, ScreeningThresholds, resolve_config
+from lightning_reuse.functional.ntk_scores import ScreeningScores, screen_reprogramming
+from lightning_reuse.nn.batch import split_batch
 
 OnFail = Literal["warn", "stop"]
+_OPTION_DEFAULTS: dict[str, Any] = {  # the screening options NTKScreening takes as keywords
+    f.name: f.default for f in fields(ScreeningConfig) if f.default is not MISSING
+}
 
 
 class NTKScreeningWarning(LightningReuseWarning):
@@ -153,6 +160,10 @@ class NTKScreening(Callback):
     and stops the fit (``"stop"``; the fit ends before the first step unless
     ``min_epochs``/``min_steps`` forbid it).
 
+    The screening options are those of :class:`~lightning_reuse.functional.ScreeningConfig`, declared and
+    validated there once: pass them as keywords (as below) or as one ``config=ScreeningConfig(...)``, not
+    both. The callback checks only its own options (``on_fail``, ``max_pool``).
+
     Args:
         num_samples: Size of the stratified subset (the spec's default 512).
         on_fail: ``"warn"`` or ``"stop"``.
@@ -166,59 +177,64 @@ class NTKScreening(Callback):
         num_permutations: Label permutations of ``rho``.
         eps: Ridge of ``rho`` (times ``lam_bar``).
         tau: Time of ``E(tau)`` (units of ``1/lam_bar``).
-        thresholds: Decision thresholds (default :class:`ScreeningThresholds`).
+        thresholds: Decision thresholds (default :class:`~lightning_reuse.ScreeningThresholds`).
         seed: Seed of the subset, the sketch and the permutations.
         max_pool: Samples read from the train loader before subsampling (default ``4 * num_samples``).
         plot: Save ``ntk_spectrum.png`` (in the trainer's log dir) and send it to image-capable loggers.
         progress_bar: Show a progress bar (only when the trainer shows one).
+        max_exact_entries: Largest exact feature matrix kept by ``sketch="auto"``.
+        max_exact: Exact spectrum up to this size (Gram matrix of the features), else randomized top-k.
+        config: Every screening option at once, instead of the keywords above.
     """
 
     def __init__(
         self,
-        num_samples: int = 512,
+        num_samples: int = ScreeningConfig.num_samples,
         on_fail: OnFail = "warn",
-        label_mapping: Literal["flm", "model"] = "flm",
-        pseudo: bool = False,
-        sketch: Literal["auto", "none", "gaussian", "countsketch"] = "auto",
-        sketch_dim: int = 4096,
-        batch_size: int = 128,
-        top_k: int = 64,
-        num_permutations: int = 8,
-        eps: float = 1e-2,
-        tau: float = 100.0,
+        label_mapping: Literal["flm", "model"] = ScreeningConfig.label_mapping,
+        pseudo: bool = ScreeningConfig.pseudo,
+        sketch: Literal["auto", "none", "gaussian", "countsketch"] = ScreeningConfig.sketch,
+        sketch_dim: int = ScreeningConfig.sketch_dim,
+        batch_size: int = ScreeningConfig.batch_size,
+        top_k: int = ScreeningConfig.top_k,
+        num_permutations: int = ScreeningConfig.num_permutations,
+        eps: float = ScreeningConfig.eps,
+        tau: float = ScreeningConfig.tau,
         thresholds: ScreeningThresholds | None = None,
-        seed: int = 0,
+        seed: int = ScreeningConfig.seed,
         max_pool: int | None = None,
         plot: bool = True,
         progress_bar: bool = True,
+        max_exact_entries: int = ScreeningConfig.max_exact_entries,
+        max_exact: int = ScreeningConfig.max_exact,
+        config: ScreeningConfig | None = None,
     ) -> None:
-        for name, value, allowed in (
-            ("on_fail", on_fail, ("warn", "stop")),
-            ("label_mapping", label_mapping, ("flm", "model")),
-            ("sketch", sketch, ("auto", "none", "gaussian", "countsketch")),
+        options = {k: v for k, v in locals().items() if k in _OPTION_DEFAULTS and v != _OPTION_DEFAULTS[k]}
+        if thresholds is not None:
+            options["thresholds"] = thresholds
+        self.config = resolve_config(config, options, "NTKScreening")
+        if on_fail not in ("warn", "stop"):
+            raise ValueError(
+                f"`on_fail` must be one of ('warn', 'stop'), got {on_fail!r}. HINT: pass on_fail='warn' to "
+                "train anyway or 'stop' to end the fit before its first step."
+            )
+        if max_pool is not None and (
+            isinstance(max_pool, bool) or not isinstance(max_pool, int) or max_pool < 1
         ):
-            if value not in allowed:
-                raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}.")
-        for name, value in (
-            ("num_samples", num_samples),
-            ("sketch_dim", sketch_dim),
-            ("batch_size", batch_size),
-            ("top_k", top_k),
-            ("num_permutations", num_permutations),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be an int >= 1, got {value!r}.")
-        if eps <= 0 or tau <= 0:
-            raise ValueError(f"`eps` and `tau` must be > 0, got eps={eps}, tau={tau}.")
-        self.num_samples, self.on_fail, self.label_mapping = num_samples, on_fail, label_mapping
-        self.pseudo, self.sketch, self.sketch_dim, self.batch_size = pseudo, sketch, sketch_dim, batch_size
-        self.top_k, self.num_permutations, self.eps, self.tau = top_k, num_permutations, eps, tau
-        self.thresholds = thresholds or ScreeningThresholds()
-        self.seed, self.plot, self.progress_bar = seed, plot, progress_bar
-        self.max_pool = max_pool or 4 * num_samples
+            raise ValueError(
+                f"`max_pool` must be an int >= 1 or None, got {max_pool!r}. "
+                "HINT: leave it out to read 4 x num_samples samples."
+            )
+        self.on_fail, self.plot, self.progress_bar = on_fail, plot, progress_bar
+        self.max_pool = max_pool or 4 * self.config.num_samples
         self.scores: ScreeningScores | None = None
         self.energy: Any = None
         self.plot_path: Path | None = None
+
+    @property
+    def thresholds(self) -> ScreeningThresholds:
+        """The decision thresholds (``config.thresholds``)."""
+        return self.config.thresholds
 
     # ------------------------------------------------------------------ hooks
     @override
@@ -255,46 +271,24 @@ class NTKScreening(Callback):
         # DataLoader's `generator`, its sampler's) here, and the fit's own iterator is not read from.
         with _generators_untouched(loader), closing(_fresh_batches(loader)) as batches:
             for batch in batches:
-                if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-                    raise TypeError(
-                        f"NTKScreening expects training batches `(x, y, ...)`, got {type(batch).__name__}. "
-                        "HINT: return (inputs, labels) tuples from the training dataset."
-                    )
-                xs.append(batch[0])
-                ys.append(batch[1])
-                count += len(batch[1])
+                x, y = split_batch(batch, require_targets=True, who="NTKScreening")
+                xs.append(x)
+                ys.append(y)
+                count += len(y)
                 if count >= self.max_pool:
                     break
         return torch.cat(xs).to(device), torch.cat(ys).to(device).long()
 
     def _screen(self, trainer: pl.Trainer, model: nn.Module, device: torch.device) -> dict[str, Any]:
         x, y = self._collect(trainer, device)
-        n = min(self.num_samples, len(y))
+        n = min(self.config.num_samples, len(y))  # the subset keeps every sample when the pool is smaller
         show = self.progress_bar and trainer.progress_bar_callback is not None
         bar = None
         if show:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=n, desc="NTK screening", unit="sample", leave=False)
         try:
-            scores = screen_reprogramming(
-                model,
-                x,
-                y,
-                num_samples=n,
-                label_mapping=self.label_mapping,
-                pseudo=self.pseudo,
-                sketch=self.sketch,
-                sketch_dim=self.sketch_dim,
-                batch_size=self.batch_size,
-                top_k=self.top_k,
-                num_permutations=self.num_permutations,
-                eps=self.eps,
-                tau=self.tau,
-                seed=self.seed,
-                thresholds=self.thresholds,
-                progress=None if bar is None else (lambda done: bar.update(done - bar.n)),
-            )
+            progress = None if bar is None else (lambda done: bar.update(done - bar.n))
+            scores = screen_reprogramming(model, x, y, config=self.config, progress=progress)
         finally:
             if bar is not None:
                 bar.close()

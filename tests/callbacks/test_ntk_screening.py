@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_reuse.callbacks.ntk_screening import NTKScreening, NTKScreeningWarning
+from lightning_reuse.functional import ScreeningConfig
 from lightning_reuse.functional.ntk_scores import ScreeningThresholds
 from lightning_reuse.nn.label_mapping import FrequencyLabelMapping
 from lightning_reuse.nn.prompts import PaddingPrompt
@@ -303,3 +304,48 @@ torch.save({"step": trainer.global_step, "scores": screening.scores.as_dict()}, 
     r1 = torch.load(result.workdir / "rank1.pt")
     assert r0["scores"] == r1["scores"] and r0["scores"]["decision"] == "FAIL"
     assert r0["step"] == r1["step"] == 0
+
+
+def test_keywords_and_config_give_identical_scores(tmp_path: Path) -> None:
+    same = {"num_samples": 30, "top_k": 8, "num_permutations": 4, "seed": 3, "thresholds": PASS_ALL}
+    by_keywords = NTKScreening(plot=False, **same)
+    by_config = NTKScreening(plot=False, config=ScreeningConfig(**same))
+    assert by_keywords.config == by_config.config
+    for screening in (by_keywords, by_config):
+        trainer(tmp_path, [screening], max_steps=1).fit(Reprog(), loader())
+    assert by_keywords.scores == by_config.scores and by_keywords.scores.n == 30
+
+
+def test_keywords_mirror_the_config_fields_and_defaults() -> None:
+    import dataclasses
+    import inspect
+
+    params = inspect.signature(NTKScreening).parameters
+    for f in dataclasses.fields(ScreeningConfig):
+        assert f.name in params, f"NTKScreening lacks the screening option {f.name!r}"
+        if f.name != "thresholds":  # None there: the config's default rule
+            assert params[f.name].default == f.default, f.name
+    assert NTKScreening().config == ScreeningConfig()
+
+
+def test_config_with_keywords_and_invalid_options_are_refused() -> None:
+    with pytest.raises(
+        ValueError, match=r"NTKScreening got both `config=` and the options \['num_samples'\]"
+    ):
+        NTKScreening(num_samples=30, config=ScreeningConfig())
+    with pytest.raises(ValueError, match=r"`sketch` must be one of .*got 'fft'\. HINT:"):
+        NTKScreening(sketch="fft")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`on_fail` must be one of .*HINT:"):
+        NTKScreening(on_fail="explode", config=ScreeningConfig())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`max_pool` must be an int >= 1 or None, got 0\. HINT:"):
+        NTKScreening(max_pool=0)
+
+
+def test_unlabeled_training_batches_are_refused_with_a_fix(tmp_path: Path) -> None:
+    class Unlabeled(Reprog):
+        def training_step(self, batch, _):
+            return self.model(batch[0]).sum()
+
+    data = DataLoader(TensorDataset(torch.rand(20, 1, 6, 6)), batch_size=10)
+    with pytest.raises(ValueError, match=r"NTKScreening needs labelled batches.*HINT:"):
+        trainer(tmp_path, [NTKScreening(num_samples=10, plot=False)]).fit(Unlabeled(), data)

@@ -331,3 +331,40 @@ torch.save({"dist": dist.result.score, "per_class": dist.result.per_class, "n": 
     assert list(r0["per_class"].values()) == pytest.approx(per_class.tolist(), abs=1e-12)
     assert r0["n"] == {"original": 250, "shifted": 250}
     assert r0["task"] == pytest.approx(float(resque_task(features_of(model, x), y % 3)), abs=1e-12)
+
+
+def test_options_are_one_config_validated_at_construction() -> None:
+    from lightning_reuse.functional import RESQUEConfig
+
+    x, y = digits(64)
+    check = RESQUECheck(digits_loader(x, y), layer="net.block2", num_classes=10, pooling="flatten")
+    assert check.config == RESQUEConfig("net.block2", "task", 10, "flatten")
+    assert check.mode == "task"
+    with pytest.raises(ValueError, match=r"`pooling` must be one of .*got 'max'\. HINT:"):
+        RESQUECheck(digits_loader(x, y), layer="net.block2", pooling="max")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`mode='dist'` compares two datasets.*HINT:"):
+        RESQUECheck(digits_loader(x, y), layer="net.block2", mode="dist", num_classes=10)
+    with pytest.raises(ValueError, match=r"`warn_above` must be a number or None, got 'high'\. HINT:"):
+        RESQUECheck(digits_loader(x, y), layer="net.block2", warn_above="high")  # type: ignore[arg-type]
+
+
+def test_flatten_pooling_reaches_the_pass(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    x, y = digits(120)
+    model = Classifier()
+    check = RESQUECheck(digits_loader(x, y), layer="net.block2", pooling="flatten", progress_bar=False)
+    result = check.run(trainer_for(tmp_path, []), model)
+    with torch.no_grad(), capture_output(model, "net.block2") as store:
+        model.eval()(x)
+    expected = resque_task(pool_features(store["output"], "flatten"), y)
+    assert result.score == pytest.approx(float(expected), abs=1e-12)
+
+
+def test_default_batch_fn_is_the_package_batch_reader() -> None:
+    from lightning_reuse.callbacks.resque_check import default_batch_fn
+
+    x, y = torch.zeros(4, 1, 8, 8), torch.arange(4)
+    assert default_batch_fn((x, y))[1] is y and default_batch_fn(x)[1] is None
+    assert default_batch_fn({"input": x, "label": y})[0] is x
+    with pytest.raises(TypeError, match=r"RESQUECheck \(or pass `batch_fn=`.*HINT:"):
+        default_batch_fn(3)

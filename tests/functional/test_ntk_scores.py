@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_reuse.functional import ScreeningConfig
 from lightning_reuse.functional.ntk import features_to_kernel, prompt_jacobian
 from lightning_reuse.functional.ntk_scores import (
     ScreeningThresholds,
@@ -255,3 +256,82 @@ def test_auto_sketch_keeps_exact_rows_when_sketching_would_not_shrink_them() -> 
     assert auto_wide.eigenvalues == exact.eigenvalues and auto_wide.rho == exact.rho
     assert run("countsketch", 64).eigenvalues != exact.eigenvalues  # a sketch would have changed them
     assert run("auto", 8).eigenvalues == run("countsketch", 8).eigenvalues  # P_m > sketch_dim: sketch
+
+
+# --------------------------------------------------------------------------- ScreeningConfig
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("top_k", 0, r"`top_k` must be an int >= 1, got 0\. HINT: pass top_k=64"),
+        ("num_samples", 2.5, r"`num_samples` must be an int >= 1, got 2\.5\. HINT: pass num_samples=512"),
+        ("num_permutations", True, r"`num_permutations` must be an int >= 1, got True\. HINT:"),
+        ("sketch", "fft", r"`sketch` must be one of \('auto', .*\), got 'fft'\. HINT: pass sketch='auto'"),
+        ("label_mapping", "ilm", r"`label_mapping` must be one of \('flm', 'model'\), got 'ilm'\. HINT:"),
+        ("eps", 0.0, r"`eps` must be a number > 0, got 0\.0\. HINT: pass eps=0\.01"),
+        ("tau", -1, r"`tau` must be a number > 0, got -1\. HINT:"),
+        ("pseudo", "yes", r"`pseudo` must be a bool, got 'yes'\. HINT:"),
+        ("thresholds", {"rho_fail": 0.9}, r"`thresholds` must be a ScreeningThresholds, got dict\. HINT:"),
+    ],
+)
+def test_invalid_screening_config_raises_at_construction(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ScreeningConfig(**{field: value})
+
+
+def test_invalid_gate_confidence_raises_at_construction() -> None:
+    with pytest.raises(ValueError, match=r"`gate_confidence` must be a number > 1.*got 1\.0\. HINT:"):
+        ScreeningThresholds(gate_confidence=1.0)
+
+
+def test_keyword_options_and_config_give_identical_scores() -> None:
+    phi, logits = cnn_features(30, 3, seed=6)
+    y = torch.arange(30) % 3
+    options = {"top_k": 12, "num_permutations": 5, "eps": 0.05, "tau": 30.0, "seed": 2, "max_exact": 8}
+    by_keywords = screening_scores(phi, logits, y, **options)
+    by_config = screening_scores(phi, logits, y, config=ScreeningConfig(**options))
+    assert by_keywords == by_config and not by_config.exact_spectrum
+    assert screening_scores(phi, logits, y) == screening_scores(phi, logits, y, config=ScreeningConfig())
+
+
+def test_config_and_keywords_together_or_unknown_options_are_refused() -> None:
+    phi, logits = cnn_features(10, 3, seed=7)
+    y = torch.arange(10) % 3
+    with pytest.raises(ValueError, match=r"both `config=` and the options \['top_k'\]\. HINT:"):
+        screening_scores(phi, logits, y, config=ScreeningConfig(), top_k=4)
+    with pytest.raises(TypeError, match=r"unknown screening options \['topk'\].*HINT:"):
+        screening_scores(phi, logits, y, topk=4)
+    with pytest.raises(ValueError, match=r"`config` must be a ScreeningConfig, got dict\. HINT:"):
+        screening_scores(phi, logits, y, config={"top_k": 4})  # type: ignore[arg-type]
+
+
+class CountingConfig(ScreeningConfig):
+    """A ScreeningConfig that counts its validations."""
+
+    validations = 0
+
+    def __post_init__(self) -> None:
+        type(self).validations += 1
+        super().__post_init__()
+
+
+def test_screen_reprogramming_validates_the_config_once_and_is_frozen() -> None:
+    import dataclasses
+
+    from lightning_reuse.functional.ntk_scores import screen_reprogramming
+    from lightning_reuse.nn.label_mapping import FrequencyLabelMapping
+    from lightning_reuse.nn.prompts import PaddingPrompt
+    from lightning_reuse.nn.reprogrammed import ReprogrammedModel
+    from lightning_reuse.samples.models import SmallCNN
+
+    torch.manual_seed(0)
+    model = ReprogrammedModel(
+        SmallCNN(width=4), PaddingPrompt((1, 6, 6), (1, 8, 8)), FrequencyLabelMapping(10, 3)
+    )
+    x, y = torch.rand(30, 1, 6, 6, generator=torch.Generator().manual_seed(1)), torch.arange(30) % 3
+    CountingConfig.validations = 0
+    config = CountingConfig(num_samples=24, top_k=8)
+    scores = screen_reprogramming(model, x, y, config=config)
+    assert CountingConfig.validations == 1  # passed through to screening_scores, never rebuilt
+    assert scores == screen_reprogramming(model, x, y, num_samples=24, top_k=8)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.top_k = 0  # type: ignore[misc]

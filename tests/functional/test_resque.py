@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_reuse.functional import pool_features, resque_dist, resque_task
+from lightning_reuse.functional import RESQUEConfig, pool_features, resque_dist, resque_task
 from lightning_reuse.functional._clustering import adjusted_rand_index, kmeans_lloyd
 from lightning_reuse.functional.resque import RESQUEClassSkippedWarning, angular_distance
 
@@ -267,3 +267,38 @@ def test_kmeans_relocates_an_emptied_cluster() -> None:
     x = torch.tensor([[0.0], [0.1], [0.2], [10.0]], dtype=torch.float64)
     labels = kmeans_lloyd(x, torch.tensor([[0.1], [50.0], [10.0]], dtype=torch.float64))
     assert sorted(set(labels.tolist())) == [0, 1, 2]  # the far-away start does not stay empty
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"pooling": "max"}, r"`pooling` must be one of \(.*\), got 'max'\. HINT: pass pooling='default'"),
+        ({"mode": "shift"}, r"`mode` must be 'auto' \(RESQUECheck\), 'dist' or 'task', got 'shift'\. HINT:"),
+        ({"num_classes": None}, r"`num_classes` is required for mode='dist'.*HINT: pass num_classes="),
+        ({"num_classes": 0}, r"`num_classes` must be an int >= 1 or None, got 0\. HINT:"),
+        ({"label_source": "model"}, r"`label_source` must be 'target' or 'prediction', got 'model'\. HINT:"),
+        ({"mode": "task", "label_source": "prediction"}, r"applies to mode='dist'.*HINT:"),
+        (
+            {"mode": "task", "reservoir_size": 0},
+            r"`reservoir_size` must be a positive int or None, got 0\. HINT:",
+        ),
+        (
+            {"mode": "task", "reservoir_size": 5, "num_classes": None},
+            r"required with `reservoir_size`.*HINT:",
+        ),
+        ({"layer": ""}, r"`layer` must be the name of a layer.*got ''\. HINT:"),
+    ],
+)
+def test_invalid_resque_config_raises_at_construction(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RESQUEConfig(**{"layer": "net.block2", "mode": "dist", "num_classes": 3, **options})
+
+
+def test_resque_config_pools_like_pool_features() -> None:
+    g = torch.Generator().manual_seed(0)
+    conv, tokens = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 5, 7, generator=g)
+    for pooling in ("default", "flatten", "cls", "token_mean", "feature_mean"):
+        config = RESQUEConfig("layer", "task", pooling=pooling)  # type: ignore[arg-type]
+        assert torch.equal(config.pool(tokens), pool_features(tokens, pooling))  # type: ignore[arg-type]
+        if pooling in ("default", "flatten", "feature_mean"):
+            assert torch.equal(config.pool(conv), pool_features(conv, pooling))  # type: ignore[arg-type]
