@@ -1,30 +1,9 @@
-"""Measure a named piece of work with the attached EnergyMonitor, if any (used by pre-check callbacks)."""
+"""Measure a named piece of work with the attached EnergyMonitor, if any (used by pre-check callbacks).
 
-from __future__ import annotations
+The functions live in :mod:`lightning_reuse.energy.windows` (public: ``from lightning_reuse.energy import
+measurement_window``); this module keeps the callbacks' import path.
+"""
 
-import contextlib
-from collections.abc import Iterator
-from typing import Any
+from lightning_reuse.energy.windows import find_energy_monitor, measurement_window
 
-
-def find_energy_monitor(trainer: Any) -> Any | None:
-    """Return the first attached callback that offers ``window(name)`` (an ``EnergyMonitor``), else ``None``."""
-    for callback in getattr(trainer, "callbacks", None) or []:
-        if type(callback).__name__ == "EnergyMonitor" and callable(getattr(callback, "window", None)):
-            return callback
-    return None
-
-
-@contextlib.contextmanager
-def measurement_window(trainer: Any, name: str) -> Iterator[Any | None]:
-    """``with measurement_window(trainer, "resque-precheck") as record: ...``.
-
-    Yields the monitor's record for the window (filled when the block ends), or ``None`` when no
-    EnergyMonitor is attached, in which case nothing is measured.
-    """
-    monitor = find_energy_monitor(trainer)
-    if monitor is None:
-        yield None
-        return
-    with monitor.window(name) as record:
-        yield record
+__all__ = ["find_energy_monitor", "measurement_window"]

@@ -11,7 +11,10 @@ Three backends share one small interface (``start`` / ``read`` / ``stop``):
   for tests and examples.
 
 A backend object holds its configuration and can be started again after a stop (a fresh measurement
-each time). ``read`` and ``stop`` return ``None`` on failure and set :attr:`EnergyBackend.status`.
+each time). ``read`` and ``stop`` return ``None`` on failure and set :attr:`EnergyBackend.status`. The grid
+and PUE come from the keyword arguments (checked through an :class:`~lightning_reuse.energy.config.EnergyConfig`)
+or from ``config=``, an already validated :class:`~lightning_reuse.energy.config.EnergyConfig` that replaces
+them (``EnergyMonitor`` passes its own; nothing is checked twice).
 
 Example:
     >>> ticks = iter(range(100))
@@ -27,70 +30,29 @@ Example:
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from functools import cache
-from pathlib import Path
 from typing import Any
 
+from lightning_reuse.energy.config import (
+    WORLD_AVERAGE_G_PER_KWH,
+    EnergyConfig,
+    carbon_intensity,
+    validate_country,
+)
 from lightning_reuse.energy.records import EnergyRecord
 
-#: World-average carbon intensity of electricity (gCO2e/kWh; IEA, 2019), used when nothing better is known.
-WORLD_AVERAGE_G_PER_KWH = 475.0
-
-
-@cache
-def _energy_mix() -> dict[str, Any]:
-    spec = importlib.util.find_spec("codecarbon")  # locate codecarbon's data without importing it
-    if spec is None or not spec.submodule_search_locations:
-        return {}
-    path = Path(spec.submodule_search_locations[0]) / "data" / "private_infra" / "global_energy_mix.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def carbon_intensity(country_iso_code: str | None = None, fixed_g_per_kwh: float | None = None) -> float:
-    """Carbon intensity in gCO2e/kWh: ``fixed_g_per_kwh`` if given, else the country's (codecarbon's
-    offline energy-mix table, no network), else :data:`WORLD_AVERAGE_G_PER_KWH`.
-
-    >>> carbon_intensity(fixed_g_per_kwh=50.0)
-    50.0
-    >>> carbon_intensity(None)
-    475.0
-    """
-    if fixed_g_per_kwh is not None:
-        if fixed_g_per_kwh < 0:
-            raise ValueError(
-                f"`carbon_intensity_g_per_kwh` must be >= 0 gCO2e/kWh, got {fixed_g_per_kwh}. "
-                "HINT: pass e.g. 56.0 (France) or 369.5 (USA)."
-            )
-        return float(fixed_g_per_kwh)
-    if country_iso_code is None:
-        return WORLD_AVERAGE_G_PER_KWH
-    mix = _energy_mix()
-    if not mix:
-        return WORLD_AVERAGE_G_PER_KWH
-    code = country_iso_code.upper()
-    if code not in mix:
-        raise ValueError(
-            f"`country_iso_code` must be a 3-letter ISO code known to codecarbon's energy-mix table, got "
-            f"{country_iso_code!r}; e.g. {sorted(mix)[:8]}. HINT: or pass `carbon_intensity_g_per_kwh`."
-        )
-    return float(mix[code]["carbon_intensity"])
-
-
-def validate_country(country_iso_code: str) -> str:
-    """Return the upper-cased code, or raise ``ValueError`` listing examples when it is unknown."""
-    if not isinstance(country_iso_code, str) or len(country_iso_code) != 3:
-        raise ValueError(
-            f"`country_iso_code` must be a 3-letter ISO 3166 code such as 'USA', 'FRA' or 'DEU', got "
-            f"{country_iso_code!r}."
-        )
-    carbon_intensity(country_iso_code)  # raises with a list when codecarbon's table does not know it
-    return country_iso_code.upper()
+__all__ = [
+    "WORLD_AVERAGE_G_PER_KWH",
+    "EnergyBackend",
+    "NVMLBackend",
+    "SimulatedBackend",
+    "carbon_intensity",
+    "physical_gpu_id",
+    "validate_country",
+]
 
 
 def physical_gpu_id(visible_index: int) -> int | str:
@@ -126,14 +88,15 @@ class EnergyBackend(ABC):
 
     Args:
         pue: power usage effectiveness (>= 1) multiplied into every energy figure (and so into CO2).
+        config: a validated configuration instead of ``pue`` (its ``pue`` and ``intensity`` are used).
     """
 
     name = "base"
 
-    def __init__(self, pue: float = 1.0) -> None:
-        if pue < 1.0:
-            raise ValueError(f"`pue` must be >= 1.0 (1.0 = no data-centre overhead), got {pue}.")
-        self.pue = float(pue)
+    def __init__(self, pue: float = 1.0, *, config: EnergyConfig | None = None) -> None:
+        self.config = config if config is not None else EnergyConfig(country_iso_code=None, pue=pue)
+        self.pue = float(self.config.pue)
+        self.intensity = self.config.intensity
         self.status = "idle"
         self.running = False
 
@@ -181,6 +144,7 @@ class SimulatedBackend(EnergyBackend):
         carbon_intensity_g_per_kwh: gCO2e per kWh (default: world average).
         clock: seconds as a float; ``time.perf_counter`` by default. A fake clock gives exact numbers.
         pue: power usage effectiveness.
+        config: a validated configuration instead of ``carbon_intensity_g_per_kwh`` and ``pue``.
     """
 
     name = "simulated"
@@ -193,13 +157,16 @@ class SimulatedBackend(EnergyBackend):
         carbon_intensity_g_per_kwh: float | None = None,
         clock: Callable[[], float] | None = None,
         pue: float = 1.0,
+        *,
+        config: EnergyConfig | None = None,
     ) -> None:
-        super().__init__(pue=pue)
+        if config is None:
+            config = EnergyConfig(None, carbon_intensity_g_per_kwh=carbon_intensity_g_per_kwh, pue=pue)
+        super().__init__(config=config)
         for arg, value in (("cpu_w", cpu_w), ("gpu_w", gpu_w), ("ram_w", ram_w)):
             if value < 0:
-                raise ValueError(f"`{arg}` must be a power >= 0 W, got {value}.")
+                raise ValueError(f"`{arg}` must be a power >= 0 W, got {value}. HINT: pass 0.0 for none.")
         self.power_w = {"cpu": float(cpu_w), "gpu": float(gpu_w), "ram": float(ram_w)}
-        self.intensity = carbon_intensity(None, carbon_intensity_g_per_kwh)
         self.clock = clock or time.perf_counter
         self._t0 = 0.0
 
@@ -242,6 +209,8 @@ class NVMLBackend(EnergyBackend):
         min_interval_s: reads closer than this to the previous one return it again: the counter only
             updates every ~100 ms and a read costs ~3.5 ms on an H100, so e.g. the end of validation and
             the end of the epoch share one read. Nothing is lost: the energy lands in the next window.
+        config: a validated configuration instead of ``carbon_intensity_g_per_kwh``, ``country_iso_code``
+            and ``pue``.
 
     Needs ``nvidia-ml-py`` (``import pynvml``) and a Volta-or-newer GPU.
     """
@@ -257,16 +226,23 @@ class NVMLBackend(EnergyBackend):
         country_iso_code: str | None = None,
         pue: float = 1.0,
         min_interval_s: float = 0.1,
+        *,
+        config: EnergyConfig | None = None,
     ) -> None:
-        super().__init__(pue=pue)
+        if config is None:
+            config = EnergyConfig(
+                country_iso_code, carbon_intensity_g_per_kwh=carbon_intensity_g_per_kwh, pue=pue
+            )
+        super().__init__(config=config)
         if min_interval_s < 0:
-            raise ValueError(f"`min_interval_s` must be >= 0 seconds, got {min_interval_s}.")
+            raise ValueError(
+                f"`min_interval_s` must be >= 0 seconds, got {min_interval_s}. HINT: 0.0 reads every time."
+            )
         self.min_interval_s = float(min_interval_s)
         self._last: EnergyRecord | None = None
         self._last_t = 0.0
         self.device_indices = None if device_indices is None else list(device_indices)
         self.cpu_w, self.ram_w = cpu_w, ram_w
-        self.intensity = carbon_intensity(country_iso_code, carbon_intensity_g_per_kwh)
         self._nvml: Any = None
         self._handles: list[Any] = []
         self._mj0: list[int] = []

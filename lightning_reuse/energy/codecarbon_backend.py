@@ -21,7 +21,8 @@ import logging
 import threading
 from typing import Any
 
-from lightning_reuse.energy.backends import EnergyBackend, carbon_intensity, validate_country
+from lightning_reuse.energy.backends import EnergyBackend
+from lightning_reuse.energy.config import EnergyConfig
 from lightning_reuse.energy.records import EnergyRecord
 
 
@@ -58,6 +59,16 @@ def _cpu_method(mode: str | None) -> str:
     return "estimate"
 
 
+def _require_country(country_iso_code: str | None) -> str:
+    """codecarbon's offline tracker needs a country: ``None`` (no grid known) is refused here."""
+    if country_iso_code is None:
+        raise ValueError(
+            "`country_iso_code` must be a 3-letter ISO 3166 code for the codecarbon backend, got None. "
+            "HINT: pass e.g. country_iso_code='USA' (with `carbon_intensity_g_per_kwh` to fix the intensity)."
+        )
+    return country_iso_code
+
+
 class CodeCarbonBackend(EnergyBackend):
     """codecarbon ``OfflineEmissionsTracker`` (a fresh one per :meth:`start`), never online.
 
@@ -74,6 +85,8 @@ class CodeCarbonBackend(EnergyBackend):
         allow_multiple_runs: codecarbon's lock: ``False`` refuses to run beside another tracker (and
             installs codecarbon's own SIGINT/SIGTERM handlers). Default ``True``.
         log_level: level of the ``codecarbon`` logger (set before the tracker is built).
+        config: a validated configuration instead of ``country_iso_code``, ``carbon_intensity_g_per_kwh``,
+            ``pue`` and ``measure_power_secs`` (``EnergyMonitor`` passes its own).
 
     Example:
         >>> backend = CodeCarbonBackend(country_iso_code="FRA", measure_power_secs=1.0)
@@ -90,19 +103,28 @@ class CodeCarbonBackend(EnergyBackend):
         pue: float = 1.0,
         measure_power_secs: float = 15.0,
         tracking_mode: str = "machine",
-        gpu_ids: list[int] | None = None,
+        gpu_ids: list[int | str] | None = None,
         allow_multiple_runs: bool = True,
         log_level: str = "error",
+        *,
+        config: EnergyConfig | None = None,
     ) -> None:
-        super().__init__(pue=pue)
-        self.country_iso_code = validate_country(country_iso_code)
-        self.fixed_intensity = carbon_intensity_g_per_kwh
-        self.intensity = carbon_intensity(self.country_iso_code, carbon_intensity_g_per_kwh)
-        if measure_power_secs <= 0:
-            raise ValueError(f"`measure_power_secs` must be > 0 seconds, got {measure_power_secs}.")
+        if config is None:
+            config = EnergyConfig(
+                country_iso_code,
+                carbon_intensity_g_per_kwh=carbon_intensity_g_per_kwh,
+                pue=pue,
+                measure_power_secs=measure_power_secs,
+            )
+        super().__init__(config=config)
+        self.country_iso_code = _require_country(config.country_iso_code)
+        self.fixed_intensity = config.carbon_intensity_g_per_kwh
         if tracking_mode not in ("machine", "process"):
-            raise ValueError(f"`tracking_mode` must be 'machine' or 'process', got {tracking_mode!r}.")
-        self.measure_power_secs = float(measure_power_secs)
+            raise ValueError(
+                f"`tracking_mode` must be 'machine' or 'process', got {tracking_mode!r}. HINT: 'process' "
+                "measures this process and its children only."
+            )
+        self.measure_power_secs = float(config.measure_power_secs)
         self.tracking_mode = tracking_mode
         self.gpu_ids = gpu_ids
         self.allow_multiple_runs = allow_multiple_runs

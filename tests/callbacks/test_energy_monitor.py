@@ -8,10 +8,8 @@ import json
 import math
 import pickle
 import signal
-import sys
 import threading
 import time
-import types
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -360,64 +358,6 @@ def test_lightning_cli_class_path(tmp_path: Path) -> None:
     assert len(monitors) == 1 and monitors[0].country_iso_code == "FRA" and monitors[0].pue == 1.2
     cli.trainer.fit(cli.model)
     assert monitors[0].total.energy_wh > 0 and monitors[0].total.pue == 1.2
-
-
-class _FakeNVML(types.SimpleNamespace):
-    """Stands in for the NVML library, which this CPU machine does not have (no GPU to read)."""
-
-
-def _fake_nvml(counters: dict[int, int]) -> _FakeNVML:
-    return _FakeNVML(
-        nvmlInit=lambda: None,
-        nvmlShutdown=lambda: None,
-        nvmlDeviceGetCount=lambda: len(counters),
-        nvmlDeviceGetHandleByIndex=lambda i: i,
-        nvmlDeviceGetUUID=lambda h: f"GPU-{h}{h}{h}-uuid".encode(),
-        nvmlDeviceGetTotalEnergyConsumption=lambda h: counters[h],
-    )
-
-
-def _rank(device: torch.device, local_rank: int) -> types.SimpleNamespace:
-    """The parts of a DDP rank's trainer that choose its GPUs (a real multi-GPU node is not available)."""
-    return types.SimpleNamespace(strategy=types.SimpleNamespace(root_device=device), local_rank=local_rank)
-
-
-def test_process_mode_counts_each_gpu_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    counters = {0: 0, 1: 0, 2: 0}
-    monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml(counters))
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,0")  # torch's cuda:0 is physical GPU 2, cuda:1 is GPU 0
-    meters = []
-    for local_rank in (0, 1):
-        monitor = EnergyMonitor(backend="nvml", ddp_mode="process", carbon_intensity_g_per_kwh=0.0)
-        meter = monitor._ensure_meter(True, monitor._rank_gpu_ids(_rank(torch.device("cuda", local_rank), 0)))
-        meter.backend.min_interval_s = 0.0
-        meter.start()
-        meters.append(meter)
-    counters[2] += 3_600_000  # 1 Wh on the first rank's GPU
-    counters[0] += 7_200_000  # 2 Wh on the second rank's GPU
-    counters[1] += 36_000_000  # 10 Wh on a GPU of the machine no rank uses
-    per_rank = [m.read().gpu_wh for m in meters]
-    assert per_rank == pytest.approx([1.0, 2.0])  # each rank its own GPU: the sum over ranks counts each once
-    assert [m.backend.device_indices for m in meters] == [[2], [0]]
-
-    # UUIDs in CUDA_VISIBLE_DEVICES reach NVML as UUIDs; codecarbon gets the same ids.
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-111,GPU-222")
-    monitor = EnergyMonitor(backend="nvml", ddp_mode="process", carbon_intensity_g_per_kwh=0.0)
-    meter = monitor._ensure_meter(True, monitor._rank_gpu_ids(_rank(torch.device("cuda", 1), 0)))
-    meter.start()
-    counters[2] += 3_600_000
-    counters[1] += 1_000
-    assert meter.stop().gpu_wh == pytest.approx(1.0)
-    codecarbon = EnergyMonitor(ddp_mode="process")
-    codecarbon._ensure_meter(True, codecarbon._rank_gpu_ids(_rank(torch.device("cuda", 0), 0)))
-    assert codecarbon.meter.backend.gpu_ids == ["GPU-111"]
-
-    # A rank off the GPUs: local rank 0 measures the node's GPUs, the others none; node mode: all.
-    cpu_rank1 = EnergyMonitor(backend="nvml", ddp_mode="process")
-    meter = cpu_rank1._ensure_meter(True, cpu_rank1._rank_gpu_ids(_rank(torch.device("cpu"), 1)))
-    assert meter.backend.device_indices == [] and meter.backend.methods["gpu"] == "not measured"
-    assert EnergyMonitor(ddp_mode="process")._rank_gpu_ids(_rank(torch.device("cpu"), 0)) is None
-    assert EnergyMonitor(ddp_mode="node")._rank_gpu_ids(_rank(torch.device("cuda", 1), 1)) is None
 
 
 def test_epochs_below_the_meter_resolution_give_no_zero_width_interval(tmp_path: Path) -> None:
