@@ -207,6 +207,7 @@ class RESQUECheck(Callback):
         return self.config.mode
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(layer=self.config.layer, mode=self.mode, log_prefix=self.log_prefix)
 

@@ -228,6 +228,31 @@ def _sketcher(kind: str, p_m: int, dim: int, seed: int, device: torch.device) ->
     return countsketch
 
 
+def _batch_rows(
+    head: Callable[[Tensor], Tensor],
+    u: Tensor,
+    support: Tensor,
+    s_vals: Tensor,
+    project: Callable[[Tensor], Tensor],
+    pseudo: bool,
+) -> tuple[Tensor, Tensor]:
+    """Sketched masked input-gradient rows ``[b, C or 1, s]`` and the logits ``[b, C]`` of one batch."""
+    ub = u.detach().requires_grad_(True)
+    out = head(ub)
+    if out.dim() != 2:
+        raise ValueError(
+            f"`head` must return logits [batch, C], got shape {tuple(out.shape)}. "
+            "HINT: flatten the output, or map it to class logits."
+        )
+    c = out.shape[1]
+    targets = [out.sum(1) / math.sqrt(c)] if pseudo else [out[:, k] for k in range(c)]
+    rows = []
+    for k, t in enumerate(targets):
+        (gu,) = torch.autograd.grad(t.sum(), ub, retain_graph=k < len(targets) - 1)
+        rows.append(project(gu.reshape(gu.shape[0], -1)[:, support] * s_vals))
+    return torch.stack(rows, 1).detach(), out.detach()
+
+
 def prompt_jacobian(
     head: Callable[[Tensor], Tensor],
     u: Tensor,
@@ -280,24 +305,9 @@ def prompt_jacobian(
     phis, logits = [], []
     with torch.enable_grad():
         for start in range(0, u.shape[0], batch_size):
-            ub = u[start : start + batch_size].detach().requires_grad_(True)
-            out = head(ub)
-            if out.dim() != 2:
-                raise ValueError(
-                    f"`head` must return logits [batch, C], got shape {tuple(out.shape)}. "
-                    "HINT: flatten the output, or map it to class logits."
-                )
-            c = out.shape[1]
-            if pseudo:
-                targets = [out.sum(1) / math.sqrt(c)]
-            else:
-                targets = [out[:, k] for k in range(c)]
-            rows = []
-            for k, t in enumerate(targets):
-                (gu,) = torch.autograd.grad(t.sum(), ub, retain_graph=k < len(targets) - 1)
-                rows.append(project(gu.reshape(gu.shape[0], -1)[:, support] * s_vals))
-            phis.append(torch.stack(rows, 1).detach())
-            logits.append(out.detach())
+            rows, out = _batch_rows(head, u[start : start + batch_size], support, s_vals, project, pseudo)
+            phis.append(rows)
+            logits.append(out)
             if progress is not None:
                 progress(min(start + batch_size, u.shape[0]))
     phi = torch.cat(phis)
