@@ -27,7 +27,7 @@ import contextlib
 import functools
 import weakref
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import lightning.pytorch as pl
 import torch
@@ -51,12 +51,23 @@ from lightning_reuse.energy.summary import (
     window_metrics,
 )
 
+T = TypeVar("T")
 _FIELDS = ("cpu_wh", "gpu_wh", "ram_wh", "energy_wh", "co2_g")  # summed over ranks
 
 
-def _option(name: str) -> Any:
-    """A read-only attribute: the constructor option ``name``, as validated in ``self.config``."""
-    return property(lambda self: getattr(self.config, name), doc=f"The ``{name}`` option (see ``config``).")
+class _Forward(Generic[T]):
+    """A read-only attribute forwarded to ``self.<owner>.<name>`` (options: ``config``; results: ``accounting``)."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+
+    def __set_name__(self, cls: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, cls: type | None = None) -> T:
+        if obj is None:
+            return self  # type: ignore[return-value]
+        return getattr(getattr(obj, self.owner), self.name)
 
 
 class EnergyMonitor(Callback):
@@ -106,16 +117,16 @@ class EnergyMonitor(Callback):
         accounting: the :class:`~lightning_reuse.energy.accounting.FitAccounting` the hooks are routed to.
     """
 
-    country_iso_code = _option("country_iso_code")
-    carbon_intensity_g_per_kwh = _option("carbon_intensity_g_per_kwh")
-    pue = _option("pue")
-    measure_power_secs = _option("measure_power_secs")
-    ddp_mode = _option("ddp_mode")
-    predict = _option("predict")
-    confidence = _option("confidence")
-    prior_rel_sd = _option("prior_rel_sd")
-    warmup_batches = _option("warmup_batches")
-    measure_validation = _option("measure_validation")
+    country_iso_code = _Forward[str]("config")
+    carbon_intensity_g_per_kwh = _Forward[float | None]("config")
+    pue = _Forward[float]("config")
+    measure_power_secs = _Forward[float]("config")
+    ddp_mode = _Forward[str]("config")
+    predict = _Forward[bool]("config")
+    confidence = _Forward[float]("config")
+    prior_rel_sd = _Forward[float]("config")
+    warmup_batches = _Forward[int]("config")
+    measure_validation = _Forward[bool]("config")
 
     def __init__(
         self,
@@ -146,44 +157,19 @@ class EnergyMonitor(Callback):
         self.accounting = FitAccounting(self.config, backend)
         self._trainer_ref: weakref.ReferenceType[pl.Trainer] | None = None
 
-    # ------------------------------------------------------------------ results (from the accounting)
-    @property
-    def total(self) -> EnergyRecord:
-        """The fit so far (live while fitting, final and summed over ranks after it)."""
-        return self.accounting.total
-
-    @property
-    def epochs(self) -> list[EnergyRecord]:
-        return self.accounting.epochs
-
-    @property
-    def outside_epochs(self) -> EnergyRecord:
-        return self.accounting.outside_epochs
-
-    @property
-    def windows(self) -> dict[str, EnergyRecord]:
-        return self.accounting.windows
-
-    @property
-    def stages(self) -> dict[str, EnergyRecord]:
-        return self.accounting.stages
-
-    @property
-    def predictions(self) -> list[Prediction]:
-        return self.accounting.predictions
+    total = _Forward[EnergyRecord]("accounting")
+    epochs = _Forward[list[EnergyRecord]]("accounting")
+    outside_epochs = _Forward[EnergyRecord]("accounting")
+    windows = _Forward[dict[str, EnergyRecord]]("accounting")
+    stages = _Forward[dict[str, EnergyRecord]]("accounting")
+    predictions = _Forward[list[Prediction]]("accounting")
+    status = _Forward[str]("accounting")
+    meter = _Forward[EnergyMeter | None]("accounting")
 
     @property
     def prediction(self) -> Prediction | None:
         """The latest prediction of the fit's total, if any."""
         return self.predictions[-1] if self.predictions else None
-
-    @property
-    def status(self) -> str:
-        return self.accounting.status
-
-    @property
-    def meter(self) -> EnergyMeter | None:
-        return self.accounting.meter
 
     @contextlib.contextmanager
     def window(self, name: str) -> Iterator[EnergyRecord]:

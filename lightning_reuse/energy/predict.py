@@ -113,44 +113,15 @@ def predict_total(
     """
     k = len(epoch_wh)
     if k == 0:
-        raise ValueError("`epoch_wh` must hold at least one observed epoch.")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"`confidence` must be in (0, 1), got {confidence}.")
-    samples = list(epoch_wh[1:])
-    if first_epoch_steady_wh is not None and first_epoch_steady_wh > 0:
-        samples.append(float(first_epoch_steady_wh))
-    if not samples:
-        samples = [float(epoch_wh[0])]
-    if all(x == 0.0 for x in samples) and total_epochs > k:
-        nan = math.nan
-        return Prediction(
-            energy_wh=nan,
-            low_wh=spent_wh,
-            high_wh=nan,
-            co2_g=nan,
-            co2_low_g=spent_wh * co2_per_wh,
-            co2_high_g=nan,
-            epochs_observed=k,
-            epochs_total=float(total_epochs),
-            confidence=confidence,
-            ok=False,
-            reason=(
-                "the observed epochs measured 0 Wh (below the meter's resolution): the per-epoch energy and "
-                "its spread are unknown. HINT: longer epochs, a smaller `measure_power_secs`, or an "
-                "energy counter (RAPL/NVML)."
-            ),
+        raise ValueError(
+            "`epoch_wh` must hold at least one observed epoch. HINT: predict after an epoch ends."
         )
-    n = len(samples)
-    mean = statistics.fmean(samples)
-    if n >= 2:
-        sd, q = statistics.stdev(samples), _quantile(confidence, n - 1)
-    else:
-        sd, q = prior_rel_sd * abs(mean), _quantile(confidence, None)
-
-    def remaining(r: float) -> tuple[float, float]:
-        r = max(r, 0.0)
-        return r * mean, q * sd * math.sqrt(r + r * r / n)
-
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"`confidence` must be in (0, 1), got {confidence}. HINT: e.g. 0.9.")
+    samples = _samples(epoch_wh, first_epoch_steady_wh)
+    if all(x == 0.0 for x in samples) and total_epochs > k:
+        return _unknown(spent_wh, k, total_epochs, confidence, co2_per_wh)
+    remaining = _Remaining(samples, confidence, prior_rel_sd)
     extra, half = remaining(total_epochs - k)
     point = spent_wh + extra
     low_r = total_epochs - k if min_total_epochs is None else min(min_total_epochs, total_epochs) - k
@@ -167,4 +138,52 @@ def predict_total(
         epochs_observed=k,
         epochs_total=float(total_epochs),
         confidence=confidence,
+    )
+
+
+def _samples(epoch_wh: Sequence[float], first_epoch_steady_wh: float | None) -> list[float]:
+    """Per-epoch samples: the later epochs and the first one's steady value (else the first epoch alone)."""
+    samples = [float(x) for x in epoch_wh[1:]]
+    if first_epoch_steady_wh is not None and first_epoch_steady_wh > 0:
+        samples.append(float(first_epoch_steady_wh))
+    return samples or [float(epoch_wh[0])]
+
+
+class _Remaining:
+    """Predicted sum of ``r`` more epochs and its interval's half-width, from the samples."""
+
+    def __init__(self, samples: list[float], confidence: float, prior_rel_sd: float) -> None:
+        self.n = len(samples)
+        self.mean = statistics.fmean(samples)
+        if self.n >= 2:
+            self.sd, self.q = statistics.stdev(samples), _quantile(confidence, self.n - 1)
+        else:
+            self.sd, self.q = prior_rel_sd * abs(self.mean), _quantile(confidence, None)
+
+    def __call__(self, r: float) -> tuple[float, float]:
+        r = max(r, 0.0)
+        return r * self.mean, self.q * self.sd * math.sqrt(r + r * r / self.n)
+
+
+def _unknown(
+    spent_wh: float, k: int, total_epochs: float, confidence: float, co2_per_wh: float
+) -> Prediction:
+    """No prediction: every sample read 0 Wh, so the per-epoch energy and its spread are unknown."""
+    nan = math.nan
+    return Prediction(
+        energy_wh=nan,
+        low_wh=spent_wh,
+        high_wh=nan,
+        co2_g=nan,
+        co2_low_g=spent_wh * co2_per_wh,
+        co2_high_g=nan,
+        epochs_observed=k,
+        epochs_total=float(total_epochs),
+        confidence=confidence,
+        ok=False,
+        reason=(
+            "the observed epochs measured 0 Wh (below the meter's resolution): the per-epoch energy and "
+            "its spread are unknown. HINT: longer epochs, a smaller `measure_power_secs`, or an "
+            "energy counter (RAPL/NVML)."
+        ),
     )
