@@ -32,9 +32,16 @@ from torch.utils.data import DataLoader, TensorDataset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lightning_reuse.callbacks.energy_monitor import EnergyMonitor  # noqa: E402
-from lightning_reuse.energy.backends import EnergyBackend, NVMLBackend, SimulatedBackend  # noqa: E402
-from lightning_reuse.energy.predict import carbontracker_prediction  # noqa: E402
+from lightning_reuse import EnergyMonitor  # noqa: E402
+from lightning_reuse.energy import (  # noqa: E402
+    CodeCarbonBackend,
+    EnergyBackend,
+    NVMLBackend,
+    SimulatedBackend,
+    carbontracker_prediction,
+    plot_reuse_report,
+    reuse_report,
+)
 from lightning_reuse.samples.models import SmallCNN  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -107,8 +114,6 @@ def make_data(workload: str, device: str) -> tuple[DataLoader, DataLoader, dict]
 def energy_backend(device: str, tracking_mode: str = "machine") -> EnergyBackend:
     if device == "cuda":
         return NVMLBackend(country_iso_code=None)
-    from lightning_reuse.energy.codecarbon_backend import CodeCarbonBackend
-
     return CodeCarbonBackend(country_iso_code="USA", measure_power_secs=1.0, tracking_mode=tracking_mode)
 
 
@@ -265,7 +270,6 @@ def prediction(device: str, workload: str, runs: int, epochs: int = 10) -> dict:
 
 
 def reuse_vs_retrain(out_png: Path) -> dict:
-    from lightning_reuse.energy.report import plot_reuse_report, reuse_report
     from lightning_reuse.samples.digits import load_digits_tensors
     from lightning_reuse.samples.models import train_classifier
 
@@ -335,7 +339,15 @@ def main() -> None:
 
 
 def render(result: dict) -> str:
-    o, p = result["overhead"], result["prediction"]
+    lines = _render_overhead(result) + _render_prediction(result["prediction"])
+    if "reuse_vs_retrain" in result:
+        lines += ["", "### Reuse vs retrain (digits, measured)", "", result["reuse_vs_retrain"]["table"]]
+        lines += ["", "![reuse vs retrain](energy_reuse_vs_retrain.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def _render_overhead(result: dict) -> list[str]:
+    o = result["overhead"]
     backend = "NVML counter" if result["device"] == "cuda" else "codecarbon offline, machine mode"
     lines = [
         f"## EnergyMonitor overhead and prediction ({result['hardware']}, workload: {result['workload']})",
@@ -362,7 +374,11 @@ def render(result: dict) -> str:
     ]
     if "nvml_read_ms" in result:
         lines.append(f"NVML energy-counter read: {result['nvml_read_ms']:.3f} ms.")
-    lines += [
+    return lines
+
+
+def _render_prediction(p: dict) -> list[str]:
+    lines = [
         "",
         f"Prediction of the {p['epochs']}-epoch total (measured by the monitor; codecarbon in process mode on "
         "CPU), mean absolute error over "
@@ -385,10 +401,7 @@ def render(result: dict) -> str:
             f"| {r['run']} | {r['measured_total_wh']:.4g} | {r['ours_1_err_pct']:+.1f}% | {r['ct_1_err_pct']:+.1f}% | "
             f"{r['ours_3_err_pct']:+.1f}% | {r['ct_3_err_pct']:+.1f}% |"
         )
-    if "reuse_vs_retrain" in result:
-        lines += ["", "### Reuse vs retrain (digits, measured)", "", result["reuse_vs_retrain"]["table"]]
-        lines += ["", "![reuse vs retrain](energy_reuse_vs_retrain.png)"]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":
