@@ -12,6 +12,8 @@
 - :mod:`~lightning_reuse.demo.pipeline`: ``run_demo``, which runs the stages in order.
 """
 
+from typing import TYPE_CHECKING
+
 from lightning_reuse._lazy import attach
 
 # Public name -> defining module (relative), resolved on first use.
@@ -20,5 +22,9 @@ _NAMES: dict[str, str] = {
     "run_demo": ".pipeline",
 }
 
-__all__ = list(_NAMES)
+if TYPE_CHECKING:
+    from lightning_reuse.demo.config import DemoConfig
+    from lightning_reuse.demo.pipeline import run_demo
+
+__all__ = ["DemoConfig", "run_demo"]
 __getattr__, __dir__ = attach(__name__, _NAMES)

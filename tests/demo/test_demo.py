@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import pytest
 
+from lightning_reuse import screen_reprogramming
 from lightning_reuse.cli import main
 from lightning_reuse.demo.config import DemoConfig, new_run_dir
-from lightning_reuse.demo.pipeline import run_demo
+from lightning_reuse.demo.data import new_data, source_model
+from lightning_reuse.demo.ntk_stage import ntk_precheck
+from lightning_reuse.demo.pipeline import run_demo, select_strategies
 from lightning_reuse.demo.recommend import recommend
 from lightning_reuse.demo.training import StrategyResult
+from lightning_reuse.nn import FullPrompt, IterativeLabelMapping, ReprogrammedModel
 from tests.helpers.wandb_read import find_offline_run_dirs, read_offline_run
 
 
@@ -101,3 +106,32 @@ def test_demo_rejects_unknown_strategy(tmp_path: Path) -> None:
         run_demo(
             DemoConfig(out_dir=str(tmp_path), quick=True, strategies=["magic"], wandb=False, progress=False)
         )
+
+
+def test_select_strategies_keeps_the_demo_order() -> None:
+    names = [s.name for s in select_strategies(["from scratch", "linear probe"])]
+    assert names == ["linear probe", "from scratch"]
+    with pytest.raises(ValueError, match="Unknown strategies \\['magic'\\].*HINT:"):
+        select_strategies(["magic", "linear probe"])
+
+
+def test_failed_strategy_keeps_its_error() -> None:
+    strategy = select_strategies(["linear probe"])[0]
+    result = StrategyResult.failed(strategy, RuntimeError("boom"))
+    assert result.error == "RuntimeError: boom" and result.epochs == 0 and result.energy_wh is None
+
+
+def test_ntk_stage_reports_the_screening_of_all_training_samples(tmp_path: Path) -> None:
+    """The NTKScreening run by the demo scores the same subset as screening the training tensors directly."""
+    config = DemoConfig(out_dir=str(tmp_path), quick=True, seed=3, wandb=False, progress=False)
+    source = source_model(config)
+    ntk = ntk_precheck(config, source, tmp_path, lambda *a: None)
+    dm = new_data(config)
+    x, y = dm.train_set.tensors
+    model = ReprogrammedModel(
+        copy.deepcopy(source), FullPrompt((1, 8, 8), (1, 8, 8)), IterativeLabelMapping(10, dm.num_classes)
+    )
+    direct = screen_reprogramming(model, x, y, num_samples=config.ntk_samples, seed=config.seed)
+    assert ntk["eigenvalues"] == direct.eigenvalues and ntk["ntk_score"] == direct.ntk_score
+    assert ntk["decision"] == direct.decision and ntk["n"] == config.ntk_samples
+    assert Path(ntk["plot"]) == tmp_path / "ntk_spectrum.png" and Path(ntk["plot"]).stat().st_size > 1000
