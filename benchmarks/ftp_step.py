@@ -10,7 +10,7 @@ Gradients are fixed random tensors; only ``step()`` is timed.
   Also checks that an FTP step makes no host synchronisation (``torch.cuda.set_sync_debug_mode("error")``),
   and (``--e2e``) times a whole ViT-B/16 fine-tuning iteration (bf16 autocast forward + backward + step).
 
-Variants: ``ftp-fused`` (``FTP(..., fused=True)``: state in flat buffers, Triton row kernels on CUDA; see
+Variants: ``ftp-fused`` (``FTP(..., implementation="fused")``: state in flat buffers, Triton row kernels on CUDA; see
 ``benchmarks/ftp_step_fused.py`` for its check and timings), ``ftp-flat`` (the CUDA default before the fused path: all tensors concatenated, rows reduced with segment
 reductions, a fixed number of kernels), ``ftp-foreach`` (the default on CPU: ``torch._foreach_*`` kernels plus
 one row-norm and one dot kernel per tensor), ``ftp-single`` (the readable per-tensor path),
@@ -137,32 +137,31 @@ class CompiledFTP(FTP):
         if CompiledFTP._dots_c is None:
             CompiledFTP._dots_c = torch.compile(_dots, dynamic=False)
             CompiledFTP._project_c = torch.compile(_project, dynamic=False)
-        self.ftp_step += 1
-        t = self.ftp_step
-        active = [p for p in self._all_params() if p.grad is not None and p in self.ftp_state]
-        states = [self.ftp_state[p] for p in active]
-        if t == 1:
-            for s in states:
-                s["gamma"].fill_(F.GAMMA_MIN)
-        else:
-            h = CompiledFTP._dots_c([p.grad for p in active], [s["direction"] for s in states])
-            bc1, bc2 = 1 - 0.9**t, 1 - 0.999**t
-            m, v, gm = ([s[k] for s in states] for k in ("exp_avg", "exp_avg_sq", "gamma"))
-            if self.k != 1.0:
-                h_pos = torch._foreach_clamp_min(h, 0.0)
-                h = torch._foreach_clamp_max(h, 0.0)
-                torch._foreach_add_(h, h_pos, alpha=self.k)
-            torch._foreach_lerp_(m, h, 0.1)
-            torch._foreach_mul_(v, 0.999)
-            torch._foreach_addcmul_(v, h, h, value=0.001)
-            denom = torch._foreach_div(v, bc2)
-            torch._foreach_sqrt_(denom)
-            torch._foreach_add_(denom, 1e-8)
-            torch._foreach_addcdiv_(gm, m, denom, value=-self.mu / bc1)
+        group = self.param_groups[0]  # one param group in these benchmarks
+        if group["ftp_step"] == 0:  # the first step creates FTP's state in state[p]: the shipped step
+            return super().step(closure)
+        group["ftp_step"] += 1
+        t, k, mu = group["ftp_step"], group["ftp_k"], group["ftp_mu"]
+        active = [p for p in group["params"] if p.grad is not None and self.is_projected(p)]
+        states = [self.state[p] for p in active]
+        h = CompiledFTP._dots_c([p.grad for p in active], [s[F.DIRECTION] for s in states])
+        bc1, bc2 = 1 - 0.9**t, 1 - 0.999**t
+        m, v, gm = ([s[key] for s in states] for key in (F.EXP_AVG, F.EXP_AVG_SQ, F.GAMMA))
+        if k != 1.0:
+            h_pos = torch._foreach_clamp_min(h, 0.0)
+            h = torch._foreach_clamp_max(h, 0.0)
+            torch._foreach_add_(h, h_pos, alpha=k)
+        torch._foreach_lerp_(m, h, 0.1)
+        torch._foreach_mul_(v, 0.999)
+        torch._foreach_addcmul_(v, h, h, value=0.001)
+        denom = torch._foreach_div(v, bc2)
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, 1e-8)
+        torch._foreach_addcdiv_(gm, m, denom, value=-mu / bc1)
         self.base_optimizer.step()
-        dirs = CompiledFTP._project_c(active, [s["anchor"] for s in states], [s["gamma"] for s in states])
+        dirs = CompiledFTP._project_c(active, [s[F.ANCHOR] for s in states], [s[F.GAMMA] for s in states])
         for s, d in zip(states, dirs):
-            s["direction"] = d
+            s[F.DIRECTION] = d
 
 
 def build(variant: str, named: list[tuple[str, nn.Parameter]], device: str) -> object:
@@ -173,15 +172,15 @@ def build(variant: str, named: list[tuple[str, nn.Parameter]], device: str) -> o
     if variant in ("adamw-fused", "adamw-foreach"):
         return base()
     if variant == "ftp-foreach":
-        return FTP(base(), exclude="head", foreach=True, flat=False)
+        return FTP(base(), exclude="head", implementation="foreach")
     if variant == "ftp-flat":
-        return FTP(base(), exclude="head", flat=True)
+        return FTP(base(), exclude="head", implementation="flat")
     if variant == "ftp-fused":
-        return FTP(base(), exclude="head", fused=True)
-    if variant == "ftp":  # the defaults: fused on CUDA (with Triton), foreach on CPU
+        return FTP(base(), exclude="head", implementation="fused")
+    if variant == "ftp":  # implementation="auto": fused on CUDA (with Triton), foreach on CPU
         return FTP(base(), exclude="head")
     if variant == "ftp-single":
-        return FTP(base(), exclude="head", foreach=False)
+        return FTP(base(), exclude="head", implementation="single")
     if variant == "ftp-compiled":
         return CompiledFTP(base(), exclude="head")
     if variant == "reference":

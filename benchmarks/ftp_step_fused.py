@@ -1,8 +1,9 @@
 """The fused FTP path on CUDA: correctness against the single-tensor path, then step timings, in one run.
 
-1. Check: on the ResNet-50 and ViT-B/16 parameter sets (head excluded), FTP with ``fused=True`` (flat state
-   buffers, Triton row kernels) against the readable single-tensor path (``foreach=False``), both over the
-   same fused AdamW, fresh random gradients every step, one tensor without gradient in one step; the
+1. Check: on the ResNet-50 and ViT-B/16 parameter sets (head excluded), FTP with ``implementation="fused"``
+   (flat state buffers, Triton row kernels) against the readable single-tensor path
+   (``implementation="single"``), both over the same fused AdamW, fresh random gradients every step, one
+   tensor without gradient in one step; the
    largest parameter difference must stay <= 1e-6 (fp32).
 2. Timings (CUDA events, warm-up, median of many steps; see ``benchmarks/ftp_step.py``): fused AdamW,
    FTP flat (the current CUDA default), FTP foreach and FTP fused, with the host time per step and a
@@ -43,7 +44,7 @@ def check(set_name: str, steps: int = 8, k: float = 0.3) -> dict:
             k=k,
             **kw,
         )
-        for named, kw in ((named_a, {"foreach": False}), (named_b, {"fused": True}))
+        for named, kw in ((named_a, {"implementation": "single"}), (named_b, {"implementation": "fused"}))
     ]
     g = torch.Generator(device=DEVICE).manual_seed(1)
     drop = len(named_a) // 2
@@ -54,16 +55,17 @@ def check(set_name: str, steps: int = 8, k: float = 0.3) -> dict:
         for opt in opts:
             opt.step()
     param_diff = max(float((pa - pb).abs().max()) for (_, pa), (_, pb) in zip(named_a, named_b))
-    states = [
-        (opts[0].ftp_state[pa], opts[1].ftp_state[pb])
-        for (_, pa), (_, pb) in zip(named_a, named_b)
-        if pa in opts[0].ftp_state
+    pairs = [
+        (pa, pb) for (_, pa), (_, pb) in zip(named_a, named_b) if "ftp_anchor" in opts[0].state.get(pa, {})
     ]
-    gamma_rel = max(float(((sa["gamma"] - sb["gamma"]).abs() / sa["gamma"].abs()).max()) for sa, sb in states)
-    dir_diff = max(float((sa["direction"] - sb["direction"]).abs().max()) for sa, sb in states)
+    states = [(opts[0].state[pa], opts[1].state[pb]) for pa, pb in pairs]
+    gamma_rel = max(
+        float(((sa["ftp_gamma"] - sb["ftp_gamma"]).abs() / sa["ftp_gamma"].abs()).max()) for sa, sb in states
+    )
+    dir_diff = max(float((sa["ftp_direction"] - sb["ftp_direction"]).abs().max()) for sa, sb in states)
     clipped = sum(  # rows whose displacement sits on the radius: the projection was active
-        int((row_l1_norm(sa["anchor"] - pb) >= sa["gamma"] * (1 - 1e-4)).sum())
-        for (sa, _), (_, pb) in zip(states, [(n, p) for n, p in named_b if p in opts[1].ftp_state])
+        int((row_l1_norm(sa["ftp_anchor"] - pb) >= sa["ftp_gamma"] * (1 - 1e-4)).sum())
+        for (sa, _), (_, pb) in zip(states, pairs)
     )
     layout = opts[1]._fused_engine.layout
     kernels = bool(layout is not None and layout.kernel_ok)
