@@ -325,7 +325,8 @@ class RESQUECheck(Callback):
             warnings.warn(
                 f"RESQUE_{result.mode} = {result.score:.4f} is above warn_above={self.warn_above}: the new "
                 f"{'data is far from' if result.mode == 'dist' else 'task is poorly separated by'} what the "
-                "model knows, so retraining is likely to be expensive.",
+                "model knows, so retraining is likely to be expensive. HINT: consider another source model, "
+                "or raise `warn_above` if this cost is expected.",
                 RESQUEThresholdWarning,
                 stacklevel=2,
             )

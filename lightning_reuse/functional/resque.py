@@ -239,7 +239,8 @@ def _resque_dist_compute(
         if only:
             warnings.warn(
                 f"RESQUE_dist: classes {only} appear on one side only and are skipped "
-                f"(the score averages over the {int(scored.sum())} classes present on both sides).",
+                f"(the score averages over the {int(scored.sum())} classes present on both sides). "
+                "HINT: give both sides samples of every class to score them all.",
                 RESQUEClassSkippedWarning,
                 stacklevel=3,
             )
