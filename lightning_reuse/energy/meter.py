@@ -1,7 +1,7 @@
 """A framework-free energy meter: one backend, boundary readings, nested named windows, failure policy.
 
-The Lightning callback (:class:`~lightning_reuse.callbacks.energy_monitor.EnergyMonitor`) only routes
-trainer hooks to this class, as Lightning's ``ThroughputMonitor`` routes them to ``Throughput``.
+The fit accounting (:class:`~lightning_reuse.energy.accounting.FitAccounting`, to which the
+``EnergyMonitor`` callback routes trainer hooks) reads its epochs, stages and windows through this class.
 
 Example:
     >>> from lightning_reuse.energy.backends import SimulatedBackend
