@@ -32,7 +32,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from lightning_reuse.functional.ftc import (
+from lightning_reuse.functional import (
     depth2_construction,
     depth3_construction,
     fine_tuning_capacity,
@@ -50,63 +50,73 @@ def loglog_slope(n: list[int], m: list[float]) -> dict[str, float]:
 
 
 # --- track 1: exact constructions -----------------------------------------------------------------
+def _random_case_rows(k: int, n: int, seed: int, dim: int) -> list[dict]:
+    """N random changes among K collinear points: both constructions, their sizes and exactness."""
+    g = torch.Generator().manual_seed(1000 * k + 10 * n + seed)
+    direction = torch.randn(dim, generator=g, dtype=torch.float64)
+    direction /= direction.norm()
+    x = torch.linspace(-1, 1, k, dtype=torch.float64)[:, None] * direction  # collinear
+    f = nn.Sequential(nn.Linear(dim, 32), nn.Tanh(), nn.Linear(32, 1)).double()  # frozen "base"
+    y = f(x).squeeze(1).detach()
+    changed = torch.randperm(k, generator=g)[:n]
+    y_new = y.clone()
+    y_new[changed] = torch.randn(n, generator=g, dtype=torch.float64) * 2
+    keep = torch.ones(k, dtype=torch.bool)
+    keep[changed] = False
+    t = y_new - y
+    t[keep] = 0.0
+    rows = []
+    for depth, build in ((2, depth2_construction), (3, depth3_construction)):
+        side = build(x, t, direction=direction)
+        out = (f(x) + side(x)).squeeze(1).detach()
+        err_changed = float((out[changed] - y_new[changed]).abs().max())
+        err_kept = float((out[keep] - y[keep]).abs().max()) if keep.any() else 0.0
+        rows.append(
+            {
+                "K": k,
+                "N": n,
+                "seed": seed,
+                "depth": depth,
+                "case": "random",
+                "m": ftc_neurons(side),
+                "bound": fine_tuning_capacity(n, depth, num_samples=k),
+                "max_err_changed": err_changed,
+                "max_err_kept": err_kept,
+                "exact": max(err_changed, err_kept) < 1e-6,
+            }
+        )
+    return rows
+
+
+def _isolated_row(k: int, n: int) -> dict:
+    """Depth-2 worst case: N isolated changes among K points (lower bound 3N)."""
+    x = torch.linspace(-1, 1, k, dtype=torch.float64)
+    t = torch.zeros(k, dtype=torch.float64)
+    t[2 : 4 * n : 4] = torch.linspace(-2, 2, n, dtype=torch.float64) + 0.05
+    side = depth2_construction(x, t)
+    err = float((side(x[:, None]).squeeze(1) - t).abs().max())
+    return {
+        "K": k,
+        "N": n,
+        "seed": 0,
+        "depth": 2,
+        "case": "isolated",
+        "m": ftc_neurons(side),
+        "bound": fine_tuning_capacity(n, 2, num_samples=k, bound="lower"),
+        "max_err_changed": err,
+        "max_err_kept": err,
+        "exact": err < 1e-6,
+    }
+
+
 def constructive_track(ks: list[int], ns: list[int], seeds: int, dim: int = 8) -> dict:
     rows = []
     for k in ks:
         for n in [n for n in ns if n <= k]:
             for seed in range(seeds):
-                g = torch.Generator().manual_seed(1000 * k + 10 * n + seed)
-                direction = torch.randn(dim, generator=g, dtype=torch.float64)
-                direction /= direction.norm()
-                x = torch.linspace(-1, 1, k, dtype=torch.float64)[:, None] * direction  # collinear
-                f = nn.Sequential(nn.Linear(dim, 32), nn.Tanh(), nn.Linear(32, 1)).double()  # frozen "base"
-                y = f(x).squeeze(1).detach()
-                changed = torch.randperm(k, generator=g)[:n]
-                y_new = y.clone()
-                y_new[changed] = torch.randn(n, generator=g, dtype=torch.float64) * 2
-                keep = torch.ones(k, dtype=torch.bool)
-                keep[changed] = False
-                t = y_new - y
-                t[keep] = 0.0
-                for depth, build in ((2, depth2_construction), (3, depth3_construction)):
-                    side = build(x, t, direction=direction)
-                    out = (f(x) + side(x)).squeeze(1).detach()
-                    err_changed = float((out[changed] - y_new[changed]).abs().max())
-                    err_kept = float((out[keep] - y[keep]).abs().max()) if keep.any() else 0.0
-                    rows.append(
-                        {
-                            "K": k,
-                            "N": n,
-                            "seed": seed,
-                            "depth": depth,
-                            "case": "random",
-                            "m": ftc_neurons(side),
-                            "bound": fine_tuning_capacity(n, depth, num_samples=k),
-                            "max_err_changed": err_changed,
-                            "max_err_kept": err_kept,
-                            "exact": max(err_changed, err_kept) < 1e-6,
-                        }
-                    )
-            if k >= 4 * n + 1:  # depth-2 worst case: isolated changes, lower bound 3N
-                x = torch.linspace(-1, 1, k, dtype=torch.float64)
-                t = torch.zeros(k, dtype=torch.float64)
-                t[2 : 4 * n : 4] = torch.linspace(-2, 2, n, dtype=torch.float64) + 0.05
-                side = depth2_construction(x, t)
-                err = float((side(x[:, None]).squeeze(1) - t).abs().max())
-                rows.append(
-                    {
-                        "K": k,
-                        "N": n,
-                        "seed": 0,
-                        "depth": 2,
-                        "case": "isolated",
-                        "m": ftc_neurons(side),
-                        "bound": fine_tuning_capacity(n, 2, num_samples=k, bound="lower"),
-                        "max_err_changed": err,
-                        "max_err_kept": err,
-                        "exact": err < 1e-6,
-                    }
-                )
+                rows += _random_case_rows(k, n, seed, dim)
+            if k >= 4 * n + 1:
+                rows.append(_isolated_row(k, n))
     slopes = {}
     for depth in (2, 3):
         for k in [*ks, "all"]:
@@ -201,9 +211,12 @@ def plot(constructive: dict, empirical: dict, out_dir: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
+    return [_plot_constructive(constructive, out_dir), _plot_empirical(empirical, out_dir)]
+
+
+def _plot_constructive(constructive: dict, out_dir: Path) -> str:
     import matplotlib.pyplot as plt
 
-    paths = []
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     rows = constructive["rows"]
     markers = {128: "o", 512: "s", 2048: "^"}
@@ -232,8 +245,12 @@ def plot(constructive: dict, empirical: dict, out_dir: Path) -> list[str]:
     fig.tight_layout()
     path = out_dir / "ftc_scaling_constructive.png"
     fig.savefig(path, dpi=120)
-    paths.append(str(path))
     plt.close(fig)
+    return str(path)
+
+
+def _plot_empirical(empirical: dict, out_dir: Path) -> str:
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     for depth, colour in ((2, "tab:blue"), (3, "tab:orange")):
@@ -248,9 +265,43 @@ def plot(constructive: dict, empirical: dict, out_dir: Path) -> list[str]:
     dim = empirical["dim"]
     path = out_dir / ("ftc_scaling_empirical.png" if dim == 4 else f"ftc_scaling_empirical_d{dim}.png")
     fig.savefig(path, dpi=120)
-    paths.append(str(path))
     plt.close(fig)
-    return paths
+    return str(path)
+
+
+def print_constructive(constructive: dict) -> None:
+    print(
+        "### Track 1: exact constructions (all instances fit exactly: "
+        f"{all(r['exact'] for r in constructive['rows'])})\n"
+    )
+    print("| depth | K | N | m (mean over seeds) | m max | our bound | max error |")
+    print("|---|---|---|---|---|---|---|")
+    keys = sorted({(r["depth"], r["K"], r["N"]) for r in constructive["rows"] if r["case"] == "random"})
+    for depth, k, n in keys:
+        sel = [
+            r
+            for r in constructive["rows"]
+            if (r["depth"], r["K"], r["N"]) == (depth, k, n) and r["case"] == "random"
+        ]
+        err = max(max(r["max_err_changed"], r["max_err_kept"]) for r in sel)
+        print(
+            f"| {depth} | {k} | {n} | {np.mean([r['m'] for r in sel]):.1f} | {max(r['m'] for r in sel)} | "
+            f"{sel[0]['bound']} | {err:.1e} |"
+        )
+    print("\n| fit | slope of log m on log N | 95% interval | points |\n|---|---|---|---|")
+    for name, s in constructive["slopes"].items():
+        print(f"| {name} | {s['slope']:.3f} | [{s['low']:.3f}, {s['high']:.3f}] | {s['points']} |")
+
+
+def print_empirical(empirical: dict) -> None:
+    print("\n### Track 2: gradient search (OPTIMIZER-DEPENDENT UPPER BOUND, not the FTC)\n")
+    print("| depth | N | smallest width found (per seed) |\n|---|---|---|")
+    for depth in (2, 3):
+        for n in sorted({r["N"] for r in empirical["rows"]}):
+            found = [r["m"] for r in empirical["rows"] if r["depth"] == depth and r["N"] == n]
+            print(f"| {depth} | {n} | {found} |")
+    for name, s in empirical["slopes"].items():
+        print(f"\nempirical {name}: slope {s['slope']:.2f} [{s['low']:.2f}, {s['high']:.2f}]")
 
 
 def main() -> None:
@@ -275,35 +326,8 @@ def main() -> None:
     hardware = f"{platform.processor() or platform.machine()} CPU, 1 thread"
 
     print(f"## FTC scaling ({hardware}; {time.perf_counter() - start:.0f} s)\n")
-    print(
-        "### Track 1: exact constructions (all instances fit exactly: "
-        f"{all(r['exact'] for r in constructive['rows'])})\n"
-    )
-    print("| depth | K | N | m (mean over seeds) | m max | our bound | max error |")
-    print("|---|---|---|---|---|---|---|")
-    keys = sorted({(r["depth"], r["K"], r["N"]) for r in constructive["rows"] if r["case"] == "random"})
-    for depth, k, n in keys:
-        sel = [
-            r
-            for r in constructive["rows"]
-            if (r["depth"], r["K"], r["N"]) == (depth, k, n) and r["case"] == "random"
-        ]
-        err = max(max(r["max_err_changed"], r["max_err_kept"]) for r in sel)
-        print(
-            f"| {depth} | {k} | {n} | {np.mean([r['m'] for r in sel]):.1f} | {max(r['m'] for r in sel)} | "
-            f"{sel[0]['bound']} | {err:.1e} |"
-        )
-    print("\n| fit | slope of log m on log N | 95% interval | points |\n|---|---|---|---|")
-    for name, s in constructive["slopes"].items():
-        print(f"| {name} | {s['slope']:.3f} | [{s['low']:.3f}, {s['high']:.3f}] | {s['points']} |")
-    print("\n### Track 2: gradient search (OPTIMIZER-DEPENDENT UPPER BOUND, not the FTC)\n")
-    print("| depth | N | smallest width found (per seed) |\n|---|---|---|")
-    for depth in (2, 3):
-        for n in sorted({r["N"] for r in empirical["rows"]}):
-            found = [r["m"] for r in empirical["rows"] if r["depth"] == depth and r["N"] == n]
-            print(f"| {depth} | {n} | {found} |")
-    for name, s in empirical["slopes"].items():
-        print(f"\nempirical {name}: slope {s['slope']:.2f} [{s['low']:.2f}, {s['high']:.2f}]")
+    print_constructive(constructive)
+    print_empirical(empirical)
     payload = {
         "hardware": hardware,
         "torch": torch.__version__,

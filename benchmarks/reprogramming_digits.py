@@ -23,19 +23,27 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from typing_extensions import override
 
-from lightning_reuse.modules.reprogramming import ModelReprogramming, source_fingerprint
-from lightning_reuse.nn.label_mapping import (
+from lightning_reuse import ModelReprogramming
+from lightning_reuse.nn import (
     FrequencyLabelMapping,
+    FullPrompt,
+    InputTransform,
     IterativeLabelMapping,
     LabelMapping,
     LinearLabelMapping,
+    PaddingPrompt,
     RandomLabelMapping,
+    module_fingerprint,
 )
-from lightning_reuse.nn.prompts import FullPrompt, InputTransform, PaddingPrompt
-from lightning_reuse.samples.digits import digits_loader, load_digits_tensors, split_indices
-from lightning_reuse.samples.efficientnet import load_efficientnet_lite0
-from lightning_reuse.samples.models import accuracy
+from lightning_reuse.samples import (
+    accuracy,
+    digits_loader,
+    load_digits_tensors,
+    load_efficientnet_lite0,
+    split_indices,
+)
 
 CONFIGS = [
     ("padding", "rlm"),
@@ -50,9 +58,11 @@ class EpochTimer(pl.Callback):
     def __init__(self) -> None:
         self.times: list[float] = []
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
         self._t0 = time.perf_counter()
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         self.times.append(time.perf_counter() - self._t0)
 
@@ -88,7 +98,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     for prompt, mapping_name in CONFIGS:
         pl.seed_everything(args.seed, verbose=False)
         source, _ = load_efficientnet_lite0(image_size=args.size)
-        fingerprint = source_fingerprint(source)
+        fingerprint = module_fingerprint(source)
         transform, mapping = make_parts(prompt, mapping_name, args.size, args.placed, args.seed)
         module = ModelReprogramming(source, transform, mapping, lr=args.lr, source_name="efficientnet-lite0")
         train_loader = digits_loader(x[train_idx], y[train_idx], batch_size=args.batch_size, shuffle=True)
@@ -117,7 +127,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             "prompt_params_in_mask": transform.num_prompt_parameters,
             "s_per_epoch": sum(timer.times) / max(1, len(timer.times)),
             "remaps": len(module.remap_history),
-            "source_unchanged": source_fingerprint(source) == fingerprint,
+            "source_unchanged": module_fingerprint(source) == fingerprint,
         }
         rows.append(row)
         print(json.dumps(row), flush=True)

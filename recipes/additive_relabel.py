@@ -1,7 +1,7 @@
 """Relabel N samples of a pre-trained digits classifier with a small additive side network.
 
 The base (a SmallCNN trained on 60% of scikit-learn's digits) is frozen; a small ReLU side network g is
-trained with :class:`lightning_reuse.modules.additive.AdditiveFineTuning` so that N chosen training samples
+trained with :class:`lightning_reuse.AdditiveFineTuning` so that N chosen training samples
 get a new label (the base's prediction shifted by one class) while every other training sample keeps the
 base's prediction. Reported: how many of the N flipped, how many other predictions changed on the
 training set (goal: none) and on the held-out 40%, accuracies, parameter counts and the side size that
@@ -9,7 +9,7 @@ the fine-tuning capacity formula asks for.
 
 Run (2-core CPU, 1 thread; a few minutes):
     python recipes/additive_relabel.py --json benchmarks/results/additive_relabel.json  # N in 5 10 20 40
-    python recipes/additive_relabel.py --n 10 --feature pool --json out.json
+    python recipes/additive_relabel.py --n 10 --layer pool --json out.json
 """
 
 from __future__ import annotations
@@ -24,12 +24,11 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_reuse.functional.ftc import fine_tuning_capacity
-from lightning_reuse.modules.additive import IGNORE_INDEX, AdditiveFineTuning
-from lightning_reuse.nn.parameter_count import format_parameter_count
-from lightning_reuse.nn.side_network import AdditiveModel
-from lightning_reuse.samples.digits import load_digits_tensors, split_indices
-from lightning_reuse.samples.models import SmallCNN, accuracy, train_classifier
+from lightning_reuse import AdditiveFineTuning
+from lightning_reuse.functional import fine_tuning_capacity
+from lightning_reuse.modules.additive import IGNORE_INDEX
+from lightning_reuse.nn import AdditiveModel, format_parameter_count
+from lightning_reuse.samples import SmallCNN, accuracy, load_digits_tensors, split_indices, train_classifier
 
 
 @torch.no_grad()
@@ -38,38 +37,36 @@ def predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x).argmax(-1)
 
 
-def relabel(
-    base: torch.nn.Module,
-    x_train: torch.Tensor,
-    x_held: torch.Tensor,
-    y_held: torch.Tensor,
-    n: int,
-    feature: str | None,
-    depth: int,
-    width: int | None,
-    epochs: int,
-    penalty: float,
-    keep: str,
-    seed: int,
-) -> dict:
-    pred_train, pred_held = predict(base, x_train), predict(base, x_held)
+def relabel_targets(
+    pred_train: torch.Tensor, n: int, keep: str, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Choose ``n`` training samples and a different label for each; return ``(chosen, new_label, target)``.
+
+    keep="penalty": the others carry no label term (-100), only the output penalty keeps F == f there;
+    keep="ce": the others are labelled with the base's own prediction.
+    """
     g = torch.Generator().manual_seed(seed)
-    chosen = torch.randperm(len(x_train), generator=g)[:n]
+    chosen = torch.randperm(len(pred_train), generator=g)[:n]
     new_label = (pred_train[chosen] + 1 + torch.randint(0, 9, (n,), generator=g)) % 10  # a different class
-    # keep="penalty": the others carry no label term (-100), only the output penalty keeps F == f there;
-    # keep="ce": the others are labelled with the base's own prediction
     target = torch.full_like(pred_train, IGNORE_INDEX) if keep == "penalty" else pred_train.clone()
     target[chosen] = new_label
-    m_formula = fine_tuning_capacity(n, depth, num_samples=len(x_train))
-    width = width or max(8, m_formula // (depth - 1))
-    torch.manual_seed(seed)
-    model = AdditiveModel.from_base(base, x_train[:2], width=width, depth=depth, feature=feature)
-    module = AdditiveFineTuning(base, model.side, feature=feature, lr=1e-2, output_penalty=penalty)
-    # the N changed samples are repeated so that they weigh as much as all the others together
+    return chosen, new_label, target
+
+
+def fit_side(
+    module: AdditiveFineTuning,
+    x_train: torch.Tensor,
+    target: torch.Tensor,
+    chosen: torch.Tensor,
+    keep: str,
+    epochs: int,
+) -> float:
+    """Full-batch fit; the N changed samples are repeated (keep="ce") to weigh as much as all the others."""
+    n = len(chosen)
     reps = max(1, (len(x_train) - n) // n) if keep == "ce" else 1
     x_fit = torch.cat([x_train, x_train[chosen].repeat(reps - 1, 1, 1, 1)])
     t_fit = torch.cat([target, target[chosen].repeat(reps - 1)])
-    loader = DataLoader(TensorDataset(x_fit, t_fit), batch_size=len(x_fit))  # full batch
+    loader = DataLoader(TensorDataset(x_fit, t_fit), batch_size=len(x_fit))
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=epochs,
@@ -80,14 +77,38 @@ def relabel(
     )
     start = time.perf_counter()
     trainer.fit(module, loader)
-    seconds = time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def relabel(
+    base: torch.nn.Module,
+    x_train: torch.Tensor,
+    x_held: torch.Tensor,
+    y_held: torch.Tensor,
+    n: int,
+    layer: str | None,
+    depth: int,
+    width: int | None,
+    epochs: int,
+    penalty: float,
+    keep: str,
+    seed: int,
+) -> dict:
+    pred_train, pred_held = predict(base, x_train), predict(base, x_held)
+    chosen, new_label, target = relabel_targets(pred_train, n, keep, seed)
+    m_formula = fine_tuning_capacity(n, depth, num_samples=len(x_train))
+    width = width or max(8, m_formula // (depth - 1))
+    torch.manual_seed(seed)
+    model = AdditiveModel.from_base(base, x_train[:2], width=width, depth=depth, layer=layer)
+    module = AdditiveFineTuning(base, model.side, layer=layer, lr=1e-2, output_penalty=penalty)
+    seconds = fit_side(module, x_train, target, chosen, keep, epochs)
     new_train, new_held = predict(module, x_train), predict(module, x_held)
     others = torch.ones(len(x_train), dtype=torch.bool)
     others[chosen] = False
     counts = module.parameter_count()
     return {
         "N": n,
-        "feature": feature or "input",
+        "layer": layer or "input",
         "depth": depth,
         "width": width,
         "neurons": module.model.side.num_neurons,
@@ -107,10 +128,25 @@ def relabel(
     }
 
 
+def print_table(rows: list[dict]) -> None:
+    print(
+        "\n| N | keep | side reads | depth | width | m | FTC formula m | flipped | other train changed | "
+        "held-out changed | held-out acc before -> after | trainable / total params |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['N']} | {r['keep']} | {r['layer']} | {r['depth']} | {r['width']} | {r['neurons']} | {r['ftc_formula_m']} | "
+            f"{r['flipped']}/{r['N']} | {r['train_others_changed']}/{r['train_others']} | "
+            f"{r['held_out_changed']}/{r['held_out']} | {r['held_acc_before']:.3f} -> {r['held_acc_after']:.3f} | "
+            f"{r['trainable_params']:,} / {r['total_params']:,} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[5, 10, 20, 40], help="labels to change")
-    parser.add_argument("--feature", default=None, help="base layer the side reads (default: the input)")
+    parser.add_argument("--layer", default=None, help="base layer the side reads (default: the input)")
     parser.add_argument("--depth", type=int, default=3, choices=[2, 3])
     parser.add_argument(
         "--width", type=int, default=64, help="hidden width per layer (0: from the FTC formula)"
@@ -139,7 +175,7 @@ def main() -> None:
             x[held_idx],
             y[held_idx],
             n,
-            args.feature,
+            args.layer,
             args.depth,
             args.width,
             args.epochs,
@@ -149,18 +185,7 @@ def main() -> None:
         )
         for n in args.n
     ]
-    print(
-        "\n| N | keep | side reads | depth | width | m | FTC formula m | flipped | other train changed | "
-        "held-out changed | held-out acc before -> after | trainable / total params |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['N']} | {r['keep']} | {r['feature']} | {r['depth']} | {r['width']} | {r['neurons']} | {r['ftc_formula_m']} | "
-            f"{r['flipped']}/{r['N']} | {r['train_others_changed']}/{r['train_others']} | "
-            f"{r['held_out_changed']}/{r['held_out']} | {r['held_acc_before']:.3f} -> {r['held_acc_after']:.3f} | "
-            f"{r['trainable_params']:,} / {r['total_params']:,} |"
-        )
+    print_table(rows)
     if args.json:
         args.json.write_text(json.dumps({"hardware": "CPU, 1 thread", "rows": rows}, indent=1))
         print(f"\nwrote {args.json}")

@@ -33,8 +33,13 @@ import torch
 from torch import Tensor, nn
 
 from lightning_reuse.modules.stitching_sweep import SweepResult, plot_sweep, stitching_sweep
-from lightning_reuse.samples.digits import apply_shift, load_digits_tensors, split_indices
-from lightning_reuse.samples.models import accuracy, train_classifier
+from lightning_reuse.samples import (
+    accuracy,
+    apply_shift,
+    load_digits_tensors,
+    split_indices,
+    train_classifier,
+)
 
 
 class ResidualBlock(nn.Module):
@@ -88,6 +93,14 @@ class ResidualCNN(nn.Module):
         for i in range(self.num_blocks):
             x = getattr(self, f"block{i + 1}")(x)
         return self.head(self.pool(x).flatten(1))
+
+
+TRIANGLE_KEYS = (
+    "lower_left_acc",
+    "upper_right_acc",
+    "random_sender_lower_left_acc",
+    "random_sender_mean_acc",
+)
 
 
 def triangle_summary(result_matrix: np.ndarray, random_matrix: np.ndarray) -> dict[str, float]:
@@ -156,7 +169,7 @@ def report(summary: dict, out: Path, tag: str) -> None:
     )
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
@@ -177,7 +190,54 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--quick", action="store_true", help="one direction, fewer epochs (smoke run)")
     parser.add_argument("--report-only", action="store_true", help="re-print and re-plot a finished run")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def sweep_pair(
+    sender: ResidualCNN,
+    receiver: ResidualCNN,
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    name: str,
+    seed: int,
+    args: argparse.Namespace,
+) -> dict[str, object]:
+    """Sweep every block output of ``sender`` into every block output of ``receiver``; one summary run."""
+    res = stitching_sweep(
+        sender,
+        receiver,
+        sender.cut_points,
+        receiver.cut_points,
+        train,
+        val,
+        out_dir=Path(args.out),
+        name=name,
+        epochs=2 if args.quick else args.stitch_epochs,
+        lr=1e-2,
+        batch_size=64,
+        seed=seed,
+        adapter=args.adapter,
+    )
+    tri = triangle_summary(res.matrix("stitched_acc"), res.matrix("random_sender_acc"))
+    return {
+        "name": name,
+        "seed": seed,
+        "sender_blocks": sender.num_blocks,
+        "receiver_blocks": receiver.num_blocks,
+        "sender_acc": accuracy(sender, *val),
+        "receiver_acc": accuracy(receiver, *val),
+        "sender_layers": res.sender_layers,
+        "receiver_layers": res.receiver_layers,
+        **{
+            k: res.matrix(k).round(4).tolist()
+            for k in ("stitched_acc", "random_sender_acc", "random_receiver_acc", "ls_acc", "cka")
+        },
+        **tri,
+    }
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(1)
     tag = "" if args.adapter == "hernandez" else f"{args.adapter}_"
     tag += f"noise{args.noise:g}_" if args.noise > 0 else ""
@@ -201,42 +261,10 @@ def main() -> None:
         d_small, d_big = args.depths
         pairs = [(d_big, d_small)] if args.quick else [(d_big, d_small), (d_small, d_big)]
         for d_s, d_r in pairs:
-            sender, receiver = models[d_s], models[d_r]
             name = f"stitching_{tag}d{3 * d_s}_to_d{3 * d_r}_seed{seed}"
-            res = stitching_sweep(
-                sender,
-                receiver,
-                sender.cut_points,
-                receiver.cut_points,
-                train,
-                val,
-                out_dir=out,
-                name=name,
-                epochs=2 if args.quick else args.stitch_epochs,
-                lr=1e-2,
-                batch_size=64,
-                seed=seed,
-                adapter=args.adapter,
-            )
-            tri = triangle_summary(res.matrix("stitched_acc"), res.matrix("random_sender_acc"))
-            run = {
-                "name": name,
-                "seed": seed,
-                "sender_blocks": sender.num_blocks,
-                "receiver_blocks": receiver.num_blocks,
-                "sender_acc": accuracy(sender, *val),
-                "receiver_acc": accuracy(receiver, *val),
-                "sender_layers": res.sender_layers,
-                "receiver_layers": res.receiver_layers,
-                "stitched_acc": res.matrix("stitched_acc").round(4).tolist(),
-                "random_sender_acc": res.matrix("random_sender_acc").round(4).tolist(),
-                "random_receiver_acc": res.matrix("random_receiver_acc").round(4).tolist(),
-                "ls_acc": res.matrix("ls_acc").round(4).tolist(),
-                "cka": res.matrix("cka").round(4).tolist(),
-                **tri,
-            }
+            run = sweep_pair(models[d_s], models[d_r], train, val, name, seed, args)
             summary["runs"].append(run)  # type: ignore[union-attr]
-            print(f"{name}: {tri}", flush=True)
+            print(f"{name}: { {k: run[k] for k in TRIANGLE_KEYS} }", flush=True)
             summary["wall_s"] = round(time.perf_counter() - t0, 1)
             (out / f"stitching_{tag}summary.json").write_text(json.dumps(summary, indent=1))
     summary["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -110,7 +110,6 @@ class AdditiveFineTuning(pl.LightningModule):
         )
         self.base_fingerprint = module_fingerprint(base)
         self.save_hyperparameters(ignore=["base", "side", "optimizer", "feature"])
-        self.hparams["layer"] = layer
         side_config = getattr(side, "config", None)
         if isinstance(side_config, Mapping):
             self.hparams["side"] = dict(side_config)
