@@ -51,6 +51,11 @@ def check_group(group: dict[str, Any], index: int) -> None:
 
 def set_aside_ftp_state(opt: FTP, state_dict: dict[str, Any]) -> dict[str, Any]:
     """Pre-load hook: check the groups, take FTP's entries out of ``state`` (kept in ``opt``), validate them."""
+    if "ftp" in state_dict:
+        raise ValueError(
+            "`state_dict` holds FTP state in the earlier format (a separate 'ftp' entry), not in `state` and "
+            "`param_groups`. HINT: resume from a checkpoint saved by this version, or restart the optimizer."
+        )
     saved_groups = state_dict["param_groups"]
     if not all(key in g for g in saved_groups for key in GROUP_KEYS):
         raise ValueError(
