@@ -26,11 +26,14 @@ _NAMES: dict[str, str] = {
     "CostEstimate": ".energy.ledger",
     "RESQUEDist": ".metrics.resque",
     "RESQUETask": ".metrics.resque",
+    "RESQUEConfig": ".functional.resque_config",
     "NTKScreening": ".callbacks.ntk_screening",
-    "ScreeningThresholds": ".functional.ntk_scores",
+    "ScreeningConfig": ".functional.ntk_config",
+    "ScreeningThresholds": ".functional.ntk_config",
     "screen_reprogramming": ".functional.ntk_scores",
     # energy and carbon
     "EnergyMonitor": ".callbacks.energy_monitor",
+    "EnergyConfig": ".energy.config",
     "EnergyRecord": ".energy.records",
     # fine-tuning that keeps the pre-trained model's robustness
     "FTP": ".optim.ftp",
@@ -53,10 +56,13 @@ if TYPE_CHECKING:
     from lightning_reuse.callbacks.ntk_screening import NTKScreening
     from lightning_reuse.callbacks.resque_check import RESQUECheck
     from lightning_reuse.callbacks.wise_ft import WiSEFT
+    from lightning_reuse.energy.config import EnergyConfig
     from lightning_reuse.energy.ledger import CostEstimate, RetrainingLedger
     from lightning_reuse.energy.records import EnergyRecord
     from lightning_reuse.functional.ftc import fine_tuning_capacity
-    from lightning_reuse.functional.ntk_scores import ScreeningThresholds, screen_reprogramming
+    from lightning_reuse.functional.ntk_config import ScreeningConfig, ScreeningThresholds
+    from lightning_reuse.functional.ntk_scores import screen_reprogramming
+    from lightning_reuse.functional.resque_config import RESQUEConfig
     from lightning_reuse.metrics.resque import RESQUEDist, RESQUETask
     from lightning_reuse.modules.additive import AdditiveFineTuning
     from lightning_reuse.modules.classifier import ImageClassifier
@@ -74,10 +80,13 @@ __all__ = [
     "CostEstimate",
     "RESQUEDist",
     "RESQUETask",
+    "RESQUEConfig",
     "NTKScreening",
+    "ScreeningConfig",
     "ScreeningThresholds",
     "screen_reprogramming",
     "EnergyMonitor",
+    "EnergyConfig",
     "EnergyRecord",
     "FTP",
     "FTPAdamW",

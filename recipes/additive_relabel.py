@@ -24,8 +24,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_reuse import AdditiveFineTuning
-from lightning_reuse.functional import fine_tuning_capacity
+from lightning_reuse import AdditiveFineTuning, fine_tuning_capacity
 from lightning_reuse.modules.additive import IGNORE_INDEX
 from lightning_reuse.nn import AdditiveModel, format_parameter_count
 from lightning_reuse.samples import SmallCNN, accuracy, load_digits_tensors, split_indices, train_classifier

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lightning_reuse.modules.stitching_sweep import SweepResult, plot_sweep, stitching_sweep
+from lightning_reuse import stitching_sweep
+from lightning_reuse.modules.stitching_sweep import SweepResult, plot_sweep
 from lightning_reuse.samples import (
     accuracy,
     apply_shift,

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -38,6 +39,8 @@ class ImageClassifier(pl.LightningModule):
             ``optimizer: {class_path: lightning_reuse.optim.ftp_presets.FTPAdamW, init_args: ...}``).
         head_layer: attribute name of the classification head (an ``nn.Linear``).
         num_classes: output classes (for the accuracy metrics); read from the head when omitted.
+        head_name: deprecated spelling of ``head_layer`` (checkpoints of the first release saved it; goes in
+            the next release).
     """
 
     def __init__(
@@ -48,8 +51,17 @@ class ImageClassifier(pl.LightningModule):
         optimizer: OptimizerCallable | None = None,
         head_layer: str = "head",
         num_classes: int | None = None,
+        head_name: str | None = None,
     ) -> None:
         super().__init__()
+        if head_name is not None:
+            warnings.warn(
+                "ImageClassifier: `head_name` is deprecated and goes in the next release. HINT: pass "
+                f"`head_layer={head_name!r}`.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            head_layer = head_name
         if trainable not in ("all", "head", "scratch"):
             raise ValueError(f"`trainable` must be 'all', 'head' or 'scratch', got {trainable!r}.")
         if lr <= 0:
@@ -72,7 +84,7 @@ class ImageClassifier(pl.LightningModule):
         n = num_classes or head.out_features
         self.val_acc = MulticlassAccuracy(num_classes=n, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=n, average="micro")
-        self.save_hyperparameters(ignore=["model", "optimizer"])
+        self.save_hyperparameters(ignore=["model", "optimizer", "head_name"])
         self.train()  # a pre-trained model often arrives in eval mode; the frozen part stays in eval
 
     def num_parameters(self) -> int:

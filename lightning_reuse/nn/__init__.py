@@ -1,5 +1,7 @@
 """Plain torch building blocks (no lightning import): prompts, label mappings, side networks, stitches."""
 
+from typing import TYPE_CHECKING
+
 from lightning_reuse._lazy import attach
 
 # Public name -> defining module (relative). Add one line per public name.
@@ -48,7 +50,96 @@ _NAMES: dict[str, str] = {
     "module_fingerprint": ".fingerprint",
 }
 
-__all__ = list(_NAMES)
+if TYPE_CHECKING:
+    from lightning_reuse.nn.batch import split_batch
+    from lightning_reuse.nn.fingerprint import module_fingerprint
+    from lightning_reuse.nn.label_mapping import (
+        FrequencyLabelMapping,
+        IterativeLabelMapping,
+        LabelMapping,
+        LinearLabelMapping,
+        OneToOneLabelMapping,
+        RandomLabelMapping,
+        count_matrix,
+        greedy_one_to_one,
+    )
+    from lightning_reuse.nn.layers import capture_output, get_layer, layer_names
+    from lightning_reuse.nn.parameter_count import ParameterCount, count_parameters, format_parameter_count
+    from lightning_reuse.nn.prompts import FullPrompt, InputTransform, PaddingPrompt
+    from lightning_reuse.nn.reprogrammed import ReprogrammedModel
+    from lightning_reuse.nn.side_network import (
+        AdditiveModel,
+        ShapeMismatchError,
+        SideConv,
+        SideMLP,
+        base_fingerprint,
+        build_side_network,
+        freeze_base,
+    )
+    from lightning_reuse.nn.stitch import (
+        AffineStitch,
+        ConvStitch,
+        DownsampleStitch,
+        FlattenLinearStitch,
+        LinearStitch,
+        PooledDownsampleStitch,
+        PooledLinearStitch,
+        UpsampleStitch,
+        choose_stitch,
+        make_stitch,
+    )
+    from lightning_reuse.nn.stitched import (
+        StitchedModel,
+        StitchPoint,
+        layer_output,
+        run_with_replaced_output,
+        stitchable_points,
+    )
+
+__all__ = [
+    "get_layer",
+    "layer_names",
+    "capture_output",
+    "InputTransform",
+    "PaddingPrompt",
+    "FullPrompt",
+    "LabelMapping",
+    "OneToOneLabelMapping",
+    "RandomLabelMapping",
+    "FrequencyLabelMapping",
+    "IterativeLabelMapping",
+    "LinearLabelMapping",
+    "count_matrix",
+    "greedy_one_to_one",
+    "ReprogrammedModel",
+    "ConvStitch",
+    "LinearStitch",
+    "DownsampleStitch",
+    "UpsampleStitch",
+    "FlattenLinearStitch",
+    "AffineStitch",
+    "choose_stitch",
+    "make_stitch",
+    "StitchedModel",
+    "StitchPoint",
+    "stitchable_points",
+    "layer_output",
+    "run_with_replaced_output",
+    "SideMLP",
+    "SideConv",
+    "AdditiveModel",
+    "build_side_network",
+    "freeze_base",
+    "base_fingerprint",
+    "ShapeMismatchError",
+    "ParameterCount",
+    "count_parameters",
+    "format_parameter_count",
+    "PooledDownsampleStitch",
+    "PooledLinearStitch",
+    "split_batch",
+    "module_fingerprint",
+]
 # Sample models moved to :mod:`lightning_reuse.samples`; the old names resolve, with a DeprecationWarning, for one release.
 _MOVED: dict[str, str] = {
     "SmallCNN": "lightning_reuse.samples.models",

@@ -185,3 +185,11 @@ def test_logged_keys_are_stage_underscore_metric(tmp_path) -> None:
     for name, module in _modules().items():
         keys = set(_fit(module, tmp_path).callback_metrics)
         assert keys and all(re.fullmatch(r"(train|val|test)_[a-z_]+", k) for k in keys), (name, keys)
+
+
+def test_image_classifier_head_name_is_a_deprecated_spelling_of_head_layer() -> None:
+    torch.manual_seed(0)
+    with pytest.warns(DeprecationWarning, match=r"`head_name` is deprecated.*HINT: pass `head_layer='head'`"):
+        module = ImageClassifier(SmallCNN(width=4), trainable="head", head_name="head")
+    assert module.head_layer == "head" and "head_name" not in module.hparams
+    assert {n for n, p in module.model.named_parameters() if p.requires_grad} == {"head.weight", "head.bias"}
