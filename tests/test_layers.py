@@ -40,7 +40,6 @@ LAYERS: dict[str, int] = {
     "datasets": 2,
     "zoo": 2,
     "ledger": 2,
-    "stitching_sweep": 2,
     "demo": 3,
     "cli": 3,
 }

@@ -13,7 +13,6 @@ MOVED = [
     ("lightning_reuse.nn.small_cnn", "SmallCNN", "lightning_reuse.samples.models"),
     ("lightning_reuse.nn.efficientnet", "load_efficientnet_lite0", "lightning_reuse.samples.efficientnet"),
     ("lightning_reuse.ledger", "RetrainingLedger", "lightning_reuse.energy.ledger"),
-    ("lightning_reuse.stitching_sweep", "stitching_sweep", "lightning_reuse.modules.stitching_sweep"),
     ("lightning_reuse.nn", "SmallCNN", "lightning_reuse.samples.models"),
 ]
 
@@ -34,3 +33,14 @@ def test_old_path_refuses_names_the_new_module_lacks() -> None:
     module = importlib.import_module("lightning_reuse.zoo")
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         module.nope  # noqa: B018
+
+
+def test_the_root_name_stitching_sweep_is_the_function() -> None:
+    """`lightning_reuse.stitching_sweep` was a module; the root now exports the function under that name, so
+    the old module path has no alias (it would shadow the function once imported)."""
+    import lightning_reuse
+    from lightning_reuse.modules.stitching_sweep import stitching_sweep
+
+    assert lightning_reuse.stitching_sweep is stitching_sweep
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("lightning_reuse.stitching_sweep")

@@ -62,4 +62,6 @@ def test_public_names_import(name: str) -> None:
     path = PACKAGE / (module.strip(".").replace(".", "/") + ".py")
     assert path.exists(), f"`{name}` is declared in lightning_reuse._NAMES but {path} does not exist"
     assert getattr(lightning_reuse, name).__name__ == name
-    assert getattr(importlib.import_module("lightning_reuse" + module), name) is getattr(lightning_reuse, name)
+    assert getattr(importlib.import_module("lightning_reuse" + module), name) is getattr(
+        lightning_reuse, name
+    )
