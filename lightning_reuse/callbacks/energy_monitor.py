@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 import lightning.pytorch as pl
@@ -48,8 +50,10 @@ from lightning_reuse.energy.summary import (
     epoch_rows,
     fit_metrics,
     fit_params,
+    status_metrics,
     window_metrics,
 )
+from lightning_reuse.energy.totals_file import totals_document, write_json_atomic
 
 T = TypeVar("T")
 _FIELDS = ("cpu_wh", "gpu_wh", "ram_wh", "energy_wh", "co2_g")  # summed over ranks
@@ -104,6 +108,15 @@ class EnergyMonitor(Callback):
         warmup_batches: batches of the first epoch treated as warm-up by the prediction.
         measure_validation: keep the ``"fit-validation"`` window (two extra reads per epoch; with the NVML
             backend on epochs shorter than ~1 s, ``False`` keeps the overhead under 1%).
+        totals_file: name of the JSON file of the fit's totals, rewritten atomically after every epoch, at
+            the end of the fit and on an exception (rank 0), in ``trainer.log_dir`` (else
+            ``default_root_dir``); an absolute path is used as given; ``None``: no file. After a
+            ``kill -9`` it holds the last finished epoch's totals.
+
+    On an exception or Ctrl-C (Lightning's ``on_exception``) the totals so far are logged with the status
+    (``energy/interrupted`` or ``energy/failed`` = 1, ``energy/status`` among the hyper-parameters) to every
+    logger, which is then saved (``CSVLogger`` writes ``metrics.csv`` only when it saves), and written to
+    ``totals_file``. In DDP these are the rank's own numbers (no collective can run after a fault).
 
     Attributes:
         total: :class:`EnergyRecord` of the fit so far (cumulative over resumed runs).
@@ -141,6 +154,7 @@ class EnergyMonitor(Callback):
         prior_rel_sd: float = 0.1,
         warmup_batches: int = 2,
         measure_validation: bool = True,
+        totals_file: str | None = "energy_totals.json",
     ) -> None:
         self.config = EnergyConfig(
             country_iso_code=country_iso_code,
@@ -155,6 +169,8 @@ class EnergyMonitor(Callback):
             measure_validation=measure_validation,
         )
         self.accounting = FitAccounting(self.config, backend)
+        self.totals_file = totals_file
+        self.totals_path: Path | None = None  # resolved when a fit starts
         self._trainer_ref: weakref.ReferenceType[pl.Trainer] | None = None
 
     total = _Forward[EnergyRecord]("accounting")
@@ -217,6 +233,8 @@ class EnergyMonitor(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._trainer_ref = weakref.ref(trainer)
+        if stage == "fit":
+            self.totals_path = self._resolve_totals_path(trainer)
         measuring = measures(self.config.ddp_mode, trainer.local_rank)
         self.accounting.start_stage(stage, measuring=measuring, gpu_ids=self._gpu_ids(trainer))
 
@@ -262,6 +280,7 @@ class EnergyMonitor(Callback):
         # `self.log` costs ~4 ms per key on a small CPU, which alone would be a ~5% step-time overhead here.
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
+        self._write_totals(trainer, "running", final=False)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -272,7 +291,11 @@ class EnergyMonitor(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         # No collective here (other ranks may be gone): the numbers are this rank's.
-        self.accounting.interrupt(trainer.state.fn.value if trainer.state.fn else None)
+        stage = trainer.state.fn.value if trainer.state.fn else None
+        was_running = self.accounting.meter is not None and self.accounting.meter.running
+        self.accounting.interrupt(stage, status=_fault_status(exception))
+        if was_running and stage is not None:
+            self._log_fault(trainer, stage)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -285,8 +308,40 @@ class EnergyMonitor(Callback):
             return
         if stage == "fit":
             self._log_totals(trainer)
+            self._write_totals(trainer, self.status, final=True)
         else:
             self._log(trainer, record.metrics(f"energy/{stage}"))
+
+    @rank_zero_only
+    def _log_fault(self, trainer: pl.Trainer, stage: str) -> None:
+        """After an exception: the totals so far with the status to every logger, saved, and to the file."""
+        if stage == "fit" and self.accounting.fit_done:
+            self._log_totals(trainer)
+            self._write_totals(trainer, self.status, final=True, summed_over_ranks=trainer.world_size == 1)
+        elif stage in self.stages:
+            metrics = {**self.stages[stage].metrics(f"energy/{stage}"), **status_metrics(self.status)}
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+                logger.log_hyperparams({"energy/status": self.status})
+        for logger in trainer.loggers:
+            logger.save()  # CSVLogger writes metrics.csv only here; Lightning's finalize may come too late
+
+    # ------------------------------------------------------------------ the totals file
+    def _resolve_totals_path(self, trainer: pl.Trainer) -> Path | None:
+        """Where the totals file goes (computed on every rank: ``trainer.log_dir`` is a collective)."""
+        if self.totals_file is None:
+            return None
+        if os.path.isabs(self.totals_file):
+            return Path(self.totals_file)
+        return Path(trainer.log_dir or trainer.default_root_dir) / self.totals_file
+
+    def _write_totals(
+        self, trainer: pl.Trainer, status: str, *, final: bool, summed_over_ranks: bool = True
+    ) -> None:
+        if self.totals_path is None or trainer.global_rank != 0:
+            return
+        document = totals_document(self.accounting, status, final=final, summed_over_ranks=summed_over_ranks)
+        write_json_atomic(self.totals_path, document)
 
     @rank_zero_only
     def _log(self, trainer: pl.Trainer, metrics: dict[str, float]) -> None:
@@ -343,6 +398,18 @@ class EnergyMonitor(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.accounting.load_state_dict(state_dict)
+
+
+def _fault_status(exception: BaseException) -> str:
+    """``"interrupted"`` for Ctrl-C (``KeyboardInterrupt``), else ``"failed: <type>: <message>"``.
+
+    >>> _fault_status(KeyboardInterrupt()), _fault_status(RuntimeError("boom"))
+    ('interrupted', 'failed: RuntimeError: boom')
+    """
+    if isinstance(exception, KeyboardInterrupt):
+        return "interrupted"
+    message = str(exception).splitlines()[0][:200] if str(exception) else ""
+    return f"failed: {type(exception).__name__}" + (f": {message}" if message else "")
 
 
 def _reduce(trainer: pl.Trainer, pl_module: pl.LightningModule, records: list[EnergyRecord]) -> None:

@@ -207,8 +207,14 @@ class FitAccounting:
         self.outside_epochs = self._final - sum_records(self.epochs)
         self.fit_done = True
 
-    def interrupt(self, stage: str | None) -> None:
-        """An exception in ``stage`` (``None``: unknown): stop and keep this rank's numbers (no collective)."""
+    def interrupt(self, stage: str | None, status: str = "interrupted") -> None:
+        """An exception in ``stage`` (``None``: unknown): stop and keep this rank's numbers (no collective).
+
+        Args:
+            stage: the stage that raised.
+            status: why it stopped: ``"interrupted"`` (Ctrl-C) or ``"failed: <error>"``; a failed meter's
+                own status is kept instead (the numbers' first problem).
+        """
         if self.meter is None or not self.meter.running or self._stage_start is None:
             return
         final = self.meter.stop() if self._owner else self.meter.read()
@@ -216,7 +222,7 @@ class FitAccounting:
         self.stages[stage or "fit"] = record
         if stage == "fit":
             self._finish_fit(record, None)
-        self.status = "interrupted" if self.meter.status == "ok" else self.meter.status
+        self.status = status if self.meter.status == "ok" else self.meter.status
         if self._final is not None:
             self._final.status = self.status
 

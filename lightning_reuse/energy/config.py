@@ -23,6 +23,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+from lightning_reuse.energy.countries import is_iso_alpha3
+
 #: World-average carbon intensity of electricity (gCO2e/kWh; IEA, 2019), used when nothing better is known.
 WORLD_AVERAGE_G_PER_KWH = 475.0
 
@@ -69,11 +71,21 @@ def carbon_intensity(country_iso_code: str | None = None, fixed_g_per_kwh: float
 
 
 def validate_country(country_iso_code: str) -> str:
-    """Return the upper-cased code, or raise ``ValueError`` listing examples when it is unknown."""
+    """Return the upper-cased code, or raise ``ValueError`` when it is unknown.
+
+    A code must be an assigned ISO 3166-1 alpha-3 code (checked without codecarbon) and, when codecarbon is
+    installed, one its offline energy-mix table knows.
+    """
     if not isinstance(country_iso_code, str) or len(country_iso_code) != 3:
         raise ValueError(
             f"`country_iso_code` must be a 3-letter ISO 3166 code such as 'USA', 'FRA' or 'DEU', got "
             f"{country_iso_code!r}. HINT: pass e.g. country_iso_code='DEU'."
+        )
+    if not is_iso_alpha3(country_iso_code):  # checked with or without codecarbon installed
+        raise ValueError(
+            f"`country_iso_code` must be an ISO 3166-1 alpha-3 code such as 'USA', 'FRA' or 'DEU', got "
+            f"{country_iso_code!r}, which is not an assigned code. HINT: look the country up in ISO 3166-1 "
+            "(e.g. Germany is 'DEU', the United Kingdom 'GBR'), or pass `carbon_intensity_g_per_kwh`."
         )
     carbon_intensity(country_iso_code)  # raises with a list when codecarbon's table does not know it
     return country_iso_code.upper()

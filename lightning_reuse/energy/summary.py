@@ -44,17 +44,30 @@ def window_metrics(name: str, record: EnergyRecord) -> dict[str, float]:
 
 
 def fit_metrics(fit: FitAccounting) -> dict[str, float]:
-    """The end-of-fit totals: ``energy/total_*``, outside the epochs, windows, ok, first prediction's error."""
+    """The end-of-fit totals: ``energy/total_*``, outside the epochs, windows, status flags, first prediction's error."""
     total = fit.total
     metrics = total.metrics("energy/total")
     metrics["energy/outside_epochs_wh"] = fit.outside_epochs.energy_wh
-    metrics["energy/ok"] = float(fit.status == "ok")
+    metrics.update(status_metrics(fit.status))
     for name, record in fit.windows.items():
         metrics.update(window_metrics(name, record))
     first = fit.predictions[0] if fit.predictions else None
     if first is not None and total.energy_wh > 0 and math.isfinite(first.energy_wh):
         metrics["energy/first_prediction_error_pct"] = 100.0 * (first.energy_wh / total.energy_wh - 1.0)
     return metrics
+
+
+def status_metrics(status: str) -> dict[str, float]:
+    """The status as numbers every logger takes: ``energy/ok``, ``energy/interrupted``, ``energy/failed``.
+
+    >>> status_metrics("interrupted")
+    {'energy/ok': 0.0, 'energy/interrupted': 1.0, 'energy/failed': 0.0}
+    """
+    return {
+        "energy/ok": float(status == "ok"),
+        "energy/interrupted": float(status == "interrupted"),
+        "energy/failed": float(status.startswith("failed")),
+    }
 
 
 def fit_params(fit: FitAccounting) -> dict[str, Any]:

@@ -99,26 +99,54 @@ def test_epochs_and_outside_add_up_exactly_and_are_logged_once(tmp_path: Path) -
     assert "energy/method/cpu: simulated" in hparams and "energy/country_iso_code: USA" in hparams
 
 
-def test_prediction_each_epoch_with_max_steps_and_early_stopping(tmp_path: Path) -> None:
+class _ScriptedLoss(BoringModel):
+    """Logs ``valid_loss`` from a script indexed by epoch: whether early stopping fires is decided here."""
+
+    def __init__(self, losses: list[float]) -> None:
+        super().__init__()
+        self.losses = losses
+
+    def validation_step(self, batch, batch_idx):
+        out = super().validation_step(batch, batch_idx)
+        self.log("valid_loss", torch.tensor(self.losses[self.current_epoch]))
+        return out
+
+
+@pytest.mark.parametrize(
+    ("losses", "epochs_run", "stopped_early"),
+    [
+        ([5.0, 4.0, 3.0, 2.0, 1.0], 5, False),  # keeps improving: max_steps (40 = 5 epochs x 8) ends it
+        ([1.0, 1.0, 1.0, 1.0, 1.0], 4, True),  # best at epoch 0, then 3 epochs without improvement
+    ],
+    ids=["improving", "stalled"],
+)
+def test_prediction_each_epoch_with_max_steps_and_early_stopping(
+    tmp_path: Path, losses: list[float], epochs_run: int, stopped_early: bool
+) -> None:
+    pl.seed_everything(0)
     monitor = EnergyMonitor(backend=SimulatedBackend(cpu_w=20.0), warmup_batches=1)
     stopper = EarlyStopping(monitor="valid_loss", patience=3, mode="min")
-
-    class _Model(BoringModel):
-        def validation_step(self, batch, batch_idx):
-            out = super().validation_step(batch, batch_idx)
-            self.log("valid_loss", out["x"])
-            return out
-
     trainer = _trainer(tmp_path, [monitor, stopper], max_epochs=-1, max_steps=40)
-    trainer.fit(_Model())
+    trainer.fit(_ScriptedLoss(losses))
+    # early stopping fires after `patience` epochs without improvement, and only then
+    assert (stopper.stopped_epoch > 0) is stopped_early and trainer.current_epoch == epochs_run
+    assert trainer.global_step == 8 * epochs_run
+    # one energy record and one prediction per epoch run, tiling the fit
     preds = monitor.predictions
-    assert len(preds) == len(monitor.epochs) >= 2
+    assert len(monitor.epochs) == len(preds) == epochs_run
+    assert _sum(monitor.epochs).energy_wh + monitor.outside_epochs.energy_wh == pytest.approx(
+        monitor.total.energy_wh, rel=1e-12
+    )
     assert all(p.epochs_total == 5.0 for p in preds)  # 40 steps / 8 per epoch
     assert all(p.low_wh <= p.energy_wh <= p.high_wh for p in preds)
-    assert len(monitor.epochs) == 5  # max_steps reached (patience 3 on a loss that keeps falling or not)
-    last = preds[-1]  # nothing left to predict: the point and both ends are what was spent so far
-    assert last.low_wh == last.energy_wh == last.high_wh <= monitor.total.energy_wh
+    last = preds[-1]
+    if not stopped_early:  # nothing left to predict: the point and both ends are what was spent so far
+        assert last.low_wh == last.energy_wh == last.high_wh <= monitor.total.energy_wh
+    else:  # stopped before max_steps: the point still expected the 5th epoch
+        spent = monitor.accounting.cumulative.energy_wh
+        assert spent <= last.low_wh < last.energy_wh < last.high_wh
     rows = _csv_rows(trainer)
+    assert len(_column(rows, "energy/epoch_wh")) == epochs_run
     assert _column(rows, "energy/predicted_total_wh") == pytest.approx([p.energy_wh for p in preds], rel=1e-6)
 
 
@@ -164,7 +192,8 @@ def test_exception_mid_fit_keeps_a_flushed_record(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="boom"):
         trainer.fit(_Crash())
     assert not monitor.meter.running
-    assert monitor.status == "interrupted" and monitor.total.status == "interrupted"
+    # an exception is a failure (Ctrl-C is "interrupted": see the SIGINT test)
+    assert monitor.status == "failed: RuntimeError: boom" and monitor.total.status == monitor.status
     assert len(monitor.epochs) == 1
     # the partial epoch is in the total, as is everything before it
     assert monitor.total.energy_wh > monitor.epochs[0].energy_wh
@@ -183,7 +212,7 @@ def test_exception_with_real_codecarbon_stops_its_threads(tmp_path: Path) -> Non
     trainer = _trainer(tmp_path, [monitor], max_epochs=3, logger=False)
     with pytest.raises(RuntimeError, match="boom"):
         trainer.fit(_Crash())
-    assert monitor.status == "interrupted" and len(monitor.epochs) == 1
+    assert monitor.status == "failed: RuntimeError: boom" and len(monitor.epochs) == 1
     assert monitor.total.energy_wh > monitor.epochs[0].energy_wh > 0
     assert set(threading.enumerate()) <= threads_before
 
