@@ -243,8 +243,15 @@ class NTKScreening(Callback):
             return
         model = find_reprogrammed_model(pl_module)
         with measurement_window(trainer, "ntk-screening") as record, _untouched(pl_module):
-            result = self._screen(trainer, model, pl_module.device) if trainer.is_global_zero else None
+            result: dict[str, Any] | Exception | None = None
+            if trainer.is_global_zero:
+                try:
+                    result = self._screen(trainer, model, pl_module.device)
+                except (TypeError, ValueError) as err:  # inputs it refuses: every rank raises, none waits
+                    result = err
             result = trainer.strategy.broadcast(result, src=0)
+        if isinstance(result, Exception):
+            raise result
         self.energy = record
         self.scores = ScreeningScores(**result)
         self._log(trainer)
@@ -352,11 +359,17 @@ class NTKScreening(Callback):
         if s.decision != "FAIL":
             return
         action = "stopping the fit" if self.on_fail == "stop" else "training continues"
+        if s.degenerate:
+            what = "NTK screening cannot vouch for this data"
+            fix = (
+                "train on several labelled samples of at least two classes (check the train loader's labels)"
+            )
+        else:
+            what = "NTK screening predicts that reprogramming will fail"
+            fix = "pick another source model or a different prompt/label mapping"
         if trainer.is_global_zero:
             warnings.warn(
-                f"NTK screening predicts that reprogramming will fail ({action}): {'; '.join(s.reasons)}. "
-                "HINT: pick another source model or a different prompt/label mapping; set on_fail='warn' "
-                "to train anyway.",
+                f"{what} ({action}): {'; '.join(s.reasons)}. HINT: {fix}; set on_fail='warn' to train anyway.",
                 NTKScreeningWarning,
                 stacklevel=2,
             )

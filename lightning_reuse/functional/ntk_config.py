@@ -1,4 +1,8 @@
-"""The options of the NTK screening, declared and validated once: :class:`ScreeningConfig`.
+"""What the NTK screening accepts: its options (:class:`ScreeningConfig`, validated once) and its data.
+
+Data: :func:`check_inputs` (float images; token ids are refused), :func:`check_labels` (integer labels in
+``[0, C)`` with ``C >= 2``: an error before anything is computed) and :func:`degenerate_reasons` (one
+sample, or one class present: the screening answers FAIL with the reason, never PASS).
 
 Following PEFT's config pattern: one dataclass holds every option of a part, checks them in
 ``__post_init__`` and is passed through unchanged, from :class:`~lightning_reuse.NTKScreening` to
@@ -20,7 +24,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-__all__ = ["LABEL_MAPPINGS", "SKETCHES", "ScreeningConfig", "ScreeningThresholds", "resolve_config"]
+import torch
+from torch import Tensor
+
+__all__ = [
+    "LABEL_MAPPINGS",
+    "SKETCHES",
+    "ScreeningConfig",
+    "ScreeningThresholds",
+    "check_inputs",
+    "check_labels",
+    "degenerate_reasons",
+    "resolve_config",
+]
 
 LabelMappingKind = Literal["flm", "model"]
 SketchKind = Literal["auto", "none", "gaussian", "countsketch"]
@@ -188,3 +204,83 @@ def resolve_config(config: ScreeningConfig | None, options: dict[str, Any], who:
             "HINT: pass config=ScreeningConfig(...)."
         )
     return config
+
+
+# --------------------------------------------------------------------------- the data
+def check_inputs(x: Any, who: str = "NTK screening") -> None:
+    """Refuse what the prompts cannot take: ``x`` must be a float tensor of target images ``[N, C, H, W]``.
+
+    Prompting (:class:`~lightning_reuse.nn.PaddingPrompt`, :class:`~lightning_reuse.nn.FullPrompt`) is
+    defined for image inputs; token-sequence sources (integer token ids) are not supported.
+
+    Raises:
+        TypeError: ``x`` is not a floating-point tensor.
+    """
+    if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
+        what = (
+            f"a {x.dtype} tensor of shape {list(x.shape)}"
+            if isinstance(x, torch.Tensor)
+            else type(x).__name__
+        )
+        raise TypeError(
+            f"{who} supports image inputs only: `x` must be a float tensor of target images [N, C, H, W] for "
+            f"the input transform (PaddingPrompt, FullPrompt), got {what}. Token-sequence sources (integer "
+            "token ids) are not supported: prompting is defined for image inputs. HINT: pass float images "
+            "(uint8 images: `x.float() / 255`); for a token-sequence model, leave NTK screening out."
+        )
+
+
+def check_labels(y: Tensor, num_classes: int, who: str = "NTK screening") -> None:
+    """Refuse labels the screening (and the training after it) cannot use: ``y`` must be ``[n]`` ints in ``[0, C)``.
+
+    Raises:
+        ValueError: ``num_classes < 2`` (a one-class problem has nothing to classify), ``y`` is not a 1-D
+            integer tensor, or a label lies outside ``[0, num_classes)``.
+
+    >>> check_labels(torch.tensor([0, 2]), 2)
+    Traceback (most recent call last):
+    ...
+    ValueError: NTK screening: labels must lie in [0, 2) (the target classes of the label mapping), got range [0, 2]. HINT: relabel the targets to 0..C-1, or build the label mapping with num_target=3.
+    """
+    if num_classes < 2:
+        raise ValueError(
+            f"{who}: the label mapping has {num_classes} target class, expected at least 2: a one-class "
+            "problem has nothing to classify and nothing to screen. HINT: build the label mapping with the "
+            "number of target classes, e.g. FrequencyLabelMapping(num_source, num_target=C) with C >= 2."
+        )
+    if y.dim() != 1 or y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
+        raise ValueError(
+            f"{who}: labels must be a 1-D integer tensor [n], got dtype {y.dtype} and shape {list(y.shape)}. "
+            "HINT: pass class indices, e.g. `y.long()`."
+        )
+    lo, hi = (int(y.min()), int(y.max())) if y.numel() else (0, 0)
+    if lo < 0 or hi >= num_classes:
+        fix = f", or build the label mapping with num_target={hi + 1}" if lo >= 0 else ""
+        raise ValueError(
+            f"{who}: labels must lie in [0, {num_classes}) (the target classes of the label mapping), got "
+            f"range [{lo}, {hi}]. HINT: relabel the targets to 0..C-1{fix}."
+        )
+
+
+def degenerate_reasons(y: Tensor) -> list[str]:
+    """Why labels ``y`` are too degenerate to screen: fewer than 2 samples, or one class present; else ``[]``.
+
+    The scores compare the true labels with permuted ones and predict held-out samples: one sample or one
+    class present leaves nothing to compare or predict (``rho`` is 1 by construction, the cross-fitted
+    accuracy is trivially perfect), so such data gets FAIL with this reason, never PASS.
+
+    >>> degenerate_reasons(torch.tensor([1, 1, 1]))[0][:40]
+    'only one class present among the 3 scre'
+    """
+    n, present = int(y.numel()), int(torch.unique(y).numel())
+    if n < 2:
+        return [
+            f"only {n} target sample screened: the NTK scores need at least 2 samples of 2 classes (nothing "
+            "can be compared or predicted)"
+        ]
+    if present < 2:
+        return [
+            f"only one class present among the {n} screened samples (label {int(y[0])}): the scores need at "
+            "least 2 classes (true and permuted labels coincide)"
+        ]
+    return []

@@ -48,7 +48,14 @@ from lightning_reuse.functional._ntk_linalg import (
     spectrum,
 )
 from lightning_reuse.functional.ntk import assert_per_sample, prompt_jacobian
-from lightning_reuse.functional.ntk_config import ScreeningConfig, ScreeningThresholds, resolve_config
+from lightning_reuse.functional.ntk_config import (
+    ScreeningConfig,
+    ScreeningThresholds,
+    check_inputs,
+    check_labels,
+    degenerate_reasons,
+    resolve_config,
+)
 from lightning_reuse.nn.label_mapping import count_matrix, greedy_one_to_one
 
 __all__ = [
@@ -89,6 +96,7 @@ class ScreeningScores:
     guard_nmi: float | None = None
     decision: str = "PASS"
     reasons: list[str] = field(default_factory=list)
+    degenerate: bool = False
 
     def metrics(self, prefix: str = "ntk/") -> dict[str, float]:
         """Scalar metrics for a logger (decision as 0 = PASS, 1 = WARN, 2 = FAIL)."""
@@ -149,6 +157,25 @@ def residual_at_init(logits: Tensor, y: Tensor, num_classes: int | None = None) 
     """``r0 = onehot(y) - softmax(logits)``: ``[n, C]``."""
     c = logits.shape[1] if num_classes is None else num_classes
     return torch.nn.functional.one_hot(y, c).to(logits.dtype) - logits.softmax(-1)
+
+
+def _degenerate_scores(n: int, num_classes: int, reasons: list[str]) -> ScreeningScores:
+    """FAIL with ``reasons``, no score computed (every score is NaN)."""
+    nan = float("nan")
+    return ScreeningScores(
+        rho=nan,
+        q_true=nan,
+        q_permuted=[],
+        e_tau=nan,
+        r_eff=nan,
+        lam_bar=nan,
+        eigenvalues=[],
+        n=n,
+        num_classes=num_classes,
+        decision="FAIL",
+        reasons=reasons,
+        degenerate=True,
+    )
 
 
 def source_guard(source_logits: Tensor, y: Tensor, num_classes: int) -> tuple[float, float, Tensor]:
@@ -307,7 +334,11 @@ def screening_scores(
             f"`y` must have shape [{n}] to match `logits` {tuple(logits.shape)}, got {tuple(y.shape)}. "
             "HINT: pass one label per row of `logits`."
         )
+    check_labels(y, c, "screening_scores")
     k = kernel_view(kernel, n if cfg.pseudo else n * c, features)
+    reasons = degenerate_reasons(y)
+    if reasons:
+        return _degenerate_scores(n, c, reasons)
     spec = spectrum(k, cfg.top_k, cfg.max_exact, cfg.seed)
     cols = _residual_columns(logits, y, cfg)
     q, m = _complexities(k, spec, cols, cfg.eps), cfg.num_permutations + 1
@@ -352,6 +383,15 @@ def _check_reprogrammed(model: nn.Module) -> None:
             "lightning_reuse.nn.ReprogrammedModel(source, prompt, label_mapping)."
         )
     assert_per_sample(model.source, "model.source")
+
+
+def _check_target_data(model: nn.Module, x: Tensor, y: Tensor) -> int:
+    """Refuse inputs the prompts cannot take and labels out of range; return the number of target classes."""
+    check_inputs(x)
+    default = int(y.max()) + 1 if y.numel() and not y.is_floating_point() else 2
+    num_classes = int(getattr(model.mapping, "num_target", default))
+    check_labels(y, num_classes, "NTK screening")
+    return num_classes
 
 
 def _head(
@@ -400,10 +440,12 @@ def screen_reprogramming(
     """
     cfg = resolve_config(config, options, "screen_reprogramming")
     _check_reprogrammed(model)
+    num_classes = _check_target_data(model, x, y)
     idx = stratified_subset(y.cpu(), cfg.num_samples, cfg.seed).to(y.device)
     xs, ys = x[idx], y[idx]
-    num_classes = int(y.max()) + 1
-    num_classes = max(num_classes, int(getattr(model.mapping, "num_target", num_classes)))
+    reasons = degenerate_reasons(ys)
+    if reasons:
+        return _degenerate_scores(len(ys), num_classes, reasons)
     u = _batched(model.transform, xs, cfg.batch_size)
     src_logits = _batched(model.source, u, cfg.batch_size)
     head = _head(model, cfg.label_mapping, src_logits, ys, num_classes)

@@ -186,7 +186,19 @@ class InputTransform(nn.Module):
         return self.mask * self.phi_prime() / self.std
 
     def check_input(self, x: Tensor) -> None:
-        """Raise ``ValueError`` unless ``x`` is a batch ``[N, *target_shape]``."""
+        """Raise unless ``x`` is a float batch ``[N, *target_shape]`` (prompts are defined for images only).
+
+        Raises:
+            TypeError: ``x`` is not floating-point (integer token ids, or uint8 images).
+            ValueError: ``x`` does not have the shape ``[N, *target_shape]``.
+        """
+        if not torch.is_floating_point(x):
+            raise TypeError(
+                f"{type(self).__name__} expects float target images [N, "
+                f"{', '.join(map(str, self.target_shape))}] (pixel values in [0, 1]), got a {x.dtype} tensor of "
+                f"shape {list(x.shape)}. Prompts are defined for image inputs; token-sequence inputs (integer "
+                "token ids) are not supported. HINT: convert uint8 images with `x.float() / 255`."
+            )
         if x.dim() != 4 or tuple(x.shape[1:]) != self.target_shape:
             raise ValueError(
                 f"{type(self).__name__} expects target images of shape [N, {', '.join(map(str, self.target_shape))}]"

@@ -349,3 +349,66 @@ def test_unlabeled_training_batches_are_refused_with_a_fix(tmp_path: Path) -> No
     data = DataLoader(TensorDataset(torch.rand(20, 1, 6, 6)), batch_size=10)
     with pytest.raises(ValueError, match=r"NTKScreening needs labelled batches.*HINT:"):
         trainer(tmp_path, [NTKScreening(num_samples=10, plot=False)]).fit(Unlabeled(), data)
+
+
+# --- degenerate data: a clear error before training, or FAIL with the reason; never PASS -------------------
+def labelled(x: torch.Tensor, y: torch.Tensor) -> DataLoader:
+    return DataLoader(TensorDataset(x, y), batch_size=20)
+
+
+@pytest.mark.parametrize(
+    ("n", "labels", "reason"),
+    [(1, [2], "only 1 target sample"), (30, [1] * 30, "only one class present")],
+    ids=["one-sample", "one-class-present"],
+)
+def test_degenerate_training_data_fails_with_the_reason(
+    tmp_path: Path, n: int, labels: list[int], reason: str
+) -> None:
+    screening = NTKScreening(num_samples=30, on_fail="stop", plot=True, thresholds=PASS_ALL)
+    t = trainer(tmp_path, [screening])
+    x = torch.rand(n, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(NTKScreeningWarning, match=f"cannot vouch.*stopping the fit.*{reason}.*HINT: train on"):
+        t.fit(Reprog(), labelled(x, torch.tensor(labels)))
+    assert screening.scores.decision == "FAIL" and screening.scores.degenerate
+    assert t.global_step == 0 and screening.plot_path.exists()
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [(torch.arange(60) % 4, r"range \[0, 3\]"), (torch.arange(60) % 3 - 1, r"range \[-1, 1\]")],
+    ids=["above-range", "negative"],
+)
+def test_labels_out_of_range_are_refused_before_the_first_step(
+    tmp_path: Path, labels: torch.Tensor, message: str
+) -> None:
+    t = trainer(tmp_path, [NTKScreening(num_samples=30, plot=False)])
+    x = torch.rand(60, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=rf"labels must lie in \[0, 3\).*{message}.*HINT: relabel"):
+        t.fit(Reprog(), labelled(x, labels))
+    assert t.global_step == 0
+
+
+def test_one_class_label_mapping_is_refused_with_a_fix(tmp_path: Path) -> None:
+    class OneClass(Reprog):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = ReprogrammedModel(
+                SmallCNN(width=4), PaddingPrompt((1, 6, 6), (1, 8, 8)), FrequencyLabelMapping(10, 1)
+            )
+
+    t = trainer(tmp_path, [NTKScreening(num_samples=30, plot=False)])
+    x = torch.rand(60, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"1 target class, expected at least 2.*HINT:"):
+        t.fit(OneClass(), labelled(x, torch.zeros(60, dtype=torch.long)))
+
+
+def test_token_sequences_are_refused_naming_what_is_supported(tmp_path: Path) -> None:
+    tokens = torch.randint(0, 50, (60, 1, 6, 6), generator=torch.Generator().manual_seed(0))
+    t = trainer(tmp_path, [NTKScreening(num_samples=30, plot=False)])
+    with pytest.raises(
+        TypeError, match=r"image inputs only.*torch.int64.*Token-sequence sources.*not supported"
+    ):
+        t.fit(Reprog(), labelled(tokens, torch.arange(60) % 3))
+    # without the screening, the prompt itself refuses token ids instead of adding a prompt to them
+    with pytest.raises(TypeError, match=r"PaddingPrompt expects float target images.*token ids.*HINT:"):
+        Reprog().model(tokens[:2])

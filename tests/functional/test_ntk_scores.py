@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -335,3 +337,100 @@ def test_screen_reprogramming_validates_the_config_once_and_is_frozen() -> None:
     assert scores == screen_reprogramming(model, x, y, num_samples=24, top_k=8)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.top_k = 0  # type: ignore[misc]
+
+
+# --- degenerate data: a clear error or FAIL with the reason, never PASS ----------------------------------------
+def _reprogrammed(num_target: int = 3) -> nn.Module:
+    from lightning_reuse.nn.label_mapping import FrequencyLabelMapping
+    from lightning_reuse.nn.prompts import PaddingPrompt
+    from lightning_reuse.nn.reprogrammed import ReprogrammedModel
+    from lightning_reuse.samples.models import SmallCNN
+
+    torch.manual_seed(0)
+    source = SmallCNN(width=4)
+    return ReprogrammedModel(
+        source, PaddingPrompt((1, 6, 6), (1, 8, 8)), FrequencyLabelMapping(10, num_target)
+    )
+
+
+def _images(n: int = 60) -> torch.Tensor:
+    return torch.rand(n, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize(
+    ("n", "labels", "reason"),
+    [
+        (1, [1], r"only 1 target sample screened"),
+        (60, [0] * 60, r"only one class present among the 30 screened samples \(label 0\)"),
+    ],
+    ids=["one-sample", "one-class-present"],
+)
+def test_degenerate_targets_fail_with_the_reason(n: int, labels: list[int], reason: str) -> None:
+    from lightning_reuse.functional import screen_reprogramming
+
+    s = screen_reprogramming(_reprogrammed(), _images(n), torch.tensor(labels), num_samples=30)
+    assert s.decision == "FAIL" and s.degenerate
+    assert len(s.reasons) == 1 and re.search(reason, s.reasons[0])
+    assert s.n == min(n, 30) and s.num_classes == 3 and s.eigenvalues == []
+    assert all(v != v for v in (s.rho, s.e_tau, s.r_eff))  # NaN: nothing was computed
+    assert s.metrics()["ntk/decision"] == 2.0
+
+
+def test_screening_scores_on_degenerate_labels_fail_never_pass() -> None:
+    phi, logits = cnn_features(6, 3)
+    y = torch.tensor([2, 2, 2, 2, 2, 2])
+    s = screening_scores(phi, logits, y, thresholds=ScreeningThresholds(None, None))  # no rule: would PASS
+    assert s.decision == "FAIL" and "only one class present" in s.reasons[0]
+    s = screening_scores(phi[:1], logits[:1], torch.tensor([0]))
+    assert s.decision == "FAIL" and "only 1 target sample" in s.reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (torch.arange(60) % 5, r"labels must lie in \[0, 3\).*range \[0, 4\]\. HINT: .*num_target=5"),
+        (torch.arange(60) % 3 - 1, r"labels must lie in \[0, 3\).*range \[-1, 1\]\. HINT: relabel"),
+        ((torch.arange(60) % 3).float(), r"1-D integer tensor \[n\], got dtype torch.float32.*HINT:"),
+    ],
+    ids=["above-range", "negative", "float"],
+)
+def test_labels_out_of_range_are_refused_before_anything_is_computed(
+    labels: torch.Tensor, message: str
+) -> None:
+    from lightning_reuse.functional import screen_reprogramming
+
+    with pytest.raises(ValueError, match=message):
+        screen_reprogramming(_reprogrammed(), _images(), labels, num_samples=30)
+
+
+def test_one_class_label_mapping_is_refused_with_a_fix() -> None:
+    from lightning_reuse.functional import screen_reprogramming
+
+    with pytest.raises(ValueError, match=r"label mapping has 1 target class, expected at least 2.*HINT:"):
+        screen_reprogramming(_reprogrammed(num_target=1), _images(), torch.zeros(60, dtype=torch.long))
+    phi, logits = cnn_features(6, 1)
+    with pytest.raises(ValueError, match=r"1 target class, expected at least 2"):
+        screening_scores(phi, logits, torch.zeros(6, dtype=torch.long))
+
+
+def test_screening_scores_refuses_labels_outside_the_logit_columns() -> None:
+    phi, logits = cnn_features(6, 3)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\) .*got range \[0, 3\]"):
+        screening_scores(phi, logits, torch.tensor([0, 1, 2, 3, 0, 1]))
+
+
+def test_token_inputs_are_refused_naming_what_is_supported() -> None:
+    from lightning_reuse.functional import screen_reprogramming
+
+    tokens = torch.randint(0, 100, (60, 6), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(
+        TypeError, match=r"image inputs only.*torch.int64.*Token-sequence sources.*not supported.*HINT:"
+    ):
+        screen_reprogramming(_reprogrammed(), tokens, torch.arange(60) % 3, num_samples=30)
+
+
+def test_two_classes_of_three_still_screen() -> None:
+    from lightning_reuse.functional import screen_reprogramming
+
+    s = screen_reprogramming(_reprogrammed(), _images(), torch.arange(60) % 2, num_samples=30)
+    assert not s.degenerate and s.rho == s.rho and s.num_classes == 3
