@@ -49,10 +49,10 @@ from typing_extensions import override
 from lightning_reuse._warnings import LightningReuseWarning
 from lightning_reuse.callbacks._windows import find_energy_monitor, measurement_window
 from lightning_reuse.energy.ledger import CostEstimate, RetrainingLedger
-from lightning_reuse.functional.resque import Pooling
+from lightning_reuse.functional.resque import Pooling, class_specificity
 from lightning_reuse.functional.resque_config import RESQUEConfig
 from lightning_reuse.metrics.resque import RESQUEDist, RESQUETask
-from lightning_reuse.nn.batch import split_batch
+from lightning_reuse.nn.batch import output_tensor, read_batch, split_batch
 from lightning_reuse.nn.layers import capture_output, get_layer
 
 
@@ -74,13 +74,17 @@ class RESQUEResult:
     stopped: bool = False
 
 
-def default_batch_fn(batch: Any) -> tuple[Tensor, Tensor | None]:
-    """``(x, y, ...)`` -> ``(x, y)``; ``x`` or ``(x,)`` -> ``(x, None)``; dicts with ``x``/``y`` keys.
+_WHO = "RESQUECheck (or pass `batch_fn=` returning (model_inputs, labels))"
+
+
+def default_batch_fn(batch: Any) -> tuple[Any, Tensor | None]:
+    """``(x, y, ...)`` -> ``(x, y)``; ``x`` or ``(x,)`` -> ``(x, None)``; mappings: labels under ``labels`` /
+    ``label`` / ``y`` / ``targets``, the rest are the model inputs (``model(**inputs)``).
 
     The package's one batch reader, :func:`lightning_reuse.nn.batch.split_batch`; pass ``batch_fn=`` to
     RESQUECheck for other layouts.
     """
-    return split_batch(batch, who="RESQUECheck (or pass `batch_fn=` returning (x, y))")
+    return split_batch(batch, who=_WHO)
 
 
 def _device_of(module: LightningModule) -> torch.device:
@@ -139,6 +143,25 @@ def _check_fit_options(
         )
 
 
+class RESQUEAssumptionWarning(LightningReuseWarning):
+    """``mode="dist"`` looks wrong for this data: the shifted classes do not correspond to the original ones."""
+
+
+def _check_dist_assumption(metric: RESQUEDist) -> None:
+    """Warn when the shifted class sums are no nearer their own class than the others (see ``class_specificity``)."""
+    with metric.sync_context():
+        spec = class_specificity(metric.sums, metric.shifted_sums)
+    if spec <= 0:  # NaN (fewer than 2 classes) does not warn
+        warnings.warn(
+            f"RESQUE_dist assumes the same label space and related inputs, but the shifted data's classes are "
+            f"no nearer their own original class than the other classes (class specificity {spec:.3f} <= 0): "
+            "the two datasets look unrelated, and RESQUE_dist can then be smaller than for a mild shift of the "
+            'same data. HINT: score the new data as a new task with mode="task" (no original_dataloader).',
+            RESQUEAssumptionWarning,
+            stacklevel=3,
+        )
+
+
 class RESQUECheck(Callback):
     """Score the new data (distribution shift) or the new task with RESQUE once, before training.
 
@@ -161,7 +184,9 @@ class RESQUECheck(Callback):
             attached EnergyMonitor, wall time) to the ledger.
         target: ``(metric_name, value)``: the epoch at which ``trainer.callback_metrics[metric_name] >= value``
             first holds is this run's epochs to target.
-        batch_fn: maps a batch to ``(x, y)``.
+        batch_fn: maps a batch to ``(model_inputs, labels)``; ``model_inputs`` may be a tensor, a tuple
+            (``model(*inputs)``) or a mapping (``model(**inputs)``; an ``attention_mask`` entry reaches the
+            token poolings); the whole collection is moved to the model's device.
         progress_bar: show a progress bar during the pass (rank 0).
         log_prefix: prefix of the logged keys (``"resque/score"``, ``"resque/class_3"``, ...).
     """
@@ -182,7 +207,7 @@ class RESQUECheck(Callback):
         ledger_tag: str | None = None,
         record_to_ledger: bool = False,
         target: tuple[str, float] | None = None,
-        batch_fn: Callable[[Any], tuple[Tensor, Tensor | None]] = default_batch_fn,
+        batch_fn: Callable[[Any], tuple[Any, Tensor | None]] = default_batch_fn,
         progress_bar: bool = True,
         log_prefix: str = "resque",
     ) -> None:
@@ -233,25 +258,25 @@ class RESQUECheck(Callback):
         self, pl_module: LightningModule, store: dict[str, Any], batch: Any, side: str, device: torch.device
     ) -> tuple[Tensor, Tensor]:
         """Pooled features ``[B, D]`` and labels ``[B]`` of one batch (one forward of the frozen model)."""
-        x, y = self.batch_fn(batch)
         # labels travel with the inputs, before the forward: a copy after it would wait for the GPU
-        x, y = x.to(device), (y.to(device) if y is not None else None)
+        read = read_batch(batch, self.batch_fn, who=_WHO).to(device)
         store.pop("output", None)
-        out = pl_module(x)
+        out = read.forward(pl_module)
+        y = read.targets
         if "output" not in store:
             raise ValueError(
                 f"RESQUECheck: layer {self.config.layer!r} did not run in the forward pass. "
                 "HINT: pick a layer that `forward` uses (see `lightning_reuse.nn.layers.layer_names`)."
             )
         if side == "shifted" and self.config.label_source == "prediction":
-            y = out.argmax(-1)
+            y = output_tensor(out, ("logits",), who=_WHO).argmax(-1)
         if y is None:
             raise ValueError(
                 f"RESQUECheck: the {side} dataloader yields unlabeled batches, but RESQUE groups samples "
                 "by class. HINT: yield `(x, y)` batches, pass `batch_fn=` returning (x, y), or, for "
                 "unlabeled shifted data, `label_source='prediction'`."
             )
-        return self.config.pool(store["output"]), y
+        return self.config.pool(output_tensor(store["output"], who=_WHO), read.attention_mask), y
 
     def _features(
         self, pl_module: LightningModule, loader: Iterable[Any], side: str, trainer: Trainer
@@ -304,6 +329,7 @@ class RESQUECheck(Callback):
             if dist:
                 score, per_class_t = metric.compute()
                 per_class = {c: float(v) for c, v in enumerate(per_class_t.tolist()) if v == v}
+                _check_dist_assumption(metric)
             else:
                 score, per_class = metric.compute(), {}
         counts = {
@@ -359,13 +385,14 @@ class RESQUECheck(Callback):
         monitor = find_energy_monitor(trainer)
         total = getattr(monitor, "total", None) if monitor is not None else None
         assert self.ledger is not None
-        self.ledger.add_run(
+        self.ledger.add_run(  # bookkeeping never fails a finished fit: an unwritable ledger warns, run kept
             self.result.score,
             epochs_to_target=self._epochs_to_target,
             energy=total,
             wall_time_s=None if total is not None else time.perf_counter() - self._fit_started,
             variant=self.mode,
             tag=self.ledger_tag or "",
+            on_error="keep",
         )
 
     def _log(self, trainer: Trainer, result: RESQUEResult) -> None:

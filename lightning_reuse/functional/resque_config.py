@@ -109,6 +109,9 @@ class RESQUEConfig:
                 "HINT: pass label_source='target' for mode='task'."
             )
 
-    def pool(self, output: Tensor) -> Tensor:
-        """One feature vector per sample, ``[B, D]``, from the layer's raw ``output`` (pooling already checked)."""
-        return _pool_checked(output, self.pooling)
+    def pool(self, output: Tensor, mask: Tensor | None = None) -> Tensor:
+        """One feature vector per sample, ``[B, D]``, from the layer's raw ``output`` (pooling already checked).
+
+        ``mask`` is the ``[B, T]`` attention mask of a token output (padding is left out of token means).
+        """
+        return _pool_checked(output, self.pooling, mask)

@@ -46,6 +46,15 @@ def _check_num_classes(num_classes: Any, required: bool) -> None:
         )
 
 
+def _width_changed(before: int, now: int) -> ValueError:
+    return ValueError(
+        f"feature width changed from {before} to {now} between batches: the features must have one width, "
+        "but this one follows something that varies per batch, such as the sequence length of padded token "
+        "batches under pooling='feature_mean' (one value per token) or 'flatten'. HINT: pool tokens with "
+        "pooling='token_mean' (the default) or 'cls', and hook one layer for every batch."
+    )
+
+
 class RESQUEDist(Metric):
     r"""RESQUE_dist over streamed batches of original and shifted features.
 
@@ -98,10 +107,7 @@ class RESQUEDist(Metric):
             self.shifted_sums = torch.zeros_like(sums)
         current = self.shifted_sums if shifted else self.sums
         if current.shape[1] != sums.shape[1]:
-            raise ValueError(
-                f"feature width changed from {current.shape[1]} to {sums.shape[1]} between batches. "
-                "HINT: hook one layer with one pooling for every batch."
-            )
+            raise _width_changed(current.shape[1], sums.shape[1])
         current += sums
         (self.shifted_counts if shifted else self.counts).add_(counts)
         self.invalid.add_(invalid)
@@ -189,6 +195,8 @@ class RESQUETask(Metric):
         _, high = _check_inputs(features, labels)
         feats = features.detach().to(torch.float64)
         if self.reservoir_size is None:
+            if self.features and self.features[0].shape[1] != feats.shape[1]:
+                raise _width_changed(self.features[0].shape[1], feats.shape[1])
             self.features.append(feats)
             self.labels.append(labels.detach().to(feats.device))
             return
@@ -197,6 +205,8 @@ class RESQUETask(Metric):
                 f"label {high} is out of range for num_classes={self.num_classes}. "
                 "HINT: raise `num_classes` or remap the labels to [0, num_classes)."
             )
+        if self.res_seen.sum() > 0 and self.res_features.shape[1] != feats.shape[1]:
+            raise _width_changed(self.res_features.shape[1], feats.shape[1])
         if self.res_features.shape[1] == 0:
             self.res_features = torch.zeros(
                 self.res_labels.shape[0], feats.shape[1], dtype=torch.float64, device=self.res_labels.device

@@ -166,7 +166,8 @@ def test_pool_features_shapes_and_errors() -> None:
     assert torch.equal(pool_features(x), x.mean(dim=(2, 3)))
     assert pool_features(x, "flatten").shape == (2, 48)
     tokens = torch.randn(2, 5, 7)
-    assert torch.equal(pool_features(tokens), tokens.mean(-1))  # the authors' reduction
+    assert torch.equal(pool_features(tokens), tokens.mean(1))  # token outputs: the token mean (issue 14)
+    assert torch.equal(pool_features(tokens, "feature_mean"), tokens.mean(-1))  # the authors' reduction
     assert torch.equal(pool_features(tokens, "cls"), tokens[:, 0])
     assert torch.equal(pool_features(tokens, "token_mean"), tokens.mean(1))
     with pytest.raises(ValueError, match="one of"):
