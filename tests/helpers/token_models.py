@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from lightning_reuse.samples.digits import load_digits_tensors
 
@@ -132,17 +133,27 @@ def text_batches(seqs: list[Tensor], labels: Tensor, batch_size: int = 32) -> It
         yield {"input_ids": ids, "attention_mask": mask, "labels": labels[i : i + batch_size]}
 
 
-class TextBatches:
-    """A re-iterable loader of :func:`text_batches` with a length (what a DataLoader offers RESQUECheck)."""
+def text_loader(seqs: list[Tensor], labels: Tensor, batch_size: int = 32) -> DataLoader:
+    """A DataLoader of Hugging-Face-style dict batches whose collate pads each batch to its longest sentence."""
 
-    def __init__(self, seqs: list[Tensor], labels: Tensor, batch_size: int = 32) -> None:
-        self.seqs, self.labels, self.batch_size = seqs, labels, batch_size
+    def collate(items: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+        ids, mask = pad_batch([s for s, _ in items])
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.stack([y for _, y in items])}
 
-    def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        return text_batches(self.seqs, self.labels, self.batch_size)
+    return DataLoader(list(zip(seqs, labels)), batch_size=batch_size, collate_fn=collate)
 
-    def __len__(self) -> int:
-        return -(-len(self.seqs) // self.batch_size)
+
+def image_loader(x: Tensor, y: Tensor, batch_size: int = 64) -> DataLoader:
+    """A DataLoader of ``{"pixel_values", "labels"}`` dict batches."""
+    pairs = list(zip(x, y))
+    return DataLoader(
+        pairs,
+        batch_size=batch_size,
+        collate_fn=lambda items: {
+            "pixel_values": torch.stack([a for a, _ in items]),
+            "labels": torch.stack([b for _, b in items]),
+        },
+    )
 
 
 def _train(model: nn.Module, batches: list[tuple[dict[str, Tensor], Tensor]], epochs: int) -> nn.Module:
