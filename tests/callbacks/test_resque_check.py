@@ -368,3 +368,147 @@ def test_default_batch_fn_is_the_package_batch_reader() -> None:
     assert default_batch_fn({"input": x, "label": y})[0] is x
     with pytest.raises(TypeError, match=r"RESQUECheck \(or pass `batch_fn=`.*HINT:"):
         default_batch_fn(3)
+
+
+def test_image_label_dicts_and_tuple_outputs_score_like_tuple_batches(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    x, y = digits(200)
+    shifted = apply_shift(x, "noise", 0.2, seed=1)
+    model, trainer = Classifier(), trainer_for(tmp_path, [])
+
+    def dicts(images: torch.Tensor, key: str) -> list[dict[str, torch.Tensor]]:
+        return [{"image": images[i : i + 50], key: y[i : i + 50]} for i in range(0, 200, 50)]
+
+    def check(shifted_loader: Any, original_loader: Any, **kw: Any) -> float:
+        return (
+            RESQUECheck(
+                shifted_loader, layer="net.block2", original_dataloader=original_loader, num_classes=10, **kw
+            )
+            .run(trainer, model)
+            .score
+        )
+
+    expected = check(digits_loader(shifted, y), digits_loader(x, y))
+    assert check(dicts(shifted, "label"), dicts(x, "labels")) == pytest.approx(expected, abs=1e-12)
+
+    class TupleOut(Classifier):  # returns (logits, extra), as many models do
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.net(x), x.flatten(1)
+
+    tuple_model = TupleOut()
+    tuple_model.load_state_dict(model.state_dict())
+    by_prediction = RESQUECheck(
+        digits_loader(shifted),
+        layer="net.block2",
+        original_dataloader=digits_loader(x, y),
+        num_classes=10,
+        label_source="prediction",
+    )
+    preds = model(shifted).argmax(-1)
+    missing = len(preds.unique()) < 10
+    with pytest.warns(RESQUEClassSkippedWarning) if missing else contextlib.nullcontext():
+        got = by_prediction.run(trainer, tuple_model).score
+    with pytest.warns(RESQUEClassSkippedWarning) if missing else contextlib.nullcontext():
+        want = resque_dist(features_of(model, x), y, features_of(model, shifted), preds, num_classes=10)
+    assert got == pytest.approx(float(want), abs=1e-12)
+
+
+def textures(n: int = 300, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A synthetic texture set: 10 classes of noisy sine gratings (orientation and frequency per class)."""
+    import math
+
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    i, j = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    images = []
+    for c in labels.tolist():
+        angle, freq, phase = math.pi * c / 10, 0.6 + 0.15 * (c % 3), float(torch.rand(1, generator=g)) * 6.28
+        grating = torch.sin(freq * (i * math.cos(angle) + j * math.sin(angle)) + phase)
+        images.append(grating + 0.3 * torch.randn(8, 8, generator=g))
+    x = torch.stack(images)[:, None]
+    return ((x - x.min()) / (x.max() - x.min())), labels
+
+
+def test_dist_across_unrelated_datasets_warns_and_a_mild_shift_does_not(tmp_path: Path) -> None:
+    import warnings
+
+    from lightning_reuse.callbacks.resque_check import RESQUEAssumptionWarning
+
+    torch.manual_seed(0)
+    x, y = digits(600)
+    model = Classifier()
+    train_classifier(model.net, x, y, epochs=30)
+    trainer = trainer_for(tmp_path, [])
+
+    def run(shifted: torch.Tensor, labels: torch.Tensor) -> float:
+        return (
+            RESQUECheck(
+                digits_loader(shifted, labels),
+                layer="net.block2",
+                original_dataloader=digits_loader(x, y),
+                num_classes=10,
+            )
+            .run(trainer, model)
+            .score
+        )
+
+    with pytest.warns(
+        RESQUEAssumptionWarning, match=r"class specificity -?\d\.\d+ <= 0.*HINT: .*mode=\"task\""
+    ):
+        run(*textures())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RESQUEAssumptionWarning)
+        for level in (0.1, 0.3):
+            assert run(apply_shift(x, "noise", level, seed=1), y) > 0
+
+
+@pytest.fixture
+def read_only_file():
+    """Make a file read-only for real (as tests/test_ledger.py does): a file mode, or `chattr +i` as root."""
+    import os
+    import shutil
+    import subprocess
+
+    made: list[Path] = []
+
+    def make(path: Path) -> None:
+        if os.geteuid() != 0:
+            path.chmod(0o444)
+        elif (
+            not shutil.which("chattr")
+            or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode
+        ):
+            pytest.skip(
+                "running as root on a filesystem without `chattr +i`: no way to make a file read-only"
+            )
+        made.append(path)
+
+    yield make
+    for path in made:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], check=False)
+        path.chmod(0o644)
+
+
+def test_a_read_only_ledger_never_fails_a_finished_fit(tmp_path: Path, read_only_file: Any) -> None:
+    from lightning_reuse.energy.ledger import LedgerWarning
+
+    torch.manual_seed(0)
+    x, y = digits(100)
+    path = tmp_path / "ledger.sqlite"
+    RetrainingLedger(path).add_run(0.01, epochs_to_target=2)
+    read_only_file(path)
+    check = RESQUECheck(
+        digits_loader(apply_shift(x, "noise", 0.1, seed=1), y),
+        layer="net.block2",
+        original_dataloader=digits_loader(x, y),
+        num_classes=10,
+        ledger=path,
+        record_to_ledger=True,
+        target=("val_acc", 0.0),
+    )
+    trainer = trainer_for(tmp_path, [check], limit_val_batches=1)
+    with pytest.warns(LedgerWarning, match=r"ledger\.sqlite\.pending\.jsonl"):
+        trainer.fit(Classifier(), digits_loader(x, y), digits_loader(x, y))
+    assert trainer.state.status == "finished" and not trainer.interrupted
+    assert [r["score"] for r in check.ledger.pending()] == [check.result.score] and len(check.ledger) == 1
