@@ -13,7 +13,7 @@ from lightning_reuse.demo.config import DemoConfig
 from lightning_reuse.demo.data import new_data
 from lightning_reuse.demo.resque_pass import resque_score
 from lightning_reuse.demo.strategies import Strategy, available_strategies
-from lightning_reuse.demo.training import run_strategy
+from lightning_reuse.demo.training import StrategyResult, run_strategy
 from lightning_reuse.samples import accuracy
 
 CALIBRATION_FRACTIONS = (0.25, 0.5, 0.75, 1.25, 1.5)  # of the configured shift level
@@ -47,8 +47,12 @@ def calibrate_ledger(
     Each run scores its level with RESQUE, then fully fine-tunes the source until the validation accuracy
     reaches the target, and records the score, the epochs it took, and the energy and CO2 summed over those
     epochs (the same quantities the demo later measures for the new data). A level at which the source already
-    meets the target records 0 epochs and 0 Wh; a run that misses the target within the budget is not
-    recorded.
+    meets the target records 0 epochs and 0 Wh; a run that misses the target within the budget is recorded as
+    censored (``reached_target=False``, its cost what it spent: the whole budget), never dropped.
+
+    Every run is recorded under a key (:func:`calibration_key`), and a level whose key the ledger holds is not
+    run again: a restarted (interrupted) calibration continues where it stopped instead of recording the same
+    levels twice.
 
     Returns:
         The number of runs added.
@@ -58,8 +62,22 @@ def calibrate_ledger(
     for fraction in CALIBRATION_FRACTIONS:
         if len(ledger.runs(tag=tag)) >= ledger.min_runs + 1:
             break
-        _calibration_run(config, source, run_dir, ledger, tag, full, round(config.level * fraction, 4), say)
+        level = round(config.level * fraction, 4)
+        key = calibration_key(config, tag, level)
+        if any(r.key == key for r in ledger.runs(tag=tag)):
+            continue
+        _calibration_run(config, source, run_dir, ledger, tag, full, level, say)
     return len(ledger.runs(tag=tag)) - before
+
+
+def calibration_key(config: DemoConfig, tag: str, level: float) -> str:
+    """The ledger key of the calibration run at ``level``: one run per setting, shift level and seed.
+
+    Example:
+        >>> calibration_key(DemoConfig(), "demo/x", 0.5)
+        'demo/x/blur@0.5/seed0'
+    """
+    return f"{tag}/{config.shift}@{level}/seed{config.seed}"
 
 
 def _calibration_strategy() -> Strategy:
@@ -76,12 +94,13 @@ def _calibration_run(
     level: float,
     say: Callable[..., Any],
 ) -> None:
-    """Score one shift level with RESQUE, fine-tune to the target, and record the run (if it got there)."""
+    """Score one shift level with RESQUE, fine-tune to the target, and record the run (censored if it missed)."""
     name = f"calibration {config.shift} {level}"
+    key = calibration_key(config, tag, level)
     score = resque_score(config, source, level).score
     x_va, y_va = new_data(config, level=level).val_set.tensors
     if accuracy(source, x_va, y_va) >= config.target_acc:
-        ledger.add_run(score, 0, 0.0, 0.0, 0.0, variant="dist", tag=tag, extra={"level": level})
+        ledger.add_run(score, 0, 0.0, 0.0, 0.0, variant="dist", tag=tag, extra={"level": level}, key=key)
         say(f"    [{name}] the source already meets the target: 0 epochs")
         return
     result = run_strategy(
@@ -96,7 +115,11 @@ def _calibration_run(
         stop_at_target=True,
     )
     if result.epochs_to_target is None:
-        say(f"    [{name}] target not reached: not recorded")
+        _record_miss(ledger, score, result, tag, level, key)
+        say(
+            f"    [{name}] target not reached in {result.epochs} epochs: recorded as censored "
+            "(the cost is at least what this run spent)"
+        )
         return
     ledger.add_run(
         score,
@@ -107,4 +130,23 @@ def _calibration_run(
         variant="dist",
         tag=tag,
         extra={"level": level},
+        key=key,
+    )
+
+
+def _record_miss(
+    ledger: RetrainingLedger, score: float, result: StrategyResult, tag: str, level: float, key: str
+) -> None:
+    """Record a run that missed the target: its cost is what it spent (the epoch budget, all its energy)."""
+    ledger.add_run(
+        score,
+        result.epochs,
+        result.energy_wh,
+        result.co2_g,
+        result.duration_s,
+        variant="dist",
+        tag=tag,
+        extra={"level": level},
+        reached_target=False,
+        key=key,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -58,6 +59,21 @@ class DemoConfig:
             self.train_limit = min(self.train_limit, 120)
             self.ntk_samples = min(self.ntk_samples, 64)
             self.target_acc = min(self.target_acc, 0.15)
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> DemoConfig:
+        """The configuration saved in a run's ``summary.json``, exactly (``quick``'s reductions not applied again).
+
+        Example:
+            >>> config = DemoConfig(quick=True)
+            >>> config.max_epochs = 5  # an explicit value wins over quick's reduction
+            >>> from dataclasses import asdict
+            >>> DemoConfig.from_saved(asdict(config)) == config
+            True
+        """
+        config = cls(**{**values, "quick": False})
+        config.quick = bool(values.get("quick", False))
+        return config
 
 
 def new_run_dir(parent: str | Path) -> Path:

@@ -8,7 +8,7 @@ Every number in the report comes from the runs made here; nothing is hard-coded.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import time
 import warnings
@@ -24,8 +24,10 @@ from lightning_reuse.demo.config import DemoConfig, new_run_dir
 from lightning_reuse.demo.data import clean_data, new_data, source_model
 from lightning_reuse.demo.ntk_stage import ntk_precheck
 from lightning_reuse.demo.recommend import precheck_reasons, recommend
-from lightning_reuse.demo.report import print_summary, write_report
+from lightning_reuse.demo.report import print_summary, write_report, write_report_so_far
 from lightning_reuse.demo.resque_stage import resque_precheck
+from lightning_reuse.demo.resume import check_same_config, load_run, saved_config
+from lightning_reuse.demo.run_state import DemoInterrupted, RunState, interrupts_deferred, interrupts_raise
 from lightning_reuse.demo.strategies import Strategy, available_strategies
 from lightning_reuse.demo.training import StrategyResult, run_strategy
 from lightning_reuse.samples import accuracy
@@ -61,41 +63,195 @@ def select_strategies(names: list[str] | None) -> list[Strategy]:
     return [s for s in strategies if s.name in names]
 
 
-def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
-    """Run the whole demo and write the report; return the summary dictionary (also saved as JSON)."""
-    config = config or DemoConfig()
+def stage_names(strategies: list[Strategy]) -> list[str]:
+    """The demo's stages, in order: source, the two pre-checks, one per strategy, the report."""
+    return ["source", "resque", "ntk", *(strategy_stage(s.name) for s in strategies), "report"]
+
+
+def strategy_stage(name: str) -> str:
+    """The stage name of the strategy ``name`` (``"strategy/<name>"``)."""
+    return f"strategy/{name}"
+
+
+def run_demo(config: DemoConfig | None = None, resume: str | Path | None = None) -> dict[str, Any]:
+    """Run the whole demo (or continue the run in ``resume``) and write the report; return the summary.
+
+    After every stage, ``summary.json`` and the report so far are written, with a status per stage
+    (``done`` / ``failed`` with its error / ``interrupted`` / ``not run``). A stage that fails is recorded and
+    the stages that do not depend on it still run. The run folder is created with the first stage's results.
+
+    Args:
+        config: What to run (default: :class:`DemoConfig`). With ``resume``: must equal the run's own
+            configuration (``None``: use it).
+        resume: A run folder of an earlier (interrupted or failed) run: only its stages that are not ``done``
+            run again, then the full report is written.
+
+    Raises:
+        DemoInterrupted: SIGINT or SIGTERM arrived; the finished stages are saved, the one it stopped is
+            ``interrupted``; ``err.run_dir`` is the folder (``None`` when nothing was written yet).
+        ResumeError: ``resume`` is not a demo run, or ``config`` differs from its configuration.
+        ValueError: ``config.strategies`` names an unknown strategy.
+    """
+    state, config, strategies = open_run(config, resume)
     torch.set_num_threads(1)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     quiet_lightning()
-    strategies = select_strategies(config.strategies)
-    run_dir = new_run_dir(config.out_dir)
     say: Say = print if config.progress else (lambda *a, **k: None)
+    say(f"lightning-reuse demo -> {state.run_dir}" + (" (resumed)" if resume is not None else ""))
+    with interrupts_raise():
+        try:
+            run_stages(state, config, strategies, say)
+        except DemoInterrupted as err:
+            err.run_dir = state.run_dir if state.written() else None
+            if resume is None and not state.written():
+                with contextlib.suppress(OSError):  # only an empty folder: nothing of this run was written
+                    state.run_dir.rmdir()
+            raise
+    return state.summary
+
+
+def open_run(
+    config: DemoConfig | None, resume: str | Path | None
+) -> tuple[RunState, DemoConfig, list[Strategy]]:
+    """A new run (its folder reserved), or the saved run in ``resume`` checked against ``config``."""
+    if resume is None:
+        config = config or DemoConfig()
+        strategies = select_strategies(config.strategies)  # refused before any folder is made
+        return (
+            RunState.new(asdict(config), stage_names(strategies), new_run_dir(config.out_dir)),
+            config,
+            strategies,
+        )
+    state = load_run(resume)
+    if config is None:
+        config = saved_config(state)
+    else:
+        check_same_config(state, config)
+        config.out_dir = str(state.run_dir.parent)  # the ledger beside the run, as when it started
+    strategies = select_strategies(config.strategies)
+    for s in strategies:
+        state.add_stage(strategy_stage(s.name), before="report")
+    state.summary["status"] = "running"
+    return state, config, strategies
+
+
+def run_stages(state: RunState, config: DemoConfig, strategies: list[Strategy], say: Say) -> None:
+    """Run every stage not ``done`` yet, in order, recording each one's status."""
     started = time.perf_counter()
-    say(f"lightning-reuse demo -> {run_dir}")
+    summary = state.summary
     say(f"[1/5] source model: SmallCNN(width={config.source_width}) pre-trained on clean digits")
-    source = source_model(config)
-    summary = source_summary(config, source, run_dir, say)
+    source: list[torch.nn.Module] = []
+    if not run_stage(state, "source", lambda: _source_stage(config, state, source, say), say):
+        _stop_after(state, "source")
+        return
+    if not source:  # done in the earlier run: the model only (its numbers are in the summary)
+        source.append(source_model(config))
     say(
         "[2/5] RESQUE pre-check: how far is the new data from what the source knows, and what will retraining cost?"
     )
-    summary["resque"] = resque_precheck(config, source, run_dir, say)
+    run_stage(
+        state,
+        "resque",
+        lambda: summary.update(resque=resque_precheck(config, source[0], state.run_dir, say)),
+        say,
+    )
     say("[3/5] NTK screening: will reprogramming (prompt + label mapping, no weight change) work?")
-    summary["ntk"] = ntk_precheck(config, source, run_dir, say)
+    run_stage(
+        state, "ntk", lambda: summary.update(ntk=ntk_precheck(config, source[0], state.run_dir, say)), say
+    )
     say(f"[4/5] running {len(strategies)} strategies for {config.max_epochs} epochs each, energy tracked")
-    results = run_strategies(strategies, source, config, run_dir, say)
-    pick, reasons = recommend(results)
-    summary["strategies"] = [asdict(r) for r in results]
-    summary["recommendation"] = {"strategy": pick, "reasons": reasons + precheck_reasons(summary, results)}
-    summary["demo_wall_time_s"] = time.perf_counter() - started
+    for strategy in strategies:
+        run_stage(
+            state,
+            strategy_stage(strategy.name),
+            lambda s=strategy: _strategy_stage(s, source[0], config, state, say),
+            say,
+        )
     say("[5/5] writing the report")
-    write_outputs(summary, run_dir, config, say)
-    return summary
+    summary["demo_wall_time_s"] = summary.get("demo_wall_time_s", 0.0) + time.perf_counter() - started
+    state.stages["report"] = {"status": "not run"}  # written again: the strategies may have changed
+    run_stage(state, "report", lambda: write_outputs(summary, state.run_dir, config, say), say)
+    failed = [name for name, s in state.stages.items() if s["status"] != "done"]
+    summary["status"] = "complete" if not failed else "failed"
+    state.save()
 
 
-def source_summary(config: DemoConfig, source: torch.nn.Module, run_dir: Path, say: Say) -> dict[str, Any]:
-    """The summary's start: the configuration, and the source's accuracy on clean and on new test data."""
+def run_stage(state: RunState, name: str, fn: Callable[[], Any], say: Say) -> bool:
+    """Run ``fn`` as the stage ``name`` unless it is done; record ``done`` / ``failed`` / ``interrupted``.
+
+    Returns:
+        Whether the stage is done.
+    """
+    if state.status(name) == "done":
+        say(f"      {name}: done in the earlier run (skipped)")
+        return True
+    try:
+        fn()
+    except Exception as err:  # recorded; the stages that do not need this one still run
+        error = f"{type(err).__name__}: {err}"
+        say(f"    [{name}] FAILED: {error}")
+        state.finish(name, "failed", error)
+        write_progress(state)
+        return False
+    except (DemoInterrupted, KeyboardInterrupt) as err:
+        interrupted = err if isinstance(err, DemoInterrupted) else DemoInterrupted("SIGINT")
+        interrupted.stage = name
+        with interrupts_deferred():  # a second Ctrl-C must not cut the write
+            state.stages[name] = {"status": "interrupted"}
+            state.summary["status"] = "interrupted"
+            if state.written():
+                state.save()
+                write_progress(state)
+        raise interrupted from None
+    state.finish(name, "done")
+    write_progress(state)
+    return True
+
+
+def _stop_after(state: RunState, failed: str) -> None:
+    """Every later stage needs ``failed``: leave them ``not run`` and close the run."""
+    state.summary["status"] = "failed"
+    state.save()
+    write_progress(state)
+
+
+def write_progress(state: RunState) -> None:
+    """The report so far (``report.md`` without plots) beside ``summary.json``."""
+    if state.written() and state.status("report") != "done":
+        write_report_so_far(state.summary, state.run_dir)
+
+
+def _source_stage(config: DemoConfig, state: RunState, out: list[torch.nn.Module], say: Say) -> None:
+    source = source_model(config)
+    state.summary.update(source_summary(config, source, say))
+    out.append(source)
+
+
+def _strategy_stage(
+    strategy: Strategy, source: torch.nn.Module, config: DemoConfig, state: RunState, say: Say
+) -> None:
+    """Fit one strategy; its result (also a failed one) replaces any earlier one in the summary."""
+    say(f"  - {strategy.name}: {strategy.description}")
+    try:
+        result = run_strategy(strategy, source, config, state.run_dir, config.target_acc)
+    except Exception as err:
+        _put_result(state, StrategyResult.failed(strategy, err))
+        raise
+    _put_result(state, result)
+
+
+def _put_result(state: RunState, result: StrategyResult) -> None:
+    """Put ``result`` in the summary's strategies, in the demo's order, replacing an earlier one."""
+    order = [name.removeprefix("strategy/") for name in state.stages if name.startswith("strategy/")]
+    results = {r["name"]: r for r in state.summary.get("strategies", [])}
+    results[result.name] = asdict(result)
+    state.summary["strategies"] = [results[n] for n in order if n in results]
+
+
+def source_summary(config: DemoConfig, source: torch.nn.Module, say: Say) -> dict[str, Any]:
+    """The source's accuracy on clean and on new test data, and the target."""
     x_te, y_te = new_data(config).test_set.tensors
-    summary: dict[str, Any] = {"config": asdict(config), "run_dir": str(run_dir), "sections": []}
+    summary: dict[str, Any] = {"sections": []}
     summary["source_acc_on_new_data"] = accuracy(source, x_te, y_te)
     summary["source_acc_on_clean_data"] = accuracy(source, *clean_data(config).test_set.tensors)
     summary["target_acc"] = config.target_acc
@@ -106,24 +262,10 @@ def source_summary(config: DemoConfig, source: torch.nn.Module, run_dir: Path, s
     return summary
 
 
-def run_strategies(
-    strategies: list[Strategy], source: torch.nn.Module, config: DemoConfig, run_dir: Path, say: Say
-) -> list[StrategyResult]:
-    """Fit every strategy; one that fails is kept with its error (it must not lose the others' results)."""
-    results = []
-    for strategy in strategies:
-        say(f"  - {strategy.name}: {strategy.description}")
-        try:
-            results.append(run_strategy(strategy, source, config, run_dir, config.target_acc))
-        except Exception as err:
-            say(f"    [{strategy.name}] FAILED: {type(err).__name__}: {err}")
-            results.append(StrategyResult.failed(strategy, err))
-    return results
-
-
 def write_outputs(summary: dict[str, Any], run_dir: Path, config: DemoConfig, say: Say) -> None:
-    """``summary.json``, ``report.md`` with its PNGs, the offline W&B run (if asked), and the printed table."""
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    """The recommendation, ``report.md`` with its PNGs, the offline W&B run (if asked), and the printed table."""
+    results = [StrategyResult(**r) for r in summary.get("strategies", [])]
+    pick, reasons = recommend(results)
+    summary["recommendation"] = {"strategy": pick, "reasons": reasons + precheck_reasons(summary, results)}
     summary["report"] = str(write_report(summary, run_dir, use_wandb=config.wandb))
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print_summary(summary, printer=say)

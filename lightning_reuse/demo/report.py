@@ -19,7 +19,7 @@ def summary_rows(summary: dict[str, Any]) -> list[list[str]]:
     for r in summary["strategies"]:
         rows.append(
             [
-                r["name"] + (" *" if r["name"] == summary["recommendation"]["strategy"] else ""),
+                r["name"] + (" *" if r["name"] == summary.get("recommendation", {}).get("strategy") else ""),
                 _fmt(r["test_acc"]),
                 "-" if r["epochs_to_target"] is None else str(r["epochs_to_target"]),
                 _fmt(r.get("energy_to_target_wh"), ".4f"),
@@ -68,16 +68,30 @@ def resque_section(summary: dict[str, Any]) -> str:
         f"the ledger's {len(r['ledger_runs'])} earlier real runs (`{r['ledger']}`):",
         "",
         *[f"- {e['message']}" for e in r["estimates"].values()],
+        *(
+            ["", "**The prediction reaches beyond what the ledger has seen: read it as a rough guide.**"]
+            if any(e.get("beyond_data") for e in r["estimates"].values())
+            else []
+        ),
         "",
-        "| ledger run | RESQUE_dist | epochs to target | energy (Wh) | CO2 (g) |",
-        "|---|---|---|---|---|",
-        *[
-            f"| {i + 1} | {run['score']:.4f} | {_fmt(run['epochs_to_target'], '.0f')} | {_fmt(run['energy_wh'], '.4f')} | "
-            f"{_fmt(run['co2_g'], '.4f')} |"
-            for i, run in enumerate(r["ledger_runs"])
-        ],
+        "| ledger run | RESQUE_dist | reached target | epochs to target | energy (Wh) | CO2 (g) |",
+        "|---|---|---|---|---|---|",
+        *[_ledger_row(i, run) for i, run in enumerate(r["ledger_runs"])],
+        "",
+        "A run that missed the target within its budget is censored: its cost is at least the one shown (>=).",
     ]
     return "\n".join(lines)
+
+
+def _ledger_row(i: int, run: dict[str, Any]) -> str:
+    """One ledger run; a censored run (target missed) shows its costs as lower bounds."""
+    reached = run.get("reached_target", True)
+    at_least = "" if reached else ">= "
+    return (
+        f"| {i + 1} | {run['score']:.4f} | {'yes' if reached else 'no (censored)'} | "
+        f"{at_least}{_fmt(run['epochs_to_target'], '.0f')} | {at_least}{_fmt(run['energy_wh'], '.4f')} | "
+        f"{at_least}{_fmt(run['co2_g'], '.4f')} |"
+    )
 
 
 def ntk_section(summary: dict[str, Any]) -> str:
@@ -111,41 +125,68 @@ def write_report(summary: dict[str, Any], run_dir: Path, use_wandb: bool = True)
     return report
 
 
-def report_lines(summary: dict[str, Any], plots: dict[str, Path]) -> list[str]:
-    """The lines of ``report.md``: recommendation, pre-checks, the strategies' table, the plots."""
+def write_report_so_far(summary: dict[str, Any], run_dir: Path) -> Path:
+    """Write ``report.md`` of an unfinished run: what the finished stages measured, and each stage's status."""
+    report = run_dir / "report.md"
+    report.write_text("\n".join(report_lines(summary, {})))
+    return report
+
+
+def status_section(summary: dict[str, Any]) -> str:
+    """Markdown: the status of every stage (done / failed with its error / interrupted / not run)."""
+    stages = summary.get("stages") or {}
+    shown = {name: s for name, s in stages.items() if name != "report"}  # this file is the report
+    rows = [[name, s["status"], s.get("error", "")] for name, s in shown.items()]
+    lines = [markdown_table(["stage", "status", "error"], rows)]
+    if any(s["status"] != "done" for s in shown.values()):
+        lines += [
+            "",
+            f"Continue this run (only the stages not done run again): "
+            f"`lightning-reuse demo --resume {summary.get('run_dir', 'RUN_DIR')}`",
+        ]
+    return "\n".join(lines)
+
+
+def _intro_lines(summary: dict[str, Any]) -> list[str]:
+    """The report's title, the new data and the source, and the recommendation (or why there is none yet)."""
     cfg = summary["config"]
-    rec = summary["recommendation"]
     lines = [
         "# Reuse or retrain? — lightning-reuse demo report",
         "",
         f"New data: digits with `{cfg['shift']}` shift (level {cfg['level']}), {cfg['train_limit']} labelled training "
         f"samples. Source: a SmallCNN pre-trained on clean digits; its accuracy on the new test data before any "
-        f"training: **{summary['source_acc_on_new_data']:.3f}**.",
-        "",
-        f"## Recommendation: **{rec['strategy']}**",
-        "",
-        *[f"- {reason}" for reason in rec["reasons"]],
+        f"training: **{_fmt(summary.get('source_acc_on_new_data'))}**.",
         "",
     ]
+    rec = summary.get("recommendation")
+    if rec is None:
+        return [*lines, "## Recommendation: none yet (the run is not finished; see the run status)", ""]
+    return [*lines, f"## Recommendation: **{rec['strategy']}**", "", *[f"- {r}" for r in rec["reasons"]], ""]
+
+
+def report_lines(summary: dict[str, Any], plots: dict[str, Path]) -> list[str]:
+    """The lines of ``report.md``: recommendation, pre-checks, the strategies' table, the plots, the run status."""
+    lines = _intro_lines(summary)
     for title, body in (
         ("RESQUE pre-check", resque_section(summary)),
         ("NTK screening", ntk_section(summary)),
     ):
         if body:
             lines += [f"## {title}", "", body, ""]
-    lines += [
-        "## Strategies",
-        "",
-        markdown_table(HEADER, summary_rows(summary)),
-        "",
-        f"Target accuracy for 'epochs to target': {summary['target_acc']}. Energy measurement: "
-        + "; ".join(sorted({r["energy_method"] for r in summary["strategies"]})),
-        "",
-        "## Plots",
-        "",
-        *[f"![{name}]({path.name})" for name, path in plots.items()],
-        "",
-    ]
+    if summary.get("strategies"):
+        lines += [
+            "## Strategies",
+            "",
+            markdown_table(HEADER, summary_rows(summary)),
+            "",
+            f"Target accuracy for 'epochs to target': {summary['target_acc']}. Energy measurement: "
+            + "; ".join(sorted({r["energy_method"] for r in summary["strategies"]})),
+            "",
+        ]
+    if plots:
+        lines += ["## Plots", "", *[f"![{name}]({path.name})" for name, path in plots.items()], ""]
+    if summary.get("stages"):
+        lines += ["## Run status", "", status_section(summary), ""]
     return lines
 
 

@@ -57,11 +57,19 @@ def _ledger_section(ledger: RetrainingLedger, tag: str, estimates: dict[str, Any
                 "epochs_to_target": r.epochs_to_target,
                 "energy_wh": r.energy_wh,
                 "co2_g": r.co2_g,
+                "reached_target": r.reached_target,
+                "key": r.key,
             }
             for r in ledger.runs(tag=tag)
         ],
         "estimates": {
-            k: {"value": e.value, "lower": e.lower, "upper": e.upper, "message": str(e)}
+            k: {
+                "value": e.value,
+                "lower": e.lower,
+                "upper": e.upper,
+                "message": str(e),
+                "beyond_data": e.beyond_data,
+            }
             for k, e in estimates.items()
         },
         "tag": tag,
@@ -80,8 +88,10 @@ def format_estimates(estimates: dict[str, Any], target_acc: float) -> str:
         parts.append(f"{e.value:.3g} {unit} [{e.lower:.3g}, {e.upper:.3g}]")
     n = next(iter(estimates.values())).n_runs if estimates else 0
     confidence = next(iter(estimates.values())).confidence if estimates else 0.9
+    beyond = any(e.beyond_data for e in estimates.values())
     return (
         f"predicted cost to {target_acc:.0%} validation accuracy by full fine-tuning: "
         + ", ".join(parts)
         + f" ({confidence:.0%} intervals, from {n} ledger runs)"
+        + (" -- beyond what the ledger has seen, a rough guide (the report says why)" if beyond else "")
     )
