@@ -269,8 +269,10 @@ def degenerate_reasons(y: Tensor) -> list[str]:
     class present leaves nothing to compare or predict (``rho`` is 1 by construction, the cross-fitted
     accuracy is trivially perfect), so such data gets FAIL with this reason, never PASS.
 
-    >>> degenerate_reasons(torch.tensor([1, 1, 1]))[0][:40]
-    'only one class present among the 3 scre'
+    >>> degenerate_reasons(torch.tensor([1, 1, 1]))[0].split(":")[0]
+    'only one class present among the 3 screened samples (label 1)'
+    >>> degenerate_reasons(torch.tensor([0, 1]))
+    []
     """
     n, present = int(y.numel()), int(torch.unique(y).numel())
     if n < 2:

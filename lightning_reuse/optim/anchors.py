@@ -4,7 +4,8 @@
   ``param_names``) or from a model; :func:`normalize_name` strips the ``module.`` (DDP/DataParallel) and
   ``_orig_mod.`` (``torch.compile``) wrappers so names match across wrapping.
 - ``exclude`` selects parameters *without* a pre-trained counterpart (typically the new head): a module
-  name or a list of them (``"head"`` matches ``head.weight`` and ``head.bias``), parameter objects, a module,
+  name or a list of them, matched on whole name segments from the end of a module path (``"head"`` matches
+  ``head.weight`` and ``net.head.bias``, not ``myhead.weight``), parameter objects, a module,
   or a predicate ``(name, param) -> bool`` (``name`` is None for a parameter whose name is unknown).
   :func:`missing_from` builds the predicate "not in this pre-trained state_dict (or of another shape)". A
   rule that matches nothing warns. :func:`excluded_state_keys` applies the same rules to a model's
@@ -88,10 +89,19 @@ class _IdNames(dict):
 
 
 def _name_matches(name: str | None, rule: str) -> bool:
+    """Whether the module or parameter path ``rule`` names ``name`` or a module that holds it.
+
+    Matched on whole dot-separated segments, from the end of a module path: ``"head"`` matches
+    ``head.weight`` and ``net.head.weight`` (a LightningModule holding its network as ``self.net``) and
+    ``net.head.0.bias``, never ``myhead.weight``; ``"net.head"`` pins the full path.
+
+    >>> [_name_matches(n, "head") for n in ("head.weight", "net.head.bias", "net.head.0.weight", "myhead.weight")]
+    [True, True, True, False]
+    """
     if name is None:
         return False
     rule = normalize_name(rule)
-    return name == rule or name.startswith(rule + ".")
+    return f".{name}.".find(f".{rule}.") >= 0 if rule else False
 
 
 def resolve_exclude(
@@ -127,9 +137,12 @@ def resolve_exclude(
         if isinstance(rule, str):
             if not getattr(names, "complete", False):
                 raise ValueError(
-                    f"`exclude={rule!r}` names a module, but the optimizer's parameters have no names. HINT: "
-                    "build the base optimizer from `model.named_parameters()`, pass `model=` as well, or "
-                    "exclude by parameter objects / a predicate."
+                    f"`exclude={rule!r}` names a module, but the optimizer's parameters have no names (a "
+                    "LightningCLI top-level `optimizer:` passes them unnamed). HINT: build the base optimizer "
+                    "from `model.named_parameters()` or pass `model=`; in a YAML recipe, give the optimizer to "
+                    "the module instead of the top-level `optimizer:` (`model: {init_args: {optimizer: "
+                    f"{{class_path: lightning_reuse.FTPAdamW, init_args: {{exclude: {rule}}}}}}}}}`, as in "
+                    "recipes/ftp_finetune.yaml), which passes named parameters."
                 )
             hit = [p for p in params if _name_matches(names[p], rule)]
         elif isinstance(rule, nn.Module):

@@ -144,6 +144,7 @@ class FTP(Optimizer):
         self._flat_layouts: dict[tuple[int, ...], F.FlatLayout] = {}
         self._exclude, self._anchor_spec, self._model = exclude, anchors, model
         self._projected, self._excluded = ParamSet(), ParamSet()
+        self._names: dict[int, str] = {}  # id(p) -> normalized name, where known (for error messages)
         self._pending_anchors: dict[int, Tensor] = {}  # id(p) -> anchor, until p's first step
         self._loading: list[tuple[Tensor, dict[str, Tensor]]] = []  # FTP entries set aside during a load
         self._register([p for g in self.param_groups for p in g["params"]], warn_unmatched=True)
@@ -153,6 +154,7 @@ class FTP(Optimizer):
     # --- construction helpers -------------------------------------------------------------------------
     def _register(self, params: list[Tensor], warn_unmatched: bool) -> None:
         names = parameter_names(params, self.param_groups, self._model)
+        self._names.update(names)
         with warnings.catch_warnings():
             if not warn_unmatched:  # a later group: only rules that match something in it apply, silently
                 warnings.simplefilter("ignore")
@@ -190,6 +192,7 @@ class FTP(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._refuse_sparse_gradients()
         groups = self._advance_groups()
         if self._fused_wanted() and self._fused_engine.step(groups, self.base_optimizer.step):
             return loss
@@ -207,6 +210,21 @@ class FTP(Optimizer):
         else:
             (F.ftp_project_foreach if impl == "foreach" else F.ftp_project_single)(params, states)
         return loss
+
+    def _refuse_sparse_gradients(self) -> None:
+        """Raise before anything moves when a projected parameter has a sparse gradient (no host read)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and p.grad.is_sparse and p in self._projected:
+                    name = self._names.get(id(p))
+                    what = f"`{name}`" if name else f"a parameter of shape {list(p.shape)} (name unknown)"
+                    layer = name.rsplit(".", 1)[0] if name and "." in name else name
+                    rule = f"exclude={layer!r}" if layer else "exclude=[that parameter]"
+                    raise ValueError(
+                        f"FTP cannot project {what}: its gradient is sparse ({p.grad.layout}, e.g. from "
+                        "nn.Embedding(sparse=True)); the projection needs a dense gradient. HINT: exclude it "
+                        f"from the projection ({rule}), or build the layer with sparse=False."
+                    )
 
     def _advance_groups(self) -> list[F.ProjectedGroup]:
         out = []
