@@ -117,6 +117,32 @@ def energy_backend(device: str, tracking_mode: str = "machine") -> EnergyBackend
     return CodeCarbonBackend(country_iso_code="USA", measure_power_secs=1.0, tracking_mode=tracking_mode)
 
 
+def measured_by(monitor: EnergyMonitor, device: str) -> dict:
+    """What actually ran: backend, its tracking mode (codecarbon), the device and each component's method."""
+    backend = monitor.meter.backend if monitor.meter is not None else None
+    return {
+        "backend": backend.name if backend is not None else "none",
+        "mode": getattr(backend, "tracking_mode", None),
+        "device": device,
+        "methods": dict(monitor.total.method),
+    }
+
+
+def describe(measured: dict | None) -> str:
+    """``measured_by`` as a label, e.g. ``codecarbon (process mode) on cpu; cpu: estimate, ram: estimate``.
+
+    >>> describe({"backend": "nvml", "mode": None, "device": "cuda", "methods": {"gpu": "NVML"}})
+    'nvml on cuda; gpu: NVML'
+    >>> describe(None)
+    'backend not recorded'
+    """
+    if not measured:
+        return "backend not recorded"
+    mode = f" ({measured['mode']} mode)" if measured.get("mode") else ""
+    methods = ", ".join(f"{k}: {v}" for k, v in sorted(measured.get("methods", {}).items()))
+    return f"{measured['backend']}{mode} on {measured['device']}" + (f"; {methods}" if methods else "")
+
+
 _EPOCH_HOOKS = (
     "on_train_epoch_start",
     "on_train_batch_end",
@@ -193,6 +219,7 @@ def fit(
         out["outside_epochs_s"] = monitor.outside_epochs.duration_s
         out["predictions"] = [p.to_dict() for p in monitor.predictions]
         out["status"] = monitor.status
+        out["measured_by"] = measured_by(monitor, device)
     return out
 
 
@@ -201,6 +228,7 @@ def overhead(device: str, workload: str, repeats: int, epochs: int) -> dict:
     per_arm: dict[str, list[float]] = {a: [] for a in arms}
     ratios: dict[str, list[float]] = {a: [] for a in arms[1:]}
     fixed: list[float] = []
+    measured: dict | None = None
     hook_pct: dict[str, list[float]] = {a: [] for a in arms[1:]}
     fit("none", device, workload, 2)  # discarded: the first fits of a process run slower
     for r in range(repeats):
@@ -213,6 +241,7 @@ def overhead(device: str, workload: str, repeats: int, epochs: int) -> dict:
             per_arm[arm].append(step_ms[arm])
             if arm == "monitor":
                 fixed.append(res["outside_epochs_s"])
+                measured = res["measured_by"]
             if arm != "none":
                 hook_pct[arm].append(100.0 * res["hook_s"] / sum(res["epoch_s"]))
         for arm in arms[1:]:
@@ -226,17 +255,22 @@ def overhead(device: str, workload: str, repeats: int, epochs: int) -> dict:
         "hook_time_pct_median": {a: statistics.median(v) for a, v in hook_pct.items()},
         "repeats": repeats,
         "epochs_per_fit": epochs,
+        "measured_by": measured,
     }
 
 
 def prediction(device: str, workload: str, runs: int, epochs: int = 10) -> dict:
     rows = []
+    measured: dict | None = None
     for r in range(runs):
         # Process mode: on a shared machine, machine mode would attribute other users' load to the fit,
         # and no prediction can foresee that. (The overhead arms use the default machine mode: a
         # process-mode read walks /proc and cost ~19 ms here, against ~0.7 ms.)
         res = fit("monitor", device, workload, epochs, seed=100 + r, tracking_mode="process")
         total = res["total"]["energy_wh"]
+        if measured is None:
+            measured = res["measured_by"]
+            print(f"prediction measured by: {describe(measured)}", flush=True)
         row = {
             "run": r,
             "measured_total_wh": total,
@@ -266,7 +300,7 @@ def prediction(device: str, workload: str, runs: int, epochs: int = 10) -> dict:
         summary[f"ours_{k}_coverage"] = statistics.fmean(float(r[f"ours_{k}_covered"]) for r in rows)
         summary[f"ours_{k}_median_ae_pct"] = statistics.median(abs(r[f"ours_{k}_err_pct"]) for r in rows)
         summary[f"ct_{k}_median_ae_pct"] = statistics.median(abs(r[f"ct_{k}_err_pct"]) for r in rows)
-    return {"runs": rows, "summary": summary, "epochs": epochs}
+    return {"runs": rows, "summary": summary, "epochs": epochs, "measured_by": measured}
 
 
 def reuse_vs_retrain(out_png: Path) -> dict:
@@ -338,7 +372,16 @@ def main() -> None:
     print(md)
 
 
+def _inferred(device: str, tracking_mode: str) -> dict:
+    """For results written before ``measured_by`` was recorded: what ``energy_backend`` builds for them."""
+    if device == "cuda":
+        return {"backend": "nvml (inferred)", "mode": None, "device": device, "methods": {}}
+    return {"backend": "codecarbon (inferred)", "mode": tracking_mode, "device": device, "methods": {}}
+
+
 def render(result: dict) -> str:
+    result["overhead"].setdefault("measured_by", _inferred(result["device"], "machine"))
+    result["prediction"].setdefault("measured_by", _inferred(result["device"], "process"))
     lines = _render_overhead(result) + _render_prediction(result["prediction"])
     if "reuse_vs_retrain" in result:
         lines += ["", "### Reuse vs retrain (digits, measured)", "", result["reuse_vs_retrain"]["table"]]
@@ -348,7 +391,7 @@ def render(result: dict) -> str:
 
 def _render_overhead(result: dict) -> list[str]:
     o = result["overhead"]
-    backend = "NVML counter" if result["device"] == "cuda" else "codecarbon offline, machine mode"
+    backend = describe(o.get("measured_by"))
     lines = [
         f"## EnergyMonitor overhead and prediction ({result['hardware']}, workload: {result['workload']})",
         "",
@@ -380,9 +423,8 @@ def _render_overhead(result: dict) -> list[str]:
 def _render_prediction(p: dict) -> list[str]:
     lines = [
         "",
-        f"Prediction of the {p['epochs']}-epoch total (measured by the monitor; codecarbon in process mode on "
-        "CPU), mean absolute error over "
-        f"{len(p['runs'])} runs:",
+        f"Prediction of the {p['epochs']}-epoch total (measured by the monitor: "
+        f"{describe(p.get('measured_by'))}), mean absolute error over {len(p['runs'])} runs:",
         "",
         "| after | ours: mean (median) abs. error | 90% interval coverage | carbontracker: mean (median) abs. error |",
         "|---|---:|---:|---:|",
