@@ -52,7 +52,9 @@ class AdditiveFineTuning(pl.LightningModule):
             :func:`lightning_reuse.nn.side_network.freeze_base`).
         side: the side network ``g`` (e.g. :class:`~lightning_reuse.nn.side_network.SideMLP`), or its
             ``config`` mapping (how ``load_from_checkpoint`` rebuilds it).
-        layer: name of the ``base`` layer whose output ``g`` reads; ``None`` reads the input.
+        layer: name of the ``base`` layer whose output ``g`` reads; ``None`` reads the input, which must
+            then be float: with integer token ids the first batch raises a ``TypeError`` that asks for
+            ``layer=`` naming an embedding or hidden layer (e.g. ``layer="embed"``).
         loss: ``"cross_entropy"`` (targets are class indices; ``val_acc`` is logged; the label ``-100``
             means "no label term": such samples only feel ``output_penalty``, which keeps ``F`` at ``f``)
             or ``"mse"``.

@@ -263,6 +263,25 @@ def freeze_base(base: nn.Module, side: nn.Module) -> int:
     return trainable
 
 
+def check_side_input(h: Any, layer: str | None, base: nn.Module) -> None:
+    """Refuse a non-float side input (token ids): the side network needs a float feature.
+
+    Raises:
+        TypeError: ``h`` is an integer or boolean tensor; the message names embedding layers of ``base``.
+    """
+    if not isinstance(h, Tensor) or h.is_floating_point() or h.is_complex():
+        return
+    source = "the input" if layer is None else f"the output of layer {layer!r}"
+    embeddings = [n for n, m in base.named_modules() if isinstance(m, nn.Embedding)]
+    example = embeddings[0] if embeddings else "<an embedding or hidden layer>"
+    known = f" (embedding layers of the base: {embeddings[:5]})" if embeddings else ""
+    raise TypeError(
+        f"The side network reads {source}, a {h.dtype} tensor of shape {list(h.shape)} (token ids?); it needs "
+        f"a float feature. HINT: pass `layer=` naming an embedding or hidden layer of the base whose output is "
+        f"float, e.g. layer={example!r}{known}."
+    )
+
+
 @torch.no_grad()
 def _trace_side_input(base: nn.Module, example_input: Tensor, layer: str | None) -> tuple[Tensor, Tensor]:
     """``(side input, base output)`` of one eval-mode forward pass of ``base`` (its mode is restored)."""
@@ -330,6 +349,7 @@ class AdditiveModel(nn.Module):
         if kind not in ("mlp", "conv"):
             raise ValueError(f"`kind` must be 'mlp' or 'conv', got {kind!r}.")
         h, out = _trace_side_input(base, example_input, layer)
+        check_side_input(h, layer, base)
         if out.dim() != 2:
             raise ShapeMismatchError(
                 f"The base output must be [batch, outputs] for a built side network, got {tuple(out.shape)}."
@@ -363,6 +383,7 @@ class AdditiveModel(nn.Module):
     def parts(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(base(x), side(...))`` separately (the output is their sum)."""
         h, out = self.side_input_and_base_output(x)
+        check_side_input(h, self.layer, self.base)
         delta = self.side(h)
         if delta.shape != out.shape:
             raise ShapeMismatchError(

@@ -264,3 +264,41 @@ def test_ignored_labels_only_feel_the_output_penalty() -> None:
     y[0] = 1
     expected = nn.functional.cross_entropy((base_out + delta)[:1], y[:1]) + 2.0 * delta.pow(2).mean()
     assert torch.allclose(module._shared_step((x, y), "train"), expected)
+
+
+class TokenBase(nn.Module):
+    """A tiny token classifier: embedding, mean over tokens, linear head (inputs are integer token ids)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(20, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(ids).mean(1))
+
+
+def token_loader() -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    ids, y = torch.randint(0, 20, (24, 5), generator=g), torch.randint(0, 3, (24,), generator=g)
+    return DataLoader(TensorDataset(ids, y), batch_size=8)
+
+
+def test_token_ids_without_a_layer_say_the_side_network_needs_a_float_feature(tmp_path: Path) -> None:
+    base = TokenBase().requires_grad_(False)
+    module = AdditiveFineTuning(base, SideMLP(5, 3, width=4))  # layer=None: the side reads the token ids
+    with pytest.raises(
+        TypeError,
+        match=r"reads the input, a torch.int64 tensor.*needs a float feature.*"
+        r"HINT: pass `layer=`.*layer='embed'",
+    ):
+        trainer(tmp_path, epochs=1).fit(module, token_loader())
+
+
+def test_token_ids_with_an_embedding_layer_train(tmp_path: Path) -> None:
+    base = TokenBase().requires_grad_(False)
+    module = AdditiveFineTuning(base, SideMLP(5 * 8, 3, width=4), layer="embed")
+    t = trainer(tmp_path, epochs=1)
+    t.fit(module, token_loader())
+    assert t.global_step == 3

@@ -158,3 +158,21 @@ def test_base_fingerprint_sees_one_changed_value_and_buffers() -> None:
     assert module_fingerprint(bn_base()) == before  # deterministic
     base[1].running_mean[0] += 1e-6
     assert module_fingerprint(base) != before
+
+
+def test_integer_side_input_is_refused_at_construction_from_an_example() -> None:
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(self.embed(ids).mean(1))
+
+    base = Tokens().requires_grad_(False)
+    ids = torch.randint(0, 10, (3, 5), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(TypeError, match=r"needs a float feature.*HINT: pass `layer=`.*\['embed'\]"):
+        AdditiveModel.from_base(base, ids)
+    model = AdditiveModel.from_base(base, ids, layer="embed")
+    assert torch.equal(model(ids), base(ids))
