@@ -122,8 +122,9 @@ def interrupted_message(err: DemoInterrupted) -> str:
             f"demo interrupted ({err.signal_name}) during start-up, before anything was written (no run folder "
             f"is left); run it again to start over."
         )
+    during = "between two stages" if err.stage is None else f"during stage '{err.stage}'"
     return (
-        f"demo interrupted ({err.signal_name}) during stage '{err.stage}'; the finished stages are saved in "
+        f"demo interrupted ({err.signal_name}) {during}; the finished stages are saved in "
         f"{err.run_dir}; resume with: {PROG} demo --resume {err.run_dir}"
     )
 

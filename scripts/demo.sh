@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-.venv/bin/lightning-reuse demo "$@"
+# exec: Ctrl-C and SIGTERM reach the demo itself, which saves the finished stages (see docs/demo.md)
+exec .venv/bin/lightning-reuse demo "$@"

@@ -102,6 +102,9 @@ def run_demo(config: DemoConfig | None = None, resume: str | Path | None = None)
         try:
             run_stages(state, config, strategies, say)
         except DemoInterrupted as err:
+            if err.stage is None:  # between two stages: every finished one is saved already
+                with interrupts_deferred(reraise=False):
+                    _save_interrupted(state)
             err.run_dir = state.run_dir if state.written() else None
             if resume is None and not state.written():
                 with contextlib.suppress(OSError):  # only an empty folder: nothing of this run was written
@@ -142,7 +145,7 @@ def run_stages(state: RunState, config: DemoConfig, strategies: list[Strategy], 
     say(f"[1/5] source model: SmallCNN(width={config.source_width}) pre-trained on clean digits")
     source: list[torch.nn.Module] = []
     if not run_stage(state, "source", lambda: _source_stage(config, state, source, say), say):
-        _stop_after(state, "source")
+        _stop_after_failed_source(state)
         return
     if not source:  # done in the earlier run: the model only (its numbers are in the summary)
         source.append(source_model(config))
@@ -173,7 +176,8 @@ def run_stages(state: RunState, config: DemoConfig, strategies: list[Strategy], 
     run_stage(state, "report", lambda: write_outputs(summary, state.run_dir, config, say), say)
     failed = [name for name, s in state.stages.items() if s["status"] != "done"]
     summary["status"] = "complete" if not failed else "failed"
-    state.save()
+    with interrupts_deferred():
+        state.save()
 
 
 def run_stage(state: RunState, name: str, fn: Callable[[], Any], say: Say) -> bool:
@@ -190,29 +194,37 @@ def run_stage(state: RunState, name: str, fn: Callable[[], Any], say: Say) -> bo
     except Exception as err:  # recorded; the stages that do not need this one still run
         error = f"{type(err).__name__}: {err}"
         say(f"    [{name}] FAILED: {error}")
-        state.finish(name, "failed", error)
-        write_progress(state)
+        with interrupts_deferred():
+            state.finish(name, "failed", error)
+            write_progress(state)
         return False
     except (DemoInterrupted, KeyboardInterrupt) as err:
         interrupted = err if isinstance(err, DemoInterrupted) else DemoInterrupted("SIGINT")
         interrupted.stage = name
-        with interrupts_deferred():  # a second Ctrl-C must not cut the write
+        with interrupts_deferred(reraise=False):  # a second Ctrl-C must not cut the write
             state.stages[name] = {"status": "interrupted"}
-            state.summary["status"] = "interrupted"
-            if state.written():
-                state.save()
-                write_progress(state)
+            _save_interrupted(state)
         raise interrupted from None
-    state.finish(name, "done")
-    write_progress(state)
+    with interrupts_deferred():
+        state.finish(name, "done")
+        write_progress(state)
     return True
 
 
-def _stop_after(state: RunState, failed: str) -> None:
-    """Every later stage needs ``failed``: leave them ``not run`` and close the run."""
+def _save_interrupted(state: RunState) -> None:
+    """Mark the run interrupted and save it, if anything of it is on disk (a start-up leaves nothing)."""
+    state.summary["status"] = "interrupted"
+    if state.written():
+        state.save()
+        write_progress(state)
+
+
+def _stop_after_failed_source(state: RunState) -> None:
+    """Every later stage needs the source: leave them ``not run`` and close the run as failed."""
     state.summary["status"] = "failed"
-    state.save()
-    write_progress(state)
+    with interrupts_deferred():
+        state.save()
+        write_progress(state)
 
 
 def write_progress(state: RunState) -> None:

@@ -70,17 +70,29 @@ def interrupts_raise() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Within the block, SIGINT and SIGTERM are ignored (a second Ctrl-C must not cut the summary's write)."""
+def interrupts_deferred(reraise: bool = True) -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM wait: a signal cannot cut the summary's write in half.
+
+    Args:
+        reraise: Raise :class:`DemoInterrupted` after the block for a signal that arrived within it (``False``:
+            drop it; the demo is already stopping).
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    arrived: list[str] = []
+
+    def _note(signum: int, frame: FrameType | None) -> None:
+        arrived.append(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, _note) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if arrived and reraise:
+        raise DemoInterrupted(arrived[0])
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
