@@ -96,18 +96,21 @@ def resque_cost_model(resque: dict[str, Any], path: Path) -> Path | None:
     """Epochs to target of the ledger runs against their RESQUE score, and the prediction for the new data.
 
     Returns:
-        The path, or ``None`` (nothing written) when no ledger run reached the target.
+        The path, or ``None`` (nothing written) when the ledger has no run with epochs recorded. Runs that
+        missed the target (censored: at least that many epochs) are drawn as triangles.
     """
-    pts = [
-        (r["score"], r["epochs_to_target"])
-        for r in resque.get("ledger_runs") or []
-        if r["epochs_to_target"] is not None
-    ]
-    if not pts:
+    runs = [r for r in resque.get("ledger_runs") or [] if r["epochs_to_target"] is not None]
+    if not runs:
         return None
     fig = Figure(figsize=(5, 3.5))
     ax = fig.subplots()
-    ax.scatter([p[0] for p in pts], [p[1] for p in pts], label="ledger runs (measured)")
+    for reached, marker, label in (
+        (True, "o", "ledger runs (measured)"),
+        (False, "^", "missed the target (>=)"),
+    ):
+        pts = [(r["score"], r["epochs_to_target"]) for r in runs if r.get("reached_target", True) == reached]
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=label)
     est = resque["estimates"].get("epochs_to_target", {})
     if est.get("value") is not None:
         ax.errorbar(

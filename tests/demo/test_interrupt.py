@@ -26,7 +26,7 @@ START_UP_SCRIPT = """
 import sys
 from lightning_reuse.cli import interrupted_message
 from lightning_reuse.demo import DemoConfig, run_demo
-from lightning_reuse.demo.run_state import DemoInterrupted
+from lightning_reuse.demo import DemoInterrupted
 
 config = DemoConfig(out_dir=sys.argv[1], quick=True, wandb=False, strategies=["linear probe"])
 config.source_epochs = 200  # the source is pre-trained at start-up: long enough to be interrupted in
