@@ -177,3 +177,35 @@ def test_one_fit_with_dict_batches_resque_check_energy_monitor_and_ftp(tmp_path:
     assert trainer.global_step == 4 and torch.isfinite(trainer.callback_metrics["train_loss"])
     assert 0 < check.result.score < 0.2
     assert check.result.energy == monitor.windows["resque-precheck"] and monitor.total.energy_wh > 0
+
+
+def test_additive_fine_tuning_on_dict_batches_with_resque_check_and_energy_monitor(tmp_path: Path) -> None:
+    """AdditiveFineTuning reads `{"input_ids", "attention_mask", "labels"}` batches padded per batch, calls the
+    base with keyword inputs, reads its output object, and keeps the base bit-identical."""
+    from lightning_reuse import AdditiveFineTuning
+    from lightning_reuse.nn import AdditiveModel
+
+    torch.manual_seed(0)
+    seqs, y = tm.sentences(n=192, seed=11)
+    base = copy.deepcopy(text_encoder()).requires_grad_(False)
+    before = copy.deepcopy(base.state_dict())
+    example = next(iter(tm.text_loader(seqs, y)))
+    inputs = {k: v for k, v in example.items() if k != "labels"}
+    model = AdditiveModel.from_base(base, inputs, width=8, layer="head")  # the side reads the base's logits
+    module = AdditiveFineTuning(model.base, model.side, layer="head", lr=1e-2)
+    check = RESQUECheck(
+        tm.text_loader(tm.substitute_tokens(seqs, 0.2), y),
+        layer="model.base.norm",
+        original_dataloader=tm.text_loader(seqs, y),
+        num_classes=4,
+        progress_bar=False,
+    )
+    monitor = EnergyMonitor(backend="simulated")
+    trainer = trainer_for(tmp_path, [monitor, check], limit_train_batches=4)
+    trainer.fit(module, tm.text_loader(seqs, y))
+    assert trainer.global_step == 4 and torch.isfinite(trainer.callback_metrics["train_loss"])
+    assert 0 < check.result.score < 0.2 and monitor.total.energy_wh > 0
+    assert all(torch.equal(before[k], v) for k, v in module.model.base.state_dict().items())
+    with torch.no_grad():
+        out = module(inputs)
+    assert out.shape == (len(example["labels"]), 4)

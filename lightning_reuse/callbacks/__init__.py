@@ -8,6 +8,7 @@ from lightning_reuse._lazy import attach
 _NAMES: dict[str, str] = {
     "WiSEFT": ".wise_ft",
     "RESQUECheck": ".resque_check",
+    "RESQUEAssumptionWarning": ".resque_check",
     "NTKScreening": ".ntk_screening",
     "NTKScreeningWarning": ".ntk_screening",
     "EnergyMonitor": ".energy_monitor",
@@ -16,8 +17,15 @@ _NAMES: dict[str, str] = {
 if TYPE_CHECKING:
     from lightning_reuse.callbacks.energy_monitor import EnergyMonitor
     from lightning_reuse.callbacks.ntk_screening import NTKScreening, NTKScreeningWarning
-    from lightning_reuse.callbacks.resque_check import RESQUECheck
+    from lightning_reuse.callbacks.resque_check import RESQUEAssumptionWarning, RESQUECheck
     from lightning_reuse.callbacks.wise_ft import WiSEFT
 
-__all__ = ["WiSEFT", "RESQUECheck", "NTKScreening", "NTKScreeningWarning", "EnergyMonitor"]
+__all__ = [
+    "WiSEFT",
+    "RESQUECheck",
+    "RESQUEAssumptionWarning",
+    "NTKScreening",
+    "NTKScreeningWarning",
+    "EnergyMonitor",
+]
 __getattr__, __dir__ = attach(__name__, _NAMES)

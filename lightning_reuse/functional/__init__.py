@@ -9,6 +9,7 @@ _NAMES: dict[str, str] = {
     "resque_dist": ".resque",
     "resque_task": ".resque",
     "pool_features": ".resque",
+    "class_specificity": ".resque",
     "RESQUEConfig": ".resque_config",
     "least_squares_affine": ".stitching",
     "linear_cka": ".stitching",
@@ -31,6 +32,9 @@ _NAMES: dict[str, str] = {
     "assert_per_sample": ".ntk",
     "ScreeningConfig": ".ntk_config",
     "ScreeningThresholds": ".ntk_config",
+    "check_inputs": ".ntk_config",
+    "check_labels": ".ntk_config",
+    "degenerate_reasons": ".ntk_config",
     "screening_scores": ".ntk_scores",
     "screen_reprogramming": ".ntk_scores",
     "ScreeningScores": ".ntk_scores",
@@ -60,7 +64,13 @@ if TYPE_CHECKING:
         prompt_jacobian,
         topk_eigh,
     )
-    from lightning_reuse.functional.ntk_config import ScreeningConfig, ScreeningThresholds
+    from lightning_reuse.functional.ntk_config import (
+        ScreeningConfig,
+        ScreeningThresholds,
+        check_inputs,
+        check_labels,
+        degenerate_reasons,
+    )
     from lightning_reuse.functional.ntk_scores import (
         ScreeningScores,
         decide,
@@ -70,7 +80,7 @@ if TYPE_CHECKING:
         source_guard,
         stratified_subset,
     )
-    from lightning_reuse.functional.resque import pool_features, resque_dist, resque_task
+    from lightning_reuse.functional.resque import class_specificity, pool_features, resque_dist, resque_task
     from lightning_reuse.functional.resque_config import RESQUEConfig
     from lightning_reuse.functional.stitching import (
         channel_rows,
@@ -83,6 +93,7 @@ __all__ = [
     "resque_dist",
     "resque_task",
     "pool_features",
+    "class_specificity",
     "RESQUEConfig",
     "least_squares_affine",
     "linear_cka",
@@ -105,6 +116,9 @@ __all__ = [
     "assert_per_sample",
     "ScreeningConfig",
     "ScreeningThresholds",
+    "check_inputs",
+    "check_labels",
+    "degenerate_reasons",
     "screening_scores",
     "screen_reprogramming",
     "ScreeningScores",

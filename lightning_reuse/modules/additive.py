@@ -126,8 +126,10 @@ class AdditiveFineTuning(pl.LightningModule):
 
     # --- model --------------------------------------------------------------------------------------
     @override
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
+    def forward(self, x: Any = None, **inputs: Any) -> Tensor:
+        """``base(x) + side(...)``; keyword inputs (``input_ids=..., attention_mask=...``) reach the base as
+        ``base(**inputs)``, so a part that calls ``module(**batch_inputs)`` (RESQUECheck) works too."""
+        return self.model(x if not inputs else inputs)
 
     @override
     def train(self, mode: bool = True) -> AdditiveFineTuning:

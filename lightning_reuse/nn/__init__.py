@@ -47,11 +47,24 @@ _NAMES: dict[str, str] = {
     "PooledDownsampleStitch": ".stitch",
     "PooledLinearStitch": ".stitch",
     "split_batch": ".batch",
+    "read_batch": ".batch",
+    "Batch": ".batch",
+    "forward_inputs": ".batch",
+    "move_to_device": ".batch",
+    "output_tensor": ".batch",
+    "check_side_input": ".side_network",
     "module_fingerprint": ".fingerprint",
 }
 
 if TYPE_CHECKING:
-    from lightning_reuse.nn.batch import split_batch
+    from lightning_reuse.nn.batch import (
+        Batch,
+        forward_inputs,
+        move_to_device,
+        output_tensor,
+        read_batch,
+        split_batch,
+    )
     from lightning_reuse.nn.fingerprint import module_fingerprint
     from lightning_reuse.nn.label_mapping import (
         FrequencyLabelMapping,
@@ -74,6 +87,7 @@ if TYPE_CHECKING:
         SideMLP,
         base_fingerprint,
         build_side_network,
+        check_side_input,
         freeze_base,
     )
     from lightning_reuse.nn.stitch import (
@@ -138,6 +152,12 @@ __all__ = [
     "PooledDownsampleStitch",
     "PooledLinearStitch",
     "split_batch",
+    "read_batch",
+    "Batch",
+    "forward_inputs",
+    "move_to_device",
+    "output_tensor",
+    "check_side_input",
     "module_fingerprint",
 ]
 # Sample models moved to :mod:`lightning_reuse.samples`; the old names resolve, with a DeprecationWarning, for one release.

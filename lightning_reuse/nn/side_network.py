@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_reuse._warnings import LightningReuseWarning
+from lightning_reuse.nn.batch import forward_inputs, output_tensor
 from lightning_reuse.nn.fingerprint import module_fingerprint
 from lightning_reuse.nn.layers import capture_output, get_layer
 from lightning_reuse.nn.parameter_count import count_parameters
@@ -263,6 +264,11 @@ def freeze_base(base: nn.Module, side: nn.Module) -> int:
     return trainable
 
 
+def _base_output(base: nn.Module, x: Any) -> Tensor:
+    """The base's output tensor for batch inputs ``x`` (logits of an output object, first of a tuple)."""
+    return output_tensor(forward_inputs(base, x), keys=("logits", "last_hidden_state"), who="AdditiveModel")
+
+
 def check_side_input(h: Any, layer: str | None, base: nn.Module) -> None:
     """Refuse a non-float side input (token ids): the side network needs a float feature.
 
@@ -283,18 +289,21 @@ def check_side_input(h: Any, layer: str | None, base: nn.Module) -> None:
 
 
 @torch.no_grad()
-def _trace_side_input(base: nn.Module, example_input: Tensor, layer: str | None) -> tuple[Tensor, Tensor]:
-    """``(side input, base output)`` of one eval-mode forward pass of ``base`` (its mode is restored)."""
+def _trace_side_input(base: nn.Module, example_input: Any, layer: str | None) -> tuple[Tensor, Tensor]:
+    """``(side input, base output)`` of one eval-mode forward pass of ``base`` (its mode is restored).
+
+    ``example_input`` is a batch's model inputs: a tensor, a tuple or a mapping (``base(**inputs)``).
+    """
     if layer is not None:
         get_layer(base, layer)  # raises LayerNotFoundError listing valid names
     was_training = base.training
     base.eval()
     try:
         if layer is None:
-            return example_input, base(example_input)
+            return example_input, _base_output(base, example_input)
         with capture_output(base, layer) as store:
-            out = base(example_input)
-        return store["output"], out
+            out = _base_output(base, example_input)
+        return output_tensor(store["output"], who="AdditiveModel"), out
     finally:
         base.train(was_training)
 
@@ -332,7 +341,7 @@ class AdditiveModel(nn.Module):
     def from_base(
         cls,
         base: nn.Module,
-        example_input: Tensor,
+        example_input: Any,
         width: int | Sequence[int] = 16,
         depth: int = 2,
         layer: str | None = None,
@@ -371,16 +380,27 @@ class AdditiveModel(nn.Module):
         self.base.eval()
         return self
 
-    def side_input_and_base_output(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Run the frozen base once; return ``(side input, base output)``."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
-            if self.layer is None:
-                return x, self.base(x)
-            with capture_output(self.base, self.layer, detach=not x.requires_grad) as store:
-                out = self.base(x)
-            return store["output"], out
+    def side_input_and_base_output(self, x: Any) -> tuple[Tensor, Tensor]:
+        """Run the frozen base once; return ``(side input, base output)``.
 
-    def parts(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        ``x`` is what the batch holds for the model: a tensor, a tuple (``base(*x)``) or a mapping
+        (``base(**x)``, e.g. ``input_ids`` and ``attention_mask``); an output object or tuple is read by
+        :func:`~lightning_reuse.nn.batch.output_tensor` (``logits`` first).
+        """
+        grad = isinstance(x, Tensor) and x.requires_grad
+        with torch.set_grad_enabled(torch.is_grad_enabled() and grad):
+            if self.layer is None:
+                if not isinstance(x, Tensor):
+                    raise TypeError(
+                        f"The side network reads the input itself (layer=None), but the batch inputs are a "
+                        f"{type(x).__name__}. HINT: pass `layer=` naming a float hidden or embedding layer."
+                    )
+                return x, _base_output(self.base, x)
+            with capture_output(self.base, self.layer, detach=not grad) as store:
+                out = _base_output(self.base, x)
+            return output_tensor(store["output"], who="AdditiveModel"), out
+
+    def parts(self, x: Any) -> tuple[Tensor, Tensor]:
         """Return ``(base(x), side(...))`` separately (the output is their sum)."""
         h, out = self.side_input_and_base_output(x)
         check_side_input(h, self.layer, self.base)
@@ -392,6 +412,6 @@ class AdditiveModel(nn.Module):
             )
         return out, delta
 
-    def forward(self, x: Tensor) -> Tensor:
-        out, delta = self.parts(x)
+    def forward(self, x: Any = None, **inputs: Any) -> Tensor:
+        out, delta = self.parts(x if not inputs else inputs)
         return out + delta
