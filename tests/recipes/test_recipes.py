@@ -50,5 +50,14 @@ def test_recipe_fast_dev_run(recipe: Path, tmp_path: Path, monkeypatch: pytest.M
     assert not unexpected, "unexpected warnings:\n" + "\n".join(unexpected)
 
 
-def test_recipes_exist() -> None:
-    assert len(SCENARIOS) >= 3
+def test_every_recipe_is_documented_and_every_documented_recipe_exists() -> None:
+    """The README's recipe list and the YAML files in `recipes/` are the same set (each file is run above)."""
+    readme = (RECIPES.parent / "README.md").read_text()
+    paragraph = re.search(r"^Recipes: (.*?)\n\n", readme, flags=re.M | re.S)
+    assert paragraph, "the README lost its 'Recipes:' paragraph"
+    listed = {name for name in re.findall(r"`([a-z_0-9]+)`", paragraph.group(1))}
+    on_disk = {p.stem for p in SCENARIOS}
+    assert on_disk, f"no recipe found in {RECIPES}"
+    assert on_disk == listed, (
+        f"in recipes/ but not the README: {on_disk - listed}; the reverse: {listed - on_disk}"
+    )
