@@ -233,8 +233,9 @@ class PaddingPrompt(InputTransform):
     """ILM-VP padding prompt: the target image in the centre, ``sigmoid(theta)`` on the border, ``theta = 0``.
 
     ``M`` is 1 on the source-resolution border around the (resized) target image and 0 on the image, so the
-    image pixels pass unchanged. ILM-VP (Chen et al., CVPR 2023) resizes 32 px CIFAR images to 128 px and pads
-    them into 224 px. Arguments as :class:`InputTransform` (``activation`` defaults to ``"sigmoid"``).
+    image pixels pass unchanged. ILM-VP (Chen et al., CVPR 2023) pads 32 px images (CIFAR-10/100, SVHN,
+    GTSRB) straight into 224 px, without resizing; only the larger-image datasets are resized to 128 px
+    before padding into 224 px. Arguments as :class:`InputTransform` (``activation`` defaults to ``"sigmoid"``).
 
     Raises:
         ValueError: also when the placed image fills the whole source input (no border left to train).

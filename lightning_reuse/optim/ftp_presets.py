@@ -9,6 +9,11 @@ class path. Name rules in ``exclude`` need parameter names: pass ``model.named_p
 ``adamw_foreach`` / ``adamw_fused`` and ``sgd_foreach`` / ``sgd_fused`` (torch's ``foreach=`` and ``fused=``,
 a different thing).
 
+Defaults are the paper's (Tian et al., NeurIPS 2023, and the authors' AdamP code): weight decay 0 for both
+presets and for ``configure_ftp`` with AdamW (torch's own AdamW default is 1e-2; pass ``weight_decay=`` to
+change it), ``k = 1``, ``mu = 1e-2``; :class:`FTPSGD` uses the paper's SGD (lr 1e-2, Nesterov momentum 0.9);
+:class:`FTPAdamW` keeps AdamW's lr 1e-3, betas (0.9, 0.999) and eps 1e-8.
+
 Example:
     >>> import torch
     >>> model = torch.nn.Sequential()
@@ -38,9 +43,19 @@ __all__ = ["FTPAdamW", "FTPSGD", "configure_ftp"]
 
 Params = Union[Iterable[Any], Iterable[dict[str, Any]]]
 
+_PAPER_WEIGHT_DECAY = 0.0
+"""The paper's weight decay (Tian et al. 2023; the authors' AdamP): the default of every preset here."""
+
+
+def _is_adamw(optimizer: Callable[..., Optimizer]) -> bool:
+    """Whether ``optimizer`` builds a ``torch.optim.AdamW`` (the class or a subclass)."""
+    return isinstance(optimizer, type) and issubclass(optimizer, torch.optim.AdamW)
+
 
 class FTPAdamW(FTP):
     """FTP over ``torch.optim.AdamW``; arguments as AdamW's, then FTP's (see :class:`FTP`).
+
+    ``weight_decay`` defaults to the paper's 0 (torch's AdamW default is 1e-2).
 
     ``adamw_foreach`` / ``adamw_fused`` are AdamW's ``foreach=`` / ``fused=`` (torch's kernels for the base
     update); ``implementation`` is FTP's (its projection path).
@@ -52,7 +67,7 @@ class FTPAdamW(FTP):
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        weight_decay: float = 1e-2,
+        weight_decay: float = 0.0,
         amsgrad: bool = False,
         *,
         k: float = 1.0,
@@ -128,7 +143,8 @@ def configure_ftp(
     ``exclude`` defaults to the module named ``head``; pass the name of yours (e.g. ``"classifier"``,
     ``"fc"``) or ``None``. Frozen parameters (``requires_grad=False``) are left out of the optimizer.
     ``implementation`` is FTP's path (see :class:`FTP`); ``optimizer_kwargs`` go to the base optimizer
-    (there ``foreach=`` / ``fused=`` are torch's kernels for the base update).
+    (there ``foreach=`` / ``fused=`` are torch's kernels for the base update). With an AdamW base and no
+    ``weight_decay`` given, weight decay is the paper's 0 (not torch's AdamW default 1e-2).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -136,5 +152,7 @@ def configure_ftp(
             "`model` has no trainable parameter (every `requires_grad` is False). HINT: unfreeze what "
             "should be fine-tuned before calling `configure_ftp`."
         )
+    if _is_adamw(optimizer) and "weight_decay" not in optimizer_kwargs:
+        optimizer_kwargs["weight_decay"] = _PAPER_WEIGHT_DECAY
     base = optimizer(params, **optimizer_kwargs)
     return FTP(base, k=k, mu=mu, exclude=exclude, anchors=anchors, model=model, implementation=implementation)
