@@ -22,3 +22,12 @@ def test_readme_example_runs(capsys) -> None:
     exec(compile(example, str(README), "exec"), {"__name__": "readme_example"})
     score, energy_wh = (float(v) for v in capsys.readouterr().out.split()[-2:])
     assert 0.0 < score < 1.0 and energy_wh > 0.0
+
+
+def test_readme_text_model_example_runs(capsys) -> None:
+    """The second example: a text model fed tokenizer-style dict batches through RESQUECheck."""
+    example = _python_blocks()[1]
+    assert '"input_ids"' in example and "RESQUECheck" in example
+    exec(compile(example, str(README), "exec"), {"__name__": "readme_text_example"})
+    score = float(capsys.readouterr().out.split()[-1])
+    assert 0.0 < score < 1.0
