@@ -42,6 +42,13 @@ _NAMES: dict[str, str] = {
     "stratified_subset": ".ntk_scores",
     "residual_at_init": ".ntk_scores",
     "decide": ".ntk_scores",
+    "logme": ".transferability",
+    "leep": ".transferability",
+    "nce": ".transferability",
+    "h_score": ".transferability",
+    "knn_accuracy": ".probe",
+    "linear_probe_accuracy": ".probe",
+    "probe_folds": ".probe",
 }
 
 if TYPE_CHECKING:
@@ -80,6 +87,7 @@ if TYPE_CHECKING:
         source_guard,
         stratified_subset,
     )
+    from lightning_reuse.functional.probe import knn_accuracy, linear_probe_accuracy, probe_folds
     from lightning_reuse.functional.resque import class_specificity, pool_features, resque_dist, resque_task
     from lightning_reuse.functional.resque_config import RESQUEConfig
     from lightning_reuse.functional.stitching import (
@@ -88,6 +96,7 @@ if TYPE_CHECKING:
         linear_cka,
         representation_mse,
     )
+    from lightning_reuse.functional.transferability import h_score, leep, logme, nce
 
 __all__ = [
     "resque_dist",
@@ -126,5 +135,12 @@ __all__ = [
     "stratified_subset",
     "residual_at_init",
     "decide",
+    "logme",
+    "leep",
+    "nce",
+    "h_score",
+    "knn_accuracy",
+    "linear_probe_accuracy",
+    "probe_folds",
 ]
 __getattr__, __dir__ = attach(__name__, _NAMES)
