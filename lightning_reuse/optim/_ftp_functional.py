@@ -145,10 +145,17 @@ def ftp_radius_foreach(grads: list[Tensor], states: list[State], *, t: int, k: f
     """Multi-tensor :func:`ftp_radius_single`: one dot product per tensor, the rest in ``_foreach`` kernels."""
     if not grads:
         return
-    bc1, bc2 = _bias_corrections(t)
-    b1, b2 = RADIUS_BETAS
     dirs = [s[DIRECTION] for s in states]
     h = [torch.dot(g.reshape(-1).to(d.dtype), d.reshape(-1)) for g, d in zip(grads, dirs)]
+    radius_adam_foreach(h, states, t=t, k=k, mu=mu)
+
+
+def radius_adam_foreach(h: list[Tensor], states: list[State], *, t: int, k: float, mu: float) -> None:
+    """The radius Adam of :func:`ftp_radius_foreach` from given hyper-gradients ``h`` (0-D, one per state)."""
+    if not h:
+        return
+    bc1, bc2 = _bias_corrections(t)
+    b1, b2 = RADIUS_BETAS
     if k != 1.0:  # h <- k h where h > 0, i.e. min(h, 0) + k max(h, 0)
         h_pos = torch._foreach_clamp_min(h, 0.0)
         h = torch._foreach_clamp_max(h, 0.0)

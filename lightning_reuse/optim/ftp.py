@@ -40,6 +40,7 @@ from torch.optim import Optimizer
 
 from lightning_reuse.optim import _ftp_functional as F
 from lightning_reuse.optim._ftp_fused import FusedFTPEngine, kernels_available
+from lightning_reuse.optim._ftp_sharded import check_shardable, init_sharded_state, is_dtensor, sharded_step
 from lightning_reuse.optim._ftp_state import check_group, restore_ftp_state, set_aside_ftp_state
 from lightning_reuse.optim.anchors import (
     AnchorSpec,
@@ -147,6 +148,7 @@ class FTP(Optimizer):
         self._names: dict[int, str] = {}  # id(p) -> normalized name, where known (for error messages)
         self._pending_anchors: dict[int, Tensor] = {}  # id(p) -> anchor, until p's first step
         self._loading: list[tuple[Tensor, dict[str, Tensor]]] = []  # FTP entries set aside during a load
+        self._sharded = False  # DTensor parameters (FSDP2): the sharded path, see _ftp_sharded
         self._register([p for g in self.param_groups for p in g["params"]], warn_unmatched=True)
         self.register_load_state_dict_pre_hook(set_aside_ftp_state)
         self.register_load_state_dict_post_hook(restore_ftp_state)
@@ -155,6 +157,8 @@ class FTP(Optimizer):
     def _register(self, params: list[Tensor], warn_unmatched: bool) -> None:
         names = parameter_names(params, self.param_groups, self._model)
         self._names.update(names)
+        check_shardable(params, self._names, self.implementation)
+        self._sharded = self._sharded or any(is_dtensor(p) for p in params)
         with warnings.catch_warnings():
             if not warn_unmatched:  # a later group: only rules that match something in it apply, silently
                 warnings.simplefilter("ignore")
@@ -193,8 +197,18 @@ class FTP(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._refuse_sparse_gradients()
+        initialising = self._initialising()
         groups = self._advance_groups()
-        if self._fused_wanted() and self._fused_engine.step(groups, self.base_optimizer.step):
+        if self._sharded:
+            sharded_step(
+                groups, self.base_optimizer.step, self._new_sharded_state, move_params=not initialising
+            )
+            return loss
+        if (
+            not initialising
+            and self._fused_wanted()
+            and self._fused_engine.step(groups, self.base_optimizer.step)
+        ):
             return loss
         active = [(p, s) for g in groups for p, s in zip(g.params, g.states) if p.grad is not None]
         params, states = [p for p, _ in active], [s for _, s in active]
@@ -205,11 +219,25 @@ class FTP(Optimizer):
         for p, s in active:
             if F.ANCHOR not in s:  # first step of p: its state joins the base optimizer's, radius 1e-8
                 s.update(F.init_state(p, self._pending_anchors.pop(id(p))))
+        targets = [p.detach().clone() for p in params] if initialising else params  # see _initialising
         if impl == "flat":
-            F.ftp_project_flat(params, states, self._flat_layout(params))
+            F.ftp_project_flat(targets, states, self._flat_layout(params))
         else:
-            (F.ftp_project_foreach if impl == "foreach" else F.ftp_project_single)(params, states)
+            (F.ftp_project_foreach if impl == "foreach" else F.ftp_project_single)(targets, states)
         return loss
+
+    def _initialising(self) -> bool:
+        """Whether this step only creates state: the first step of all, with every group's lr at 0.
+
+        ``torch.distributed.checkpoint.state_dict``'s ``get/set_optimizer_state_dict`` run such a step (zero
+        gradients, lr 0) on an optimizer without state before loading into it; projecting there would snap
+        already loaded weights back onto the construction-time anchors. So that step creates FTP's state
+        without writing the parameters (a real first step at lr 0 moves nothing anyway: p' == p == p0).
+        """
+        return not self.state and all(float(g.get("lr", 1.0)) == 0.0 for g in self.param_groups)
+
+    def _new_sharded_state(self, param: Tensor) -> F.State:
+        return init_sharded_state(param, self._pending_anchors.pop(id(param)))
 
     def _refuse_sparse_gradients(self) -> None:
         """Raise before anything moves when a projected parameter has a sparse gradient (no host read)."""
@@ -231,6 +259,8 @@ class FTP(Optimizer):
         for group in self.param_groups:
             group["ftp_step"] += 1
             params = [p for p in group["params"] if p in self._projected]
+            if len(params) + sum(p in self._excluded for p in group["params"]) != len(group["params"]):
+                _refuse_unknown(group["params"], self._projected, self._excluded)
             # no state is created for a parameter without gradient (a throwaway empty dict stands for it)
             states = [self.state[p] if p.grad is not None else self.state.get(p, {}) for p in params]
             out.append(F.ProjectedGroup(params, states, group["ftp_step"], group["ftp_k"], group["ftp_mu"]))
@@ -295,3 +325,15 @@ def _check_base(base_optimizer: object) -> None:
         )
     if isinstance(base_optimizer, FTP):
         raise TypeError("`base_optimizer` is already an FTP optimizer. HINT: wrap the plain optimizer once.")
+
+
+def _refuse_unknown(params: list[Tensor], projected: ParamSet, excluded: ParamSet) -> None:
+    """A group holds tensors FTP never saw: a wrapper (DeepSpeed ZeRO, FSDP1) replaced the parameters."""
+    unknown = [p for p in params if p not in projected and p not in excluded]
+    shapes = [list(p.shape) for p in unknown[:3]]
+    raise ValueError(
+        f"FTP's param groups hold {len(unknown)} tensor(s) it was not built with (shapes {shapes}...): a wrapper "
+        "such as DeepSpeed ZeRO or FSDP1 replaced the parameters with flat partitions, which have no rows. "
+        "HINT: shard with FSDP2 (`torch.distributed.fsdp.fully_shard`, Lightning's `ModelParallelStrategy`) "
+        "and build FTP after sharding; to add parameters, use `add_param_group`."
+    )
