@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
+import warnings
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,8 +39,9 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
-from lightning_reuse.energy.accounting import FitAccounting, Reduce, RunPlan
+from lightning_reuse.energy.accounting import FitAccounting, Reduce, ReduceValues, RunPlan
 from lightning_reuse.energy.backends import EnergyBackend
+from lightning_reuse.energy.budget import BudgetDecision, EnergyBudgetWarning
 from lightning_reuse.energy.config import EnergyConfig
 from lightning_reuse.energy.meter import EnergyMeter
 from lightning_reuse.energy.predict import Prediction
@@ -56,7 +59,8 @@ from lightning_reuse.energy.summary import (
 from lightning_reuse.energy.totals_file import totals_document, write_json_atomic
 
 T = TypeVar("T")
-_FIELDS = ("cpu_wh", "gpu_wh", "ram_wh", "energy_wh", "co2_g")  # summed over ranks
+_FIELDS = ("cpu_wh", "gpu_wh", "ram_wh", "energy_wh", "co2_g", "cpu_seconds")  # summed over ranks
+log = logging.getLogger(__name__)
 
 
 class _Forward(Generic[T]):
@@ -108,6 +112,16 @@ class EnergyMonitor(Callback):
         warmup_batches: batches of the first epoch treated as warm-up by the prediction.
         measure_validation: keep the ``"fit-validation"`` window (two extra reads per epoch; with the NVML
             backend on epochs shorter than ~1 s, ``False`` keeps the overhead under 1%).
+        budget_wh: energy budget of the fit in Wh (``None``: none).
+        budget_co2_g: carbon budget of the fit in g CO2e (``None``: none).
+        budget_s: wall-clock budget of the fit in seconds (``None``: none).
+        budget_action: ``"warn"`` (an :class:`EnergyBudgetWarning`, the fit goes on) or ``"stop"`` (the fit
+            stops gracefully through ``trainer.should_stop``: validation, checkpoints and loggers finish).
+            After each epoch the lower bound of the predicted total's interval is compared with each
+            budget; every ``check_every_n_steps`` training batches, the measured total so far (summed over
+            DDP ranks, so every rank decides the same at the same batch).
+        check_every_n_steps: training batches between two checks of the measured total (the overshoot is at
+            most this many batches; a check is one meter read, plus one small all-reduce in DDP).
         totals_file: name of the JSON file of the fit's totals, rewritten atomically after every epoch, at
             the end of the fit and on an exception (rank 0), in ``trainer.log_dir`` (else
             ``default_root_dir``); an absolute path is used as given; ``None``: no file. After a
@@ -140,6 +154,11 @@ class EnergyMonitor(Callback):
     prior_rel_sd = _Forward[float]("config")
     warmup_batches = _Forward[int]("config")
     measure_validation = _Forward[bool]("config")
+    budget_wh = _Forward[float | None]("config")
+    budget_co2_g = _Forward[float | None]("config")
+    budget_s = _Forward[float | None]("config")
+    budget_action = _Forward[str]("config")
+    check_every_n_steps = _Forward[int]("config")
 
     def __init__(
         self,
@@ -155,6 +174,11 @@ class EnergyMonitor(Callback):
         warmup_batches: int = 2,
         measure_validation: bool = True,
         totals_file: str | None = "energy_totals.json",
+        budget_wh: float | None = None,
+        budget_co2_g: float | None = None,
+        budget_s: float | None = None,
+        budget_action: Literal["warn", "stop"] = "warn",
+        check_every_n_steps: int = 50,
     ) -> None:
         self.config = EnergyConfig(
             country_iso_code=country_iso_code,
@@ -167,6 +191,11 @@ class EnergyMonitor(Callback):
             prior_rel_sd=prior_rel_sd,
             warmup_batches=warmup_batches,
             measure_validation=measure_validation,
+            budget_wh=budget_wh,
+            budget_co2_g=budget_co2_g,
+            budget_s=budget_s,
+            budget_action=budget_action,
+            check_every_n_steps=check_every_n_steps,
         )
         self.accounting = FitAccounting(self.config, backend)
         self.totals_file = totals_file
@@ -212,6 +241,11 @@ class EnergyMonitor(Callback):
         return functools.partial(_reduce, trainer, pl_module) if trainer.world_size > 1 else None
 
     @staticmethod
+    def _value_reducer(trainer: pl.Trainer, pl_module: pl.LightningModule) -> ReduceValues | None:
+        """Sums plain numbers over ranks; ``None`` in a single process."""
+        return functools.partial(_reduce_values, trainer, pl_module) if trainer.world_size > 1 else None
+
+    @staticmethod
     def _plan(trainer: pl.Trainer) -> RunPlan:
         stoppers = [cb for cb in trainer.callbacks if isinstance(cb, EarlyStopping)]  # type: ignore[attr-defined]
         return RunPlan(
@@ -247,7 +281,9 @@ class EnergyMonitor(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self.accounting.end_batch(batch_idx)
+        if self.accounting.end_batch(batch_idx):  # a budget check is due (the same batch on every rank)
+            decision = self.accounting.check_budget(self._value_reducer(trainer, pl_module))
+            self._act(trainer, decision)
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -280,7 +316,40 @@ class EnergyMonitor(Callback):
         # `self.log` costs ~4 ms per key on a small CPU, which alone would be a ~5% step-time overhead here.
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
+        self._check_prediction(trainer)
         self._write_totals(trainer, "running", final=False)
+
+    # ------------------------------------------------------------------ budgets
+    def _check_prediction(self, trainer: pl.Trainer) -> None:
+        """After an epoch: rank 0 decides on the predicted total (its prediction is the logged one) and
+        broadcasts the decision, so every rank acts on the same one."""
+        if not self.accounting.budget.active:
+            return
+        decision = self.accounting.check_budget_prediction(record=False)
+        if trainer.world_size > 1:
+            decision = trainer.strategy.broadcast(decision, src=0)
+        self._act(trainer, self.accounting.budget.record(decision))
+
+    def _act(self, trainer: pl.Trainer, decision: BudgetDecision | None) -> None:
+        """Warn or stop (``trainer.should_stop``) on a decision; rank 0 logs it (message, budget, totals)."""
+        if decision is None:
+            return
+        if decision.stops:
+            trainer.should_stop = True
+        if trainer.global_rank != 0:
+            return
+        message = decision.message()
+        if decision.stops:
+            log.warning(message + " Stopping the fit (trainer.should_stop).")
+        else:
+            warnings.warn(
+                message + " HINT: raise the budget, or pass budget_action='stop' to end the fit there.",
+                EnergyBudgetWarning,
+                stacklevel=2,
+            )
+        for logger in trainer.loggers:
+            logger.log_metrics(decision.metrics(), step=trainer.global_step)
+            logger.log_hyperparams({"energy/budget_decision": message})
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -410,6 +479,13 @@ def _fault_status(exception: BaseException) -> str:
         return "interrupted"
     message = str(exception).splitlines()[0][:200] if str(exception) else ""
     return f"failed: {type(exception).__name__}" + (f": {message}" if message else "")
+
+
+def _reduce_values(trainer: pl.Trainer, pl_module: pl.LightningModule, values: list[float]) -> list[float]:
+    """Sum plain numbers over ranks (one small all-reduce; every rank gets the same sums)."""
+    dtype = torch.float32 if pl_module.device.type == "mps" else torch.float64
+    tensor = torch.tensor(values, dtype=dtype, device=pl_module.device)
+    return trainer.strategy.reduce(tensor, reduce_op="sum").cpu().tolist()
 
 
 def _reduce(trainer: pl.Trainer, pl_module: pl.LightningModule, records: list[EnergyRecord]) -> None:

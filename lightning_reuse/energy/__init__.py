@@ -24,6 +24,9 @@ _NAMES: dict[str, str] = {
     "EnergyMeasurementWarning": ".meter",
     "FitAccounting": ".accounting",
     "RunPlan": ".accounting",
+    "BudgetGuard": ".budget",
+    "BudgetDecision": ".budget",
+    "EnergyBudgetWarning": ".budget",
     "measurement_window": ".windows",
     "Prediction": ".predict",
     "predict_total": ".predict",
@@ -37,6 +40,7 @@ _NAMES: dict[str, str] = {
 if TYPE_CHECKING:
     from lightning_reuse.energy.accounting import FitAccounting, RunPlan
     from lightning_reuse.energy.backends import EnergyBackend, NVMLBackend, SimulatedBackend, physical_gpu_id
+    from lightning_reuse.energy.budget import BudgetDecision, BudgetGuard, EnergyBudgetWarning
     from lightning_reuse.energy.codecarbon_backend import CodeCarbonBackend
     from lightning_reuse.energy.config import EnergyConfig, carbon_intensity
     from lightning_reuse.energy.ledger import CostEstimate, RetrainingLedger
@@ -62,6 +66,9 @@ __all__ = [
     "EnergyMeasurementWarning",
     "FitAccounting",
     "RunPlan",
+    "BudgetGuard",
+    "BudgetDecision",
+    "EnergyBudgetWarning",
     "measurement_window",
     "Prediction",
     "predict_total",

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightning_reuse.energy.backends import EnergyBackend
+from lightning_reuse.energy.budget import QUANTITIES, BudgetDecision, BudgetGuard
 from lightning_reuse.energy.config import EnergyConfig
 from lightning_reuse.energy.meter import EnergyMeter
 from lightning_reuse.energy.predict import Prediction, predict_total
@@ -37,6 +38,8 @@ from lightning_reuse.energy.selection import check_backend, make_backend
 
 #: Sums records over ranks, in place (energy and CO2; duration stays the rank's own).
 Reduce = Callable[[list[EnergyRecord]], None]
+#: Sums plain numbers over ranks (every rank gets the same sums).
+ReduceValues = Callable[[list[float]], list[float]]
 _KEEP: Any = object()  # `ensure_meter`: keep the current GPU ids
 
 
@@ -105,6 +108,10 @@ class FitAccounting:
         status: ``"ok"``, ``"interrupted"`` or ``"failed: ..."``.
         meter: the :class:`EnergyMeter` (``None`` before the first stage or window).
         fit_done: whether the last fit ended (its totals are final).
+        budget: the :class:`~lightning_reuse.energy.budget.BudgetGuard` of the config's budgets (its
+            ``decisions`` and ``stopped``).
+        duration_prediction: the last prediction of the fit's wall time (in the ``*_wh`` fields: seconds),
+            made only when ``budget_s`` is set.
     """
 
     def __init__(
@@ -125,6 +132,8 @@ class FitAccounting:
         self.fit_done = False
         self._offset = EnergyRecord()  # restored from a checkpoint
         self._final: EnergyRecord | None = None
+        self.budget = BudgetGuard(self.config)
+        self.duration_prediction: Prediction | None = None
         self._reset_fit()
 
     def _reset_fit(self) -> None:
@@ -178,6 +187,8 @@ class FitAccounting:
             self.fit_done = False
             self._final = None
             self._reset_fit()
+            self.budget.reset()
+            self.duration_prediction = None
         meter = self.ensure_meter(measuring, gpu_ids)
         self._owner = not meter.running
         self._stage_start = meter.start() if self._owner else meter.read()
@@ -243,8 +254,12 @@ class FitAccounting:
         self._n_batches = n_batches
         self._warm = self._val_start = None
 
-    def end_batch(self, batch_idx: int) -> None:
-        """A training batch ends: the end of the first epoch's warm-up is read here."""
+    def end_batch(self, batch_idx: int) -> bool:
+        """A training batch ends: the end of the first epoch's warm-up is read here.
+
+        Returns:
+            whether a budget check of the measured total is due now (call :meth:`check_budget`).
+        """
         warmup = self.config.warmup_batches
         if (
             self.meter is not None
@@ -254,6 +269,7 @@ class FitAccounting:
             and self._n_batches > 2 * warmup
         ):
             self._warm = self.meter.read()
+        return self.stage == "fit" and self.meter is not None and self.budget.step()
 
     def start_validation(self) -> None:
         """The fit's validation loop starts (not the sanity check)."""
@@ -328,6 +344,15 @@ class FitAccounting:
         )
         pred.epochs_observed, pred.epochs_total = observed, total_epochs
         self.predictions.append(pred)
+        if "duration_s" in self.budget.budgets:
+            self.duration_prediction = predict_total(
+                [e.duration_s for e in self.epochs[prior_epochs:]],
+                total_epochs=total_epochs - prior_epochs,
+                spent_wh=spent.duration_s,
+                min_total_epochs=None if min_epochs is None else min_epochs - prior_epochs,
+                confidence=self.config.confidence,
+                prior_rel_sd=self.config.prior_rel_sd,
+            )
         return pred
 
     def _reduce(self, records: list[EnergyRecord], reduce: Reduce | None) -> None:
@@ -337,6 +362,56 @@ class FitAccounting:
         if not self.measuring:  # a non-measuring rank reports what the measuring ranks measured
             for record in records:
                 record.method = {}
+
+    # ------------------------------------------------------------------ budgets
+    def check_budget(
+        self, reduce: ReduceValues | None = None, *, record: bool = True
+    ) -> BudgetDecision | None:
+        """Check the measured total so far against the budgets (when :meth:`end_batch` says it is due).
+
+        Args:
+            reduce: sums plain numbers over ranks (``None``: one process). Energy and CO2 are summed, the
+                duration is the mean over ranks, so every rank decides the same from the same numbers.
+            record: keep the decision in :attr:`budget` (``False``: the caller records a decision agreed
+                across ranks).
+        """
+        if self.meter is None or self._stage_start is None or not self.budget.active:
+            return None
+        local = self.meter.read() - self._stage_start
+        values = [local.energy_wh, local.co2_g, local.duration_s, 1.0]
+        if reduce is not None:
+            values = reduce(values)
+        measured = {
+            "energy_wh": self._offset.energy_wh + values[0],
+            "co2_g": self._offset.co2_g + values[1],
+            "duration_s": self._offset.duration_s + values[2] / values[3],
+        }
+        decision = self.budget.check_measured(measured, epoch=len(self.epochs))
+        return self.budget.record(decision) if record else decision
+
+    def check_budget_prediction(self, *, record: bool = True) -> BudgetDecision | None:
+        """After :meth:`end_epoch`: check the predicted total's lower bound (else the measured total).
+
+        Args:
+            record: keep the decision in :attr:`budget` (``False``: the caller records a decision agreed
+                across ranks, e.g. rank 0's).
+        """
+        if not self.budget.active or not self.epochs:
+            return None
+        spent = self._cumulative
+        measured = {"energy_wh": spent.energy_wh, "co2_g": spent.co2_g, "duration_s": spent.duration_s}
+        predicted: dict[str, tuple[float, float]] = {}
+        pred = self.predictions[-1] if self.predictions else None
+        if pred is not None and pred.epochs_observed == len(self.epochs) and pred.ok:
+            predicted["energy_wh"] = (pred.energy_wh, pred.low_wh)
+            predicted["co2_g"] = (pred.co2_g, pred.co2_low_g)
+            time = self.duration_prediction
+            if time is not None and time.ok:
+                predicted["duration_s"] = (time.energy_wh, time.low_wh)
+        decision = self.budget.check_predicted(
+            {q: measured[q] for q in QUANTITIES}, predicted, epoch=self._epoch_in_fit
+        )
+        return self.budget.record(decision) if record else decision
 
     # ------------------------------------------------------------------ totals and resume
     @property

@@ -29,6 +29,7 @@ from lightning_reuse.energy.countries import is_iso_alpha3
 WORLD_AVERAGE_G_PER_KWH = 475.0
 
 DDP_MODES = ("node", "process")
+BUDGET_ACTIONS = ("warn", "stop")
 
 
 @cache
@@ -107,6 +108,12 @@ class EnergyConfig:
         prior_rel_sd: epoch-to-epoch relative spread assumed until two steady epochs are observed (>= 0).
         warmup_batches: batches of the first epoch treated as warm-up by the prediction (>= 0).
         measure_validation: keep the ``"fit-validation"`` window (two extra reads per epoch).
+        budget_wh: energy budget of the fit in Wh (> 0; ``None``: none).
+        budget_co2_g: carbon budget of the fit in g CO2e (> 0; ``None``: none).
+        budget_s: wall-clock budget of the fit in seconds (> 0; ``None``: none).
+        budget_action: what a budget that is (or will be) exceeded does: ``"warn"`` or ``"stop"``.
+        check_every_n_steps: training batches between two checks of the measured total against the
+            budgets (>= 1; the overshoot is at most this many batches).
 
     Attributes:
         intensity: the resolved carbon intensity in gCO2e/kWh.
@@ -122,11 +129,17 @@ class EnergyConfig:
     prior_rel_sd: float = 0.1
     warmup_batches: int = 2
     measure_validation: bool = True
+    budget_wh: float | None = None
+    budget_co2_g: float | None = None
+    budget_s: float | None = None
+    budget_action: Literal["warn", "stop"] = "warn"
+    check_every_n_steps: int = 50
     intensity: float = field(init=False)
 
     def __post_init__(self) -> None:
         self._check_accounting()
         self._check_measurement()
+        self._check_budgets()
         country = None if self.country_iso_code is None else validate_country(self.country_iso_code)
         object.__setattr__(self, "country_iso_code", country)
         object.__setattr__(self, "intensity", carbon_intensity(country, self.carbon_intensity_g_per_kwh))
@@ -158,4 +171,36 @@ class EnergyConfig:
             raise ValueError(
                 f"`measure_power_secs` must be > 0 seconds, got {self.measure_power_secs}. "
                 "HINT: codecarbon's default is 15.0; 1.0 samples estimated components every second."
+            )
+
+    @property
+    def budgets(self) -> dict[str, float]:
+        """The budgets that are set: ``"energy_wh"`` / ``"co2_g"`` / ``"duration_s"`` -> limit.
+
+        >>> EnergyConfig(budget_wh=2.0, budget_s=60.0).budgets
+        {'energy_wh': 2.0, 'duration_s': 60.0}
+        """
+        limits = {"energy_wh": self.budget_wh, "co2_g": self.budget_co2_g, "duration_s": self.budget_s}
+        return {k: float(v) for k, v in limits.items() if v is not None}
+
+    def _check_budgets(self) -> None:
+        for name in ("budget_wh", "budget_co2_g", "budget_s"):
+            value = getattr(self, name)
+            if value is not None and not (
+                isinstance(value, (int, float)) and value > 0 and value < float("inf")
+            ):
+                raise ValueError(
+                    f"`{name}` must be a finite number > 0 or None, got {value!r}. "
+                    "HINT: e.g. budget_wh=50.0 (Wh), budget_co2_g=20.0 (g CO2e), budget_s=3600.0 (s)."
+                )
+        if self.budget_action not in BUDGET_ACTIONS:
+            raise ValueError(
+                f"`budget_action` must be 'warn' or 'stop', got {self.budget_action!r}. "
+                "HINT: 'stop' ends the fit gracefully through `trainer.should_stop`."
+            )
+        n = self.check_every_n_steps
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(
+                f"`check_every_n_steps` must be an integer >= 1 (training batches), got {n!r}. "
+                "HINT: e.g. 50; a smaller value bounds the overshoot tighter at a little more cost."
             )

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 from collections.abc import Iterator
 
@@ -53,6 +54,7 @@ class EnergyMeter:
         self.final: EnergyRecord | None = None
         self._last = EnergyRecord(method=backend.methods, pue=backend.pue)
         self._warned = False
+        self._cpu0 = time.process_time()
 
     @property
     def running(self) -> bool:
@@ -70,6 +72,11 @@ class EnergyMeter:
                 stacklevel=3,
             )
 
+    def _cpu_time(self, record: EnergyRecord) -> EnergyRecord:
+        """Stamp the process's CPU seconds since :meth:`start` (measured by the OS) on a backend reading."""
+        record.cpu_seconds = time.process_time() - self._cpu0
+        return record
+
     def _stamp(self, record: EnergyRecord) -> EnergyRecord:
         if self.status != "ok" and record.status == "ok":
             record.status = self.status
@@ -78,6 +85,7 @@ class EnergyMeter:
     def start(self) -> EnergyRecord:
         """Start a fresh measurement; returns the zero reading it starts from."""
         self.final = None
+        self._cpu0 = time.process_time()
         try:
             self.backend.start()
         except Exception as err:  # a backend that cannot start must not stop training
@@ -101,7 +109,7 @@ class EnergyMeter:
         if record is None:
             self._failed("read")
             return self._stamp(EnergyRecord.from_dict(self._last.to_dict()))
-        self._last = record
+        self._last = self._cpu_time(record)
         return self._stamp(EnergyRecord.from_dict(record.to_dict()))
 
     def stop(self) -> EnergyRecord:
@@ -117,7 +125,7 @@ class EnergyMeter:
             self._failed("stop")
             record = EnergyRecord.from_dict(self._last.to_dict())
         else:
-            self._last = record
+            self._last = record = self._cpu_time(record)
         self.final = self._stamp(record)
         return self.final
 

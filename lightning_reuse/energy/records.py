@@ -21,7 +21,9 @@ from typing import Any
 #: The values a record's ``method`` maps each component to.
 METHODS = ("RAPL", "NVML", "counter", "estimate", "simulated", "not measured")
 COMPONENTS = ("cpu", "gpu", "ram")
-_NUMERIC = ("cpu_wh", "gpu_wh", "ram_wh", "energy_wh", "co2_g", "duration_s")
+_NUMERIC = ("cpu_wh", "gpu_wh", "ram_wh", "energy_wh", "co2_g", "duration_s", "cpu_seconds")
+#: What a component that was not measured shows instead of a number (never a silent 0 Wh).
+NOT_MEASURED = "not measured"
 
 
 @dataclass
@@ -33,6 +35,9 @@ class EnergyRecord:
         energy_wh: total energy in Wh; ``cpu_wh + gpu_wh + ram_wh`` when left at ``None``.
         co2_g: emissions in grams of CO2-equivalent.
         duration_s: wall-clock seconds.
+        cpu_seconds: CPU time (user + system) of the measuring process(es), in seconds: measured by the
+            operating system, whatever the energy method (beside a CPU energy "estimate" it is the measured
+            figure).
         method: component (``"cpu"``, ``"gpu"``, ``"ram"``) -> how it was measured: ``"RAPL"`` or
             ``"NVML"`` (hardware energy counters), ``"counter"`` (another hardware/OS energy counter, e.g.
             Apple powermetrics or Windows EMI, through codecarbon), ``"estimate"`` (a power model, e.g. TDP x load),
@@ -49,6 +54,7 @@ class EnergyRecord:
     energy_wh: float | None = None
     co2_g: float = 0.0
     duration_s: float = 0.0
+    cpu_seconds: float = 0.0
     method: dict[str, str] = field(default_factory=dict)
     status: str = "ok"
     pue: float = 1.0
@@ -66,6 +72,25 @@ class EnergyRecord:
     def energy_kwh(self) -> float:
         """Total energy in kWh (for display; log Wh)."""
         return float(self.energy_wh) / 1000.0
+
+    def measured(self, component: str) -> bool:
+        """Whether ``component`` (``"cpu"``, ``"gpu"``, ``"ram"``) was measured or estimated.
+
+        ``False`` when its method is ``"not measured"``, or when other components have a method, this one
+        has none and its value is 0; a record without any method (unknown) counts every component.
+
+        >>> r = EnergyRecord(cpu_wh=1.0, method={"cpu": "estimate", "gpu": "not measured"})
+        >>> r.measured("cpu"), r.measured("gpu"), r.measured("ram"), EnergyRecord().measured("gpu")
+        (True, False, False, True)
+        """
+        method = self.method.get(component)
+        if method is not None:
+            return method != NOT_MEASURED
+        return not self.method or getattr(self, f"{component}_wh") != 0.0
+
+    def component_text(self, component: str, fmt: str = ".3g") -> str:
+        """The component's Wh as text, or ``"not measured"`` (never a silent 0)."""
+        return format(getattr(self, f"{component}_wh"), fmt) if self.measured(component) else NOT_MEASURED
 
     def _combine(self, other: EnergyRecord, sign: float) -> EnergyRecord:
         if not isinstance(other, EnergyRecord):
@@ -101,21 +126,26 @@ class EnergyRecord:
     def metrics(self, prefix: str) -> dict[str, float]:
         """Flat float metrics ``{prefix}_wh``, ``{prefix}_cpu_wh``, ... for loggers.
 
-        >>> sorted(EnergyRecord(cpu_wh=1.0).metrics("energy/epoch"))[:2]
-        ['energy/epoch_co2_g', 'energy/epoch_cpu_wh']
+        A component that was not measured (see :meth:`measured`) has no key: never a logged 0 Wh.
+
+        >>> sorted(EnergyRecord(cpu_wh=1.0).metrics("energy/epoch"))[:3]
+        ['energy/epoch_co2_g', 'energy/epoch_cpu_seconds', 'energy/epoch_cpu_wh']
+        >>> "energy/epoch_gpu_wh" in EnergyRecord(method={"gpu": "not measured"}).metrics("energy/epoch")
+        False
         """
-        return {
-            f"{prefix}_wh": float(self.energy_wh),
-            f"{prefix}_cpu_wh": float(self.cpu_wh),
-            f"{prefix}_gpu_wh": float(self.gpu_wh),
-            f"{prefix}_ram_wh": float(self.ram_wh),
-            f"{prefix}_co2_g": float(self.co2_g),
-            f"{prefix}_duration_s": float(self.duration_s),
-        }
+        metrics = {f"{prefix}_wh": float(self.energy_wh)}
+        for component in COMPONENTS:
+            if self.measured(component):
+                metrics[f"{prefix}_{component}_wh"] = float(getattr(self, f"{component}_wh"))
+        metrics[f"{prefix}_co2_g"] = float(self.co2_g)
+        metrics[f"{prefix}_duration_s"] = float(self.duration_s)
+        metrics[f"{prefix}_cpu_seconds"] = float(self.cpu_seconds)
+        return metrics
 
     def __str__(self) -> str:
         methods = ", ".join(f"{k}: {v}" for k, v in sorted(self.method.items())) or "unknown"
         return (
             f"{self.energy_wh:.4g} Wh, {self.co2_g:.4g} g CO2e in {self.duration_s:.3g} s "
-            f"(cpu {self.cpu_wh:.3g} / gpu {self.gpu_wh:.3g} / ram {self.ram_wh:.3g} Wh; {methods})"
+            f"(cpu {self.component_text('cpu')} / gpu {self.component_text('gpu')} / "
+            f"ram {self.component_text('ram')} Wh; {methods})"
         )

@@ -11,8 +11,8 @@ Example:
     >>> print(reuse_report({"reuse": reuse, "retrain": retrain}))
     | run | energy (Wh) | CO2 (g) | duration (s) | CPU / GPU / RAM (Wh) | method | vs retrain |
     |---|---:|---:|---:|---|---|---:|
-    | reuse | 3 | 1.5 | 60 | 2 / 0 / 1 | cpu: estimate | -80.0% |
-    | retrain | 15 | 7.5 | 300 | 10 / 0 / 5 | cpu: estimate | baseline |
+    | reuse | 3 | 1.5 | 60 | 2 / not measured / 1 | cpu: estimate | -80.0% |
+    | retrain | 15 | 7.5 | 300 | 10 / not measured / 5 | cpu: estimate | baseline |
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def reuse_report(
         else:
             change = "n/a"
         methods = ", ".join(f"{k}: {v}" for k, v in sorted(r.method.items())) or "unknown"
-        split = " / ".join(_fmt(v) for v in (r.cpu_wh, r.gpu_wh, r.ram_wh))
+        split = " / ".join(r.component_text(c, ".4g") for c in ("cpu", "gpu", "ram"))
         lines.append(
             f"| {name} | {_fmt(r.energy_wh)} | {_fmt(r.co2_g)} | {_fmt(r.duration_s)} | {split} | {methods} | {change} |"
         )

@@ -20,7 +20,7 @@ from lightning_reuse.energy.predict import Prediction
 from lightning_reuse.energy.records import EnergyRecord
 
 #: Columns of the per-epoch table (:func:`epoch_rows`).
-EPOCH_COLUMNS = ["epoch", "energy_wh", "cpu_wh", "gpu_wh", "ram_wh", "co2_g", "duration_s"]
+EPOCH_COLUMNS = ["epoch", "energy_wh", "cpu_wh", "gpu_wh", "ram_wh", "co2_g", "duration_s", "cpu_seconds"]
 
 
 def epoch_metrics(
@@ -30,6 +30,7 @@ def epoch_metrics(
     metrics = epoch.metrics("energy/epoch")
     metrics["energy/cumulative_wh"] = cumulative.energy_wh
     metrics["energy/cumulative_co2_g"] = cumulative.co2_g
+    metrics["energy/cpu_seconds"] = cumulative.cpu_seconds  # measured by the OS, beside a CPU "estimate"
     if prediction is not None and prediction.ok:  # below the meter's resolution: no zero-width interval
         metrics["energy/predicted_total_wh"] = prediction.energy_wh
         metrics["energy/predicted_total_wh_low"] = prediction.low_wh
@@ -48,6 +49,10 @@ def fit_metrics(fit: FitAccounting) -> dict[str, float]:
     total = fit.total
     metrics = total.metrics("energy/total")
     metrics["energy/outside_epochs_wh"] = fit.outside_epochs.energy_wh
+    metrics["energy/cpu_seconds"] = total.cpu_seconds
+    if fit.budget.budgets:
+        metrics["energy/budget_stopped"] = float(fit.budget.stopped is not None)
+        metrics["energy/budget_exceeded"] = float(bool(fit.budget.decisions))
     metrics.update(status_metrics(fit.status))
     for name, record in fit.windows.items():
         metrics.update(window_metrics(name, record))
@@ -84,11 +89,18 @@ def fit_params(fit: FitAccounting) -> dict[str, Any]:
             "energy/status": fit.status,
         }
     )
+    if fit.budget.budgets:
+        params["energy/budget_action"] = fit.budget.action
+        last = fit.budget.decisions[-1].message() if fit.budget.decisions else "none"
+        params["energy/budget_decision"] = last
     return params
 
 
-def epoch_rows(epochs: Sequence[EnergyRecord]) -> list[list[float]]:
-    """One row per epoch, in :data:`EPOCH_COLUMNS` order (for a table or a plot)."""
-    return [
-        [i, e.energy_wh, e.cpu_wh, e.gpu_wh, e.ram_wh, e.co2_g, e.duration_s] for i, e in enumerate(epochs)
-    ]
+def epoch_rows(epochs: Sequence[EnergyRecord]) -> list[list[float | None]]:
+    """One row per epoch, in :data:`EPOCH_COLUMNS` order (for a table or a plot); ``None`` for a component
+    that was not measured (never a silent 0 Wh)."""
+    rows: list[list[float | None]] = []
+    for i, e in enumerate(epochs):
+        split = [getattr(e, f"{c}_wh") if e.measured(c) else None for c in ("cpu", "gpu", "ram")]
+        rows.append([i, e.energy_wh, *split, e.co2_g, e.duration_s, e.cpu_seconds])
+    return rows

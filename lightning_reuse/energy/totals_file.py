@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_reuse.energy.accounting import FitAccounting
+from lightning_reuse.energy.records import COMPONENTS, EnergyRecord
 
 #: Version of the document's layout (bumped when a key changes meaning).
 TOTALS_VERSION = 1
@@ -48,7 +49,9 @@ def totals_document(
 
     Returns:
         ``{"version", "status", "final", "summed_over_ranks", "epochs_finished", "total", "epochs",
-        "windows", "prediction", "written_at"}`` with records as :meth:`EnergyRecord.to_dict` values.
+        "windows", "prediction", "budget", "written_at"}`` with records as :meth:`EnergyRecord.to_dict`
+        values, except that a component that was not measured is ``null`` (never a silent 0 Wh); ``budget``
+        holds the budgets, the action and every decision (:meth:`BudgetGuard.summary`).
     """
     total = fit.total if final else fit.cumulative
     prediction = fit.predictions[-1].to_dict() if fit.predictions else None
@@ -58,12 +61,27 @@ def totals_document(
         "final": final,
         "summed_over_ranks": summed_over_ranks,
         "epochs_finished": len(fit.epochs),
-        "total": total.to_dict(),
-        "epochs": [e.to_dict() for e in fit.epochs],
-        "windows": {name: record.to_dict() for name, record in fit.windows.items()},
+        "total": record_dict(total),
+        "epochs": [record_dict(e) for e in fit.epochs],
+        "windows": {name: record_dict(record) for name, record in fit.windows.items()},
         "prediction": prediction,
+        "budget": fit.budget.summary(),
         "written_at": time.time(),
     }
+
+
+def record_dict(record: EnergyRecord) -> dict[str, Any]:
+    """:meth:`EnergyRecord.to_dict` with ``None`` for each component that was not measured.
+
+    >>> record = EnergyRecord(cpu_wh=1.0, method={"cpu": "estimate", "gpu": "not measured"})
+    >>> record_dict(record)["gpu_wh"] is None
+    True
+    """
+    out = record.to_dict()
+    for component in COMPONENTS:
+        if not record.measured(component):
+            out[f"{component}_wh"] = None
+    return out
 
 
 def write_json_atomic(path: str | os.PathLike[str], document: dict[str, Any]) -> None:
