@@ -59,7 +59,8 @@ class ModelStitching(pl.LightningModule):
         stitch: an ``nn.Module``, ``"auto"`` (choose from the traced shapes) or a stitch kind.
         example_input: one batch to trace the shapes of both layers.
         receiver_input_shape: per-sample input shape of the receiver (default: the sender's).
-        adapter: ``"hernandez"`` (learned shape adapters) or ``"pooled"`` (pooling + channel-only stitch).
+        adapter: ``"paper"`` (the paper's bare shape adapters), ``"hernandez"`` (the same wrapped in BatchNorm,
+            the default here) or ``"pooled"`` (pooling + channel-only stitch); see ``make_stitch``.
         input_shape: per-sample sender input shape, to trace shapes on zeros when no ``example_input``.
         optimizer: factory ``params -> optimizer`` given the stitch's trainable parameters; ``None`` (default,
             Bansal et al.): ``torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)``. Hernandez et al.:
@@ -86,7 +87,7 @@ class ModelStitching(pl.LightningModule):
         weight_decay: float = 0.0,
         warmup_fraction: float = 0.0,
         schedule: Literal["cosine", "constant"] = "cosine",
-        adapter: Literal["hernandez", "pooled"] = "hernandez",
+        adapter: Literal["paper", "hernandez", "pooled"] = "hernandez",
         input_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()

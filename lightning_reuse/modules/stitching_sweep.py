@@ -9,6 +9,11 @@ For every pair of cut points a stitch is trained (sender and receiver frozen, He
 
 - ``random_sender_acc`` / ``random_receiver_acc``: the same stitch trained with a randomly initialised
   sender (or receiver) of the same architecture; a high value means the stitch alone does the work;
+- ``pixel_sender_acc``: the stitch reads the raw input (:class:`PixelSender`): the upper bound of what the
+  stitch and the receiver's suffix do without the sender (one per receiver layer);
+- ``stitched_minus_<control>`` for each control run, and ``stitched_minus_control``: stitched accuracy
+  minus the strongest control of the cell (the number to read: above 0 means the sender's representation
+  adds something no control reaches);
 - ``mse`` / ``mse_normalized`` / ``cka``: mismatch between the stitch output and the receiver's own
   representation at that layer (a stitch can "hack" the receiver with a different representation);
 - ``ls_acc``: the training-free least-squares affine stitch (Csiszarik et al., NeurIPS 2021);
@@ -16,7 +21,10 @@ For every pair of cut points a stitch is trained (sender and receiver frozen, He
 
 Results go to ``<out_dir>/<name>.json`` (written after every cell: re-running skips finished cells),
 ``<name>.csv`` and a heatmap ``<name>.png``; with a W&B logger (or run) they are logged as a table and an
-image. Stitches are trained with Adam and a cosine schedule (Bansal et al.).
+image. The defaults are the paper's configuration (:data:`PAPER`): bare adapters, SGD lr 0.01, momentum 0.9,
+weight decay 0.01, linear warm-up then cosine decay, batch 256, 4 epochs. ``adapter="hernandez"`` (BN-wrapped
+adapters) and ``optimizer="adam"`` (Bansal et al.) are options. Tensors may live on any device (the stitch
+follows the data).
 
 Example:
     >>> import torch
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import json
 import math
 import os
@@ -46,11 +55,37 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from typing_extensions import override
 
 from lightning_reuse.functional import linear_cka, representation_mse
+from lightning_reuse.modules.stitching import _lr_factor
 from lightning_reuse.nn import AffineStitch, StitchedModel
 
-CONTROLS: tuple[str, ...] = ("random_sender", "random_receiver")
+CONTROLS: tuple[str, ...] = ("random_sender", "random_receiver", "pixel_sender")
+PAPER: dict[str, Any] = {
+    "adapter": "paper",
+    "optimizer": "sgd",
+    "lr": 1e-2,
+    "momentum": 0.9,
+    "weight_decay": 1e-2,
+    "warmup_fraction": 0.1,
+    "batch_size": 256,
+    "epochs": 4,
+}
+"""Hernandez et al.'s stitch training: bare adapters, SGD 0.01 momentum 0.9, warm-up + cosine, wd 0.01,
+batch 256, 4 epochs (the warm-up length, 10% of the steps, is ours: the paper does not give it)."""
+
+
+class PixelSender(nn.Module):
+    """A sender that sends its input unchanged, at the layer named ``"input"`` (the pixel-sender control)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input = nn.Identity()
+
+    @override
+    def forward(self, x: Tensor) -> Tensor:
+        return self.input(x)
 
 
 @dataclass
@@ -97,27 +132,34 @@ def train_stitch(
     stitched: StitchedModel,
     x: Tensor,
     y: Tensor,
-    epochs: int = 4,
-    lr: float = 1e-3,
-    batch_size: int = 128,
+    epochs: int = PAPER["epochs"],
+    lr: float = PAPER["lr"],
+    batch_size: int = PAPER["batch_size"],
     seed: int = 0,
+    optimizer: Literal["sgd", "adam"] = PAPER["optimizer"],
+    momentum: float = PAPER["momentum"],
+    weight_decay: float = PAPER["weight_decay"],
+    warmup_fraction: float = PAPER["warmup_fraction"],
 ) -> StitchedModel:
-    """Fit only ``stitched.stitch`` with Adam and a cosine schedule (plain torch loop).
+    """Fit only ``stitched.stitch`` (plain torch loop); the defaults are the paper's (:data:`PAPER`).
 
+    ``optimizer="sgd"``: SGD with ``momentum`` and ``weight_decay``; ``"adam"``: Adam with ``weight_decay``.
+    The learning rate warms up linearly over ``warmup_fraction`` of the steps, then decays by a cosine to 0.
     The frozen sender's activations are computed once and reused every epoch (same result, less work).
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         feats = torch.cat([stitched.sender_features(xb) for xb, _ in _batches(x, y, 512)])
     params = [p for p in stitched.stitch.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = _optimizer(params, optimizer, lr, momentum, weight_decay)
     total = max(1, epochs * math.ceil(len(x) / batch_size))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
+    factor = functools.partial(
+        _lr_factor, warmup=int(warmup_fraction * total), total=total, schedule="cosine"
     )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     stitched.train()
     for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
+        perm = torch.randperm(len(x), generator=gen).to(x.device)
         for i in range(0, len(x), batch_size):
             idx = perm[i : i + batch_size]
             if len(idx) < 2:  # BatchNorm in the stitch needs two samples
@@ -128,6 +170,16 @@ def train_stitch(
             opt.step()
             sched.step()
     return stitched.eval()
+
+
+def _optimizer(
+    params: list[Tensor], optimizer: str, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"`optimizer` must be 'sgd' or 'adam'; got {optimizer!r}. HINT: 'sgd' is the paper's.")
 
 
 @torch.no_grad()
@@ -154,9 +206,11 @@ def _fit(
         r_layer,
         stitch="auto",
         example_input=xt[: min(len(xt), 16)],
-        adapter=hp.get("adapter", "hernandez"),
+        adapter=hp["adapter"],
     )
-    return train_stitch(stitched, xt, yt, hp["epochs"], hp["lr"], hp["batch_size"], hp["seed"])
+    stitched.stitch.to(xt.device)
+    keys = ("epochs", "lr", "batch_size", "seed", "optimizer", "momentum", "weight_decay", "warmup_fraction")
+    return train_stitch(stitched, xt, yt, **{k: hp[k] for k in keys})
 
 
 @torch.no_grad()
@@ -167,10 +221,14 @@ def _representation_scores(
     (xt, yt), (xv, yv), bs = train, val, hp["batch_size"]
     out = torch.cat([stitched.stitch_output(xb) for xb, _ in _batches(xv, yv, bs)])
     own = torch.cat([stitched.receiver_features(xb) for xb, _ in _batches(xv, yv, bs)])
-    ls = AffineStitch(stitched.sender_shape, stitched.receiver_shape).fit(
-        torch.cat([stitched.sender_features(xb) for xb, _ in _batches(xt, yt, bs)]),
-        torch.cat([stitched.receiver_features(xb) for xb, _ in _batches(xt, yt, bs)]),
-        ridge=hp["ridge"],
+    ls = (
+        AffineStitch(stitched.sender_shape, stitched.receiver_shape)
+        .to(xt.device)
+        .fit(
+            torch.cat([stitched.sender_features(xb) for xb, _ in _batches(xt, yt, bs)]),
+            torch.cat([stitched.receiver_features(xb) for xb, _ in _batches(xt, yt, bs)]),
+            ridge=hp["ridge"],
+        )
     )
     ls_model = StitchedModel(
         stitched.sender, stitched.sender_layer, stitched.receiver, stitched.receiver_layer, stitch=ls
@@ -193,8 +251,12 @@ def _cell(
     controls: Sequence[str],
     rand: dict[str, nn.Module],
     hp: dict[str, Any],
+    pixel: dict[str, float],
 ) -> dict[str, Any]:
-    """One cell of the matrix: the stitched scores, the representation scores and the random controls."""
+    """One cell of the matrix: the stitched scores, the representation scores, the controls and the margins.
+
+    ``pixel`` caches the pixel-sender control per receiver layer (it does not depend on the sender layer).
+    """
     (xv, yv), bs = val, hp["batch_size"]
     stitched = _fit(sender, s_layer, receiver, r_layer, train, hp)
     acc, loss = _scores(stitched, xv, yv, bs)
@@ -208,18 +270,36 @@ def _cell(
         "stitched_loss": loss,
         "penalty": loss - own_loss,
         **{k: representation[k] for k in ("mse", "mse_normalized", "cka", "ls_acc")},
-        "random_sender_acc": None,
-        "random_receiver_acc": None,
+        **{f"{c}_acc": None for c in CONTROLS},
     }
     if "random_sender" in controls:
-        cell["random_sender_acc"] = _scores(
-            _fit(rand["sender"], s_layer, receiver, r_layer, train, hp), xv, yv, bs
-        )[0]
+        fitted = _fit(rand["sender"], s_layer, receiver, r_layer, train, hp)
+        cell["random_sender_acc"] = _scores(fitted, xv, yv, bs)[0]
     if "random_receiver" in controls:
-        cell["random_receiver_acc"] = _scores(
-            _fit(sender, s_layer, rand["receiver"], r_layer, train, hp), xv, yv, bs
-        )[0]
-    return cell
+        fitted = _fit(sender, s_layer, rand["receiver"], r_layer, train, hp)
+        cell["random_receiver_acc"] = _scores(fitted, xv, yv, bs)[0]
+    if "pixel_sender" in controls:
+        if r_layer not in pixel:
+            fitted = _fit(PixelSender(), "input", receiver, r_layer, train, hp)
+            pixel[r_layer] = _scores(fitted, xv, yv, bs)[0]
+        cell["pixel_sender_acc"] = pixel[r_layer]
+    return {**cell, **control_margins(cell)}
+
+
+def control_margins(cell: dict[str, Any]) -> dict[str, float | None]:
+    """``stitched_minus_<control>`` for each control in ``cell``, and ``stitched_minus_control`` (the strongest).
+
+    >>> control_margins({"stitched_acc": 0.9, "random_sender_acc": 0.5, "pixel_sender_acc": 0.7})
+    {'stitched_minus_random_sender': 0.4, 'stitched_minus_random_receiver': None, \
+'stitched_minus_pixel_sender': 0.2, 'stitched_minus_control': 0.2}
+    """
+    out: dict[str, float | None] = {}
+    for c in CONTROLS:
+        value = cell.get(f"{c}_acc")
+        out[f"stitched_minus_{c}"] = None if value is None else round(cell["stitched_acc"] - value, 6)
+    present = [cell[f"{c}_acc"] for c in CONTROLS if cell.get(f"{c}_acc") is not None]
+    out["stitched_minus_control"] = round(cell["stitched_acc"] - max(present), 6) if present else None
+    return out
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -237,39 +317,60 @@ def stitching_sweep(
     val_data: tuple[Tensor, Tensor],
     out_dir: str | os.PathLike,
     name: str = "stitching",
-    epochs: int = 4,
-    lr: float = 1e-3,
-    batch_size: int = 128,
+    epochs: int = PAPER["epochs"],
+    lr: float = PAPER["lr"],
+    batch_size: int = PAPER["batch_size"],
     ridge: float = 1e-3,
-    adapter: Literal["hernandez", "pooled"] = "hernandez",
+    adapter: Literal["paper", "hernandez", "pooled"] = PAPER["adapter"],
     controls: Sequence[str] = CONTROLS,
     seed: int = 0,
     logger: Any = None,
     progress: bool = True,
+    optimizer: Literal["sgd", "adam"] = PAPER["optimizer"],
+    momentum: float = PAPER["momentum"],
+    weight_decay: float = PAPER["weight_decay"],
+    warmup_fraction: float = PAPER["warmup_fraction"],
 ) -> SweepResult:
     """Train and score a stitch for every ``(sender_layer, receiver_layer)`` pair, with controls.
 
     Args:
         sender, receiver: trained models (frozen here; eval mode). May be the same model.
         sender_layers, receiver_layers: cut points (names from ``stitchable_points``; block outputs).
-        train_data, val_data: ``(x, y)`` to fit the stitches and to score them.
+        train_data, val_data: ``(x, y)`` to fit the stitches and to score them (on the models' device).
         out_dir, name: results go to ``out_dir/name.{json,csv,png}``. An existing JSON with the same
             settings is resumed (finished cells are kept, not recomputed).
-        epochs, lr, batch_size, seed: stitch training (Adam, cosine decay).
+        epochs, lr, batch_size, seed, optimizer, momentum, weight_decay, warmup_fraction: stitch training
+            (see :func:`train_stitch`); the defaults are the paper's (:data:`PAPER`).
         ridge: L2 penalty of the least-squares baseline (stabilises rank-deficient activations).
-        adapter: stitch family for differing shapes, ``"hernandez"`` or ``"pooled"`` (see ``make_stitch``).
-        controls: subset of ``("random_sender", "random_receiver")``.
+        adapter: stitch family for differing shapes: ``"paper"`` (bare, the default), ``"hernandez"``
+            (BN-wrapped) or ``"pooled"`` (see ``make_stitch``).
+        controls: subset of ``("random_sender", "random_receiver", "pixel_sender")``.
         logger: a Lightning ``WandbLogger`` or a ``wandb`` run: the table and heatmap are logged to it.
         progress: show a progress bar over cells.
 
     Returns:
-        A :class:`SweepResult`; ``result.matrix("stitched_acc")`` is the heatmap's matrix.
+        A :class:`SweepResult`; ``result.matrix("stitched_acc")`` is the heatmap's matrix, and
+        ``result.matrix("stitched_minus_control")`` the margin over the strongest control.
     """
     unknown = set(controls) - set(CONTROLS)
     if unknown:
-        raise ValueError(f"`controls` must be a subset of {CONTROLS}; got unknown {sorted(unknown)}.")
+        raise ValueError(
+            f"`controls` must be a subset of {CONTROLS}; got unknown {sorted(unknown)}. HINT: drop them."
+        )
     sender_layers, receiver_layers = list(sender_layers), list(receiver_layers)
-    hp = _settings(epochs, lr, batch_size, ridge, seed, controls, adapter)
+    hp = {
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "ridge": ridge,
+        "seed": seed,
+        "controls": sorted(controls),
+        "adapter": adapter,
+        "optimizer": optimizer,
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+        "warmup_fraction": warmup_fraction,
+    }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"{name}.json"
@@ -278,11 +379,12 @@ def stitching_sweep(
         half.eval()
     rand = {"sender": random_like(sender, seed + 1), "receiver": random_like(receiver, seed + 2)}
     todo = [(s, r) for s in sender_layers for r in receiver_layers if f"{s}|{r}" not in cells]
+    pixel = {c["receiver_layer"]: c["pixel_sender_acc"] for c in cells.values() if c.get("pixel_sender_acc")}
     from tqdm.auto import tqdm
 
     computed = []
     for s, r in tqdm(todo, desc=f"stitching sweep {name}", disable=not progress):
-        cells[f"{s}|{r}"] = _cell(sender, s, receiver, r, train_data, val_data, controls, rand, hp)
+        cells[f"{s}|{r}"] = _cell(sender, s, receiver, r, train_data, val_data, controls, rand, hp, pixel)
         computed.append((s, r))
         _write_json(json_path, {"settings": hp, "cells": list(cells.values())})
     wanted = [cells[f"{s}|{r}"] for s in sender_layers for r in receiver_layers]
@@ -294,23 +396,6 @@ def stitching_sweep(
     if logger is not None:
         _log_wandb(logger, name, wanted, result.paths["png"])
     return result
-
-
-def _settings(
-    epochs: int, lr: float, batch_size: int, ridge: float, seed: int, controls: Sequence[str], adapter: str
-) -> dict[str, Any]:
-    """The settings a sweep file records; a resumed sweep must have the same."""
-    hp: dict[str, Any] = {
-        "epochs": epochs,
-        "lr": lr,
-        "batch_size": batch_size,
-        "ridge": ridge,
-        "seed": seed,
-        "controls": sorted(controls),
-    }
-    if adapter != "hernandez":  # files written before the option existed stay resumable
-        hp["adapter"] = adapter
-    return hp
 
 
 def _resume(json_path: Path, hp: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -335,7 +420,7 @@ def _write_csv(path: Path, cells: list[dict[str, Any]]) -> Path:
 
 
 def plot_sweep(result: SweepResult, path: str | os.PathLike, title: str | None = None) -> Path:
-    """Heatmaps of stitched accuracy, random-sender accuracy and CKA (rows: sender layers)."""
+    """Heatmaps of stitched accuracy, the margin over the strongest control, and CKA (rows: sender layers)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -343,21 +428,26 @@ def plot_sweep(result: SweepResult, path: str | os.PathLike, title: str | None =
 
     panels = [
         ("stitched_acc", "stitched accuracy"),
-        ("random_sender_acc", "random sender"),
+        ("stitched_minus_control", "stitched minus strongest control"),
         ("cka", "linear CKA"),
     ]
     fig, axes = plt.subplots(
         1, 3, figsize=(4 + 1.2 * len(result.receiver_layers) * 3, 1.5 + 0.45 * len(result.sender_layers))
     )
+    im = None
     for ax, (metric, label) in zip(axes, panels):
-        im = ax.imshow(result.matrix(metric), vmin=0, vmax=1, cmap="viridis", origin="upper")
+        margin = metric.startswith("stitched_minus")
+        cmap, lo = ("RdBu", -1) if margin else ("viridis", 0)
+        img = ax.imshow(result.matrix(metric), vmin=lo, vmax=1, cmap=cmap, origin="upper")
+        im = im if margin else img
         ax.set_title(label)
         ax.set_xticks(range(len(result.receiver_layers)), result.receiver_layers, rotation=45, ha="right")
         ax.set_yticks(range(len(result.sender_layers)), result.sender_layers)
         ax.set_xlabel("receiver layer")
         for (i, j), v in np.ndenumerate(result.matrix(metric)):
             if not np.isnan(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < 0.6 else "k")
+                dark = abs(v) > 0.6 if margin else v < 0.6
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if dark else "k")
     axes[0].set_ylabel("sender layer")
     fig.colorbar(im, ax=axes, shrink=0.8)
     if title:

@@ -7,9 +7,11 @@
   Representations", arXiv 2303.11277: shape adapters when sizes differ: a conv with kernel = stride = the
   size ratio when the sender is spatially larger (:class:`DownsampleStitch`), nearest upsampling then a
   1x1 conv when it is smaller (:class:`UpsampleStitch`), flatten + linear into a head
-  (:class:`FlattenLinearStitch`). The conv adapters are wrapped in BatchNorm like Bansal's stitch by
-  default (``batch_norm=False`` gives the bare adapter): without it a frozen receiver's eval-mode
-  BatchNorm amplifies any scale mismatch and short stitch trainings diverge.
+  (:class:`FlattenLinearStitch`). The paper's adapters are bare (``make_stitch(adapter="paper")``: no
+  BatchNorm anywhere, the configuration the stitching sweep uses by default). ``adapter="hernandez"`` wraps
+  the conv adapters in BatchNorm like Bansal's stitch (an option, not the paper's): BN re-normalises
+  whatever the sender emits, which stabilises short trainings but also makes random-weight senders easy
+  to use, the very thing the paper's controls exist to rule out.
 - All stitch BatchNorms keep cumulative running statistics (``momentum=None``): a stitch trains for few
   steps, and an exponential average started at (0, 1) is still far off when the stitch is evaluated.
 - Csiszarik et al., NeurIPS 2021: a training-free affine stitch fitted in closed form by least squares
@@ -39,6 +41,8 @@ from lightning_reuse.functional.stitching import channel_rows, least_squares_aff
 
 StitchKind = Literal["conv1x1", "downsample", "upsample", "flatten_linear", "linear"]
 STITCH_KINDS: tuple[str, ...] = ("conv1x1", "downsample", "upsample", "flatten_linear", "linear")
+Adapter = Literal["paper", "hernandez", "pooled"]
+ADAPTERS: tuple[str, ...] = ("paper", "hernandez", "pooled")
 
 
 def _bn2d(channels: int) -> nn.BatchNorm2d:
@@ -186,13 +190,15 @@ def make_stitch(
     sender_shape: Sequence[int],
     receiver_shape: Sequence[int],
     kind: StitchKind | Literal["auto"] = "auto",
-    adapter: Literal["hernandez", "pooled"] = "hernandez",
+    adapter: Adapter = "hernandez",
 ) -> nn.Module:
     """Build the trainable stitch for the given per-sample shapes (``kind="auto"``: :func:`choose_stitch`).
 
-    ``adapter="hernandez"`` uses Hernandez et al.'s learned adapters (kernel = stride conv down, flatten +
-    linear into a head); ``adapter="pooled"`` replaces those two by parameter-free average pooling followed
-    by Bansal's channel-only stitch (:class:`PooledDownsampleStitch`, :class:`PooledLinearStitch`): less
+    ``adapter="paper"``: Hernandez et al.'s learned adapters as in the paper, bare (a 1x1 conv, a kernel =
+    stride conv down, upsample + 1x1 conv up, flatten + linear into a head, a linear map between vectors; no
+    BatchNorm). ``adapter="hernandez"``: the same adapters wrapped in Bansal's BatchNorms.
+    ``adapter="pooled"`` replaces the down and head adapters by parameter-free average pooling followed by
+    Bansal's channel-only stitch (:class:`PooledDownsampleStitch`, :class:`PooledLinearStitch`): less
     capacity, so less room for the stitch to solve the task by itself.
 
     >>> make_stitch((8,), (4,))
@@ -213,19 +219,22 @@ def make_stitch(
             f"`kind={kind!r}` does not fit sender shape {s} and receiver shape {r}; these shapes need "
             f"{auto!r}. HINT: use kind='auto'."
         )
-    if adapter not in ("hernandez", "pooled"):
-        raise ValueError(f"`adapter` must be 'hernandez' or 'pooled'; got {adapter!r}.")
+    if adapter not in ADAPTERS:
+        raise ValueError(
+            f"`adapter` must be one of {ADAPTERS}; got {adapter!r}. HINT: 'paper' is the paper's bare adapter."
+        )
+    bn = adapter != "paper"
     if kind == "linear":
-        return LinearStitch(s[0], r[0])
+        return LinearStitch(s[0], r[0], batch_norm=bn)
     if kind == "flatten_linear":
-        return FlattenLinearStitch(s, r[0]) if adapter == "hernandez" else PooledLinearStitch(s[0], r[0])
+        return PooledLinearStitch(s[0], r[0]) if adapter == "pooled" else FlattenLinearStitch(s, r[0])
     if kind == "conv1x1":
-        return ConvStitch(s[0], r[0])
+        return ConvStitch(s[0], r[0], batch_norm=bn)
     if kind == "downsample":
         if adapter == "pooled":
             return PooledDownsampleStitch(s[0], r[0], _factor(s[1:], r[1:]))
-        return DownsampleStitch(s[0], r[0], _factor(s[1:], r[1:]))
-    return UpsampleStitch(s[0], r[0], _factor(r[1:], s[1:]))
+        return DownsampleStitch(s[0], r[0], _factor(s[1:], r[1:]), batch_norm=bn)
+    return UpsampleStitch(s[0], r[0], _factor(r[1:], s[1:]), batch_norm=bn)
 
 
 class AffineStitch(nn.Module):

@@ -200,7 +200,8 @@ class StitchedModel(nn.Module):
         example_input: one batch used to trace both layers' output shapes.
         receiver_input_shape: per-sample input shape of the receiver (default: that of the sender input);
             the receiver runs on zeros of this shape with the cut layer's output replaced.
-        adapter: ``"hernandez"`` or ``"pooled"`` (see :func:`lightning_reuse.nn.stitch.make_stitch`), used
+        adapter: ``"paper"`` (bare, the paper's), ``"hernandez"`` (BN-wrapped) or ``"pooled"`` (see
+            :func:`lightning_reuse.nn.stitch.make_stitch`), used
             when the stitch is built from shapes.
         input_shape: per-sample input shape of the sender; without ``example_input``, shapes are traced
             on a zero batch of this shape (default: ``receiver_input_shape``).
@@ -215,7 +216,7 @@ class StitchedModel(nn.Module):
         stitch: nn.Module | Literal["auto"] | str = "auto",
         example_input: Tensor | None = None,
         receiver_input_shape: Sequence[int] | None = None,
-        adapter: Literal["hernandez", "pooled"] = "hernandez",
+        adapter: Literal["paper", "hernandez", "pooled"] = "hernandez",
         input_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()

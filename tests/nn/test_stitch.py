@@ -210,3 +210,34 @@ def test_auto_stitch_needs_an_example_input_or_shape(trained: SmallCNN) -> None:
         StitchedModel(trained, "block1", trained, "block2")
     by_shape = StitchedModel(trained, "block1", trained, "head", input_shape=(1, 8, 8))  # traced on zeros
     assert isinstance(by_shape.stitch, FlattenLinearStitch) and by_shape.receiver_shape == (10,)
+
+
+@pytest.mark.parametrize(
+    ("sender", "receiver"),
+    [
+        ((8, 4, 4), (16, 4, 4)),
+        ((8, 8, 8), (16, 2, 2)),
+        ((8, 2, 2), (16, 8, 8)),
+        ((8, 4, 4), (10,)),
+        ((8,), (10,)),
+    ],
+)
+def test_paper_adapters_are_bare(sender: tuple, receiver: tuple) -> None:
+    """The paper's adapters have no BatchNorm, and equal a hand-written conv/linear map (slow reference)."""
+    torch.manual_seed(0)
+    stitch = make_stitch(sender, receiver, adapter="paper").train()
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in stitch.modules())
+    x = torch.randn(3, *sender)
+    (layer,) = [m for m in stitch.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if isinstance(layer, nn.Linear):
+        ref = x.flatten(1) @ layer.weight.T + layer.bias
+    else:
+        if len(receiver) == 3 and receiver[1] > sender[1]:  # nearest upsampling: repeat each pixel
+            f = receiver[1] // sender[1]
+            x_ref = x.repeat_interleave(f, dim=2).repeat_interleave(f, dim=3)
+        else:
+            x_ref = x
+        k = layer.kernel_size[0]
+        patches = x_ref.unfold(2, k, k).unfold(3, k, k)  # [N, C, H', W', k, k]
+        ref = torch.einsum("nchwij,ocij->nohw", patches, layer.weight) + layer.bias[None, :, None, None]
+    torch.testing.assert_close(stitch(x), ref, rtol=1e-5, atol=1e-5)
