@@ -52,6 +52,7 @@ from lightning_reuse.energy.ledger import CostEstimate, RetrainingLedger
 from lightning_reuse.functional.resque import Pooling, class_specificity
 from lightning_reuse.functional.resque_config import RESQUEConfig
 from lightning_reuse.metrics.resque import RESQUEDist, RESQUETask
+from lightning_reuse.metrics.transferability import BaselineFeatures
 from lightning_reuse.nn.batch import output_tensor, read_batch, split_batch
 from lightning_reuse.nn.layers import capture_output, get_layer
 
@@ -72,6 +73,7 @@ class RESQUEResult:
     energy: Any = None  # the EnergyMonitor's record of the "resque-precheck" window, when one is attached
     estimates: dict[str, CostEstimate] = field(default_factory=dict)
     stopped: bool = False
+    baselines: dict[str, float] = field(default_factory=dict)  # transferability baselines on the new data
 
 
 _WHO = "RESQUECheck (or pass `batch_fn=` returning (model_inputs, labels))"
@@ -85,6 +87,15 @@ def default_batch_fn(batch: Any) -> tuple[Any, Tensor | None]:
     RESQUECheck for other layouts.
     """
     return split_batch(batch, who=_WHO)
+
+
+def _logits(out: Any) -> Tensor | None:
+    """The model's ``[B, Z]`` logits in an output, or None (no tensor, or not one row per sample)."""
+    try:
+        logits = output_tensor(out, ("logits",), who=_WHO)
+    except TypeError:
+        return None
+    return logits if logits.ndim == 2 and logits.is_floating_point() else None
 
 
 def _device_of(module: LightningModule) -> torch.device:
@@ -188,6 +199,11 @@ class RESQUECheck(Callback):
             (``model(*inputs)``) or a mapping (``model(**inputs)``; an ``attention_mask`` entry reaches the
             token poolings); the whole collection is moved to the model's device.
         progress_bar: show a progress bar during the pass (rank 0).
+        baselines: also report, from the same pass, the transferability baselines on the new data's
+            features at ``layer`` (LogME, H-score, leave-one-out k-NN, cross-fitted probe; LEEP, NCE and,
+            in dist mode, the source's own accuracy from the model's logits), logged as
+            ``<log_prefix>/baseline/<name>`` (see ``docs/transferability.md``). Needs the batch labels
+            (skipped with ``label_source="prediction"``); keeps the new data's features (``n x D``).
         log_prefix: prefix of the logged keys (``"resque/score"``, ``"resque/class_3"``, ...).
     """
 
@@ -210,6 +226,7 @@ class RESQUECheck(Callback):
         batch_fn: Callable[[Any], tuple[Any, Tensor | None]] = default_batch_fn,
         progress_bar: bool = True,
         log_prefix: str = "resque",
+        baselines: bool = True,
     ) -> None:
         if mode == "auto":  # the only callback-level part of the mode: it depends on the loaders given
             mode = "dist" if original_dataloader is not None else "task"
@@ -222,6 +239,7 @@ class RESQUECheck(Callback):
         self.ledger = RetrainingLedger(ledger) if isinstance(ledger, (str, Path)) else ledger
         self.ledger_tag, self.record_to_ledger, self.target = ledger_tag, record_to_ledger, target
         self.batch_fn, self.progress_bar, self.log_prefix = batch_fn, progress_bar, log_prefix
+        self.baselines = bool(baselines)
         self.result: RESQUEResult | None = None
         self._epochs_to_target: int | None = None
         self._fit_started = 0.0
@@ -256,8 +274,8 @@ class RESQUECheck(Callback):
 
     def _batch_features(
         self, pl_module: LightningModule, store: dict[str, Any], batch: Any, side: str, device: torch.device
-    ) -> tuple[Tensor, Tensor]:
-        """Pooled features ``[B, D]`` and labels ``[B]`` of one batch (one forward of the frozen model)."""
+    ) -> tuple[Tensor, Tensor, Any]:
+        """Pooled features ``[B, D]``, labels ``[B]`` and the model output of one batch (one forward)."""
         # labels travel with the inputs, before the forward: a copy after it would wait for the GPU
         read = read_batch(batch, self.batch_fn, who=_WHO).to(device)
         store.pop("output", None)
@@ -276,11 +294,11 @@ class RESQUECheck(Callback):
                 "by class. HINT: yield `(x, y)` batches, pass `batch_fn=` returning (x, y), or, for "
                 "unlabeled shifted data, `label_source='prediction'`."
             )
-        return self.config.pool(output_tensor(store["output"], who=_WHO), read.attention_mask), y
+        return self.config.pool(output_tensor(store["output"], who=_WHO), read.attention_mask), y, out
 
     def _features(
         self, pl_module: LightningModule, loader: Iterable[Any], side: str, trainer: Trainer
-    ) -> Iterator[tuple[Tensor, Tensor]]:
+    ) -> Iterator[tuple[Tensor, Tensor, Any]]:
         """Features and labels of this rank's batches of ``loader`` (batch ``i`` goes to rank ``i % world``)."""
         world, rank = trainer.world_size, trainer.global_rank
         total = self._check_length(loader, side, world)
@@ -319,11 +337,14 @@ class RESQUECheck(Callback):
         sides = (("original", self.original_dataloader), ("shifted", self.dataloader)) if dist else None
         with measurement_window(trainer, "resque-precheck") as record, _FrozenModel(pl_module):
             metric: Any = self._metric().to(_device_of(pl_module))
+            store = self._baseline_store(pl_module)
             counts = {}
             for side, loader in sides or (("new task", self.dataloader),):
                 n = 0
-                for feats, y in self._features(pl_module, loader, side, trainer):
+                for feats, y, out in self._features(pl_module, loader, side, trainer):
                     metric.update(feats, y, shifted=side == "shifted") if dist else metric.update(feats, y)
+                    if store is not None and side != "original":
+                        store.update(feats, y, _logits(out))
                     n += len(y)
                 counts[side] = n
             if dist:
@@ -332,10 +353,19 @@ class RESQUECheck(Callback):
                 _check_dist_assumption(metric)
             else:
                 score, per_class = metric.compute(), {}
+            baselines = {} if store is None else store.compute(source_accuracy=dist)
         counts = {
             k: int(trainer.strategy.reduce(torch.tensor(v), reduce_op="sum")) for k, v in counts.items()
         }
-        return RESQUEResult(self.mode, float(score), per_class, counts, time.perf_counter() - start, record)
+        result = RESQUEResult(self.mode, float(score), per_class, counts, time.perf_counter() - start, record)
+        result.baselines = baselines
+        return result
+
+    def _baseline_store(self, pl_module: LightningModule) -> BaselineFeatures | None:
+        """The new data's features, labels and logits for the baselines (None when they are off)."""
+        if not self.baselines or self.config.label_source == "prediction":
+            return None
+        return BaselineFeatures(num_classes=self.config.num_classes).to(_device_of(pl_module))
 
     # ------------------------------------------------------------------ hooks
     @override
@@ -401,6 +431,7 @@ class RESQUECheck(Callback):
         p = self.log_prefix
         metrics = {f"{p}/score": result.score, f"{p}/duration_s": result.duration_s}
         metrics.update({f"{p}/class_{c}": v for c, v in result.per_class.items()})
+        metrics.update({f"{p}/baseline/{k}": v for k, v in result.baselines.items()})
         if result.energy is not None:
             metrics[f"{p}/energy_wh"] = float(result.energy.energy_wh)
         for q, est in result.estimates.items():
@@ -428,6 +459,9 @@ class RESQUECheck(Callback):
                 ),
             }
         )
+        if result.baselines:
+            rows = [[f"resque_{result.mode}", result.score], *[[k, v] for k, v in result.baselines.items()]]
+            logger.experiment.log({f"{p}/baselines": wandb.Table(columns=["score", "value"], data=rows)})
         logger.experiment.summary[f"{p}/score"] = result.score
 
     @override

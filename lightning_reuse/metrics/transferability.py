@@ -36,10 +36,23 @@ from lightning_reuse.functional.transferability import (
     _logme_from_stats,
     _nce_from_counts,
     check_features_labels,
+    h_score,
+    leep,
+    logme,
+    nce,
     one_hot64,
 )
 
-__all__ = ["HScore", "KNNAccuracy", "LEEP", "LinearProbeAccuracy", "LogME", "NCE"]
+__all__ = [
+    "BaselineFeatures",
+    "HScore",
+    "KNNAccuracy",
+    "LEEP",
+    "LinearProbeAccuracy",
+    "LogME",
+    "NCE",
+    "baseline_scores",
+]
 
 
 def _check_count(value: Any, name: str, hint: str) -> None:
@@ -289,3 +302,59 @@ class LinearProbeAccuracy(_FeatureMetric):
         return linear_probe_accuracy(
             f, y, self.num_classes, folds=self.folds, ridge=self.ridge, seed=self.seed
         )
+
+
+def baseline_scores(
+    features: Tensor, labels: Tensor, logits: Tensor | None = None, source_accuracy: bool = False
+) -> dict[str, float]:
+    """Every baseline that applies to these samples, by name (the functional scores, as floats).
+
+    ``logme``, ``h_score``, ``knn_accuracy`` and ``linear_probe_accuracy`` (5 folds, or ``n`` when
+    fewer) on ``features``; with ``logits``: ``leep`` (their softmax) and ``nce`` (their arg-max), and with
+    ``source_accuracy`` (same label space) ``source_accuracy``. A score these samples cannot give (one
+    sample, one class) is left out.
+    """
+    y = labels.long()
+    n, out = len(y), {}
+    if n < 2 or int(torch.unique(y).numel()) < 2:
+        return out
+    out["logme"] = float(logme(features, y))
+    out["h_score"] = float(h_score(features, y))
+    out["knn_accuracy"] = float(knn_accuracy(features, y))
+    out["linear_probe_accuracy"] = float(linear_probe_accuracy(features, y, folds=min(5, n)))
+    if logits is not None:
+        out["leep"] = float(leep(logits.double().softmax(-1), y))
+        out["nce"] = float(nce(logits.argmax(-1), y))
+        if source_accuracy and logits.shape[1] > int(y.max()):
+            out["source_accuracy"] = float((logits.argmax(-1) == y).double().mean())
+    return out
+
+
+class BaselineFeatures(_FeatureMetric):
+    """Keeps features, labels and (optionally) source logits (``"cat"``); ``compute`` gives every baseline.
+
+    The pre-check callbacks feed it from their own pass, so the baselines cost no extra forward.
+
+    Args:
+        num_classes: unused by the scores (kept for the callers' records); ``None`` is fine.
+    """
+
+    def __init__(self, num_classes: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.add_state("logits", [], dist_reduce_fx="cat")
+
+    def update(self, features: Tensor, labels: Tensor, logits: Tensor | None = None) -> None:  # type: ignore[override]
+        """Add ``features [B, D]``, ``labels [B]`` and, when the model has them, ``logits [B, Z]``."""
+        super().update(features, labels)
+        if logits is not None:
+            self.logits.append(logits.detach().to(torch.float64))
+
+    def compute(self, source_accuracy: bool = False) -> dict[str, float]:  # type: ignore[override]
+        """The baselines by name (see :func:`baseline_scores`)."""
+        f, y = self._data()
+        logits = None
+        if not (isinstance(self.logits, list) and not self.logits):
+            logits = dim_zero_cat(self.logits)
+            logits = logits if len(logits) == len(y) else None
+        return baseline_scores(f, y, logits, source_accuracy)

@@ -284,6 +284,8 @@ def test_wandb_table_and_bar_plot(tmp_path: Path, wandb_offline: Any) -> None:
     wandb.finish()
     run = read_offline_run(find_offline_run_dirs(tmp_path)[0])
     assert {"resque/score", "resque/class_0"} <= run["keys"]
+    assert "resque/baseline/logme" in run["keys"]
+    assert any("resque/baselines/_type" in r for r in run["history"])  # the scores side by side
     row = next(r for r in run["history"] if "resque/per_class/_type" in r)
     assert row["resque/per_class/_type"] == "table-file" and row["resque/per_class/nrows"] == 10
     assert row["resque/per_class_bar_table/_type"] == "table-file"  # the bar plot's data
@@ -512,3 +514,60 @@ def test_a_read_only_ledger_never_fails_a_finished_fit(tmp_path: Path, read_only
         trainer.fit(Classifier(), digits_loader(x, y), digits_loader(x, y))
     assert trainer.state.status == "finished" and not trainer.interrupted
     assert [r["score"] for r in check.ledger.pending()] == [check.result.score] and len(check.ledger) == 1
+
+
+@pytest.mark.parametrize("mode", ["dist", "task"])
+def test_baselines_equal_the_functional_scores_on_the_same_features(tmp_path: Path, mode: str) -> None:
+    from lightning_reuse.functional import h_score, knn_accuracy, leep, linear_probe_accuracy, logme, nce
+
+    torch.manual_seed(0)
+    x, y = digits(200)
+    shifted = apply_shift(x, "noise", 0.3, seed=1)
+    new_y = y if mode == "dist" else y % 3  # a new task: three classes
+    before, logger = Probe(), RecordingLogger()
+    check = RESQUECheck(
+        digits_loader(shifted, new_y, batch_size=32),
+        layer="net.block2",
+        original_dataloader=digits_loader(x, y, batch_size=50) if mode == "dist" else None,
+        num_classes=10 if mode == "dist" else 3,
+        progress_bar=False,
+    )
+    trainer_for(tmp_path, [before, check], logger=logger).fit(Classifier(), digits_loader(x, y))
+    model = model_at_start(before.state)
+    feats = features_of(model, shifted)
+    with torch.no_grad():
+        logits = model.eval()(shifted).double()
+    expected = {
+        "logme": logme(feats, new_y),
+        "h_score": h_score(feats, new_y),
+        "knn_accuracy": knn_accuracy(feats, new_y),
+        "linear_probe_accuracy": linear_probe_accuracy(feats, new_y),
+        "leep": leep(logits.softmax(-1), new_y),
+        "nce": nce(logits.argmax(-1), new_y),
+    }
+    if mode == "dist":
+        expected["source_accuracy"] = (logits.argmax(-1) == y).double().mean()
+    got = check.result.baselines
+    assert set(got) == set(expected)
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(float(value), rel=1e-6, abs=1e-9), name
+    logged = logger.calls[0][0]
+    assert {k: logged[f"resque/baseline/{k}"] for k in got} == got
+
+
+def test_baselines_off_and_skipped_for_predicted_labels(tmp_path: Path) -> None:
+    x, y = digits(100)
+    off = RESQUECheck(digits_loader(x, y), layer="net.block2", baselines=False, progress_bar=False)
+    predicted = RESQUECheck(
+        digits_loader(x.flip(-1), y),
+        layer="net.block2",
+        original_dataloader=digits_loader(x, y),
+        num_classes=10,
+        label_source="prediction",
+        progress_bar=False,
+        log_prefix="pred",
+    )
+    logger = RecordingLogger()
+    trainer_for(tmp_path, [off, predicted], logger=logger).fit(Classifier(), digits_loader(x, y))
+    assert off.result.baselines == {} and predicted.result.baselines == {}
+    assert not [k for call, _ in logger.calls for k in call if "/baseline/" in k]
