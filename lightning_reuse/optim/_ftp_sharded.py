@@ -78,7 +78,7 @@ def check_shardable(params: Sequence[Tensor], names: dict[int, str], implementat
             ``Partial``), is sharded over more than one mesh dim or over another group than the others;
             or ``implementation`` is ``"flat"``/``"fused"`` with DTensor parameters.
     """
-    groups: set[tuple[int, int]] = set()
+    groups: set[tuple[int, ...]] = set()  # the ranks of each shard group (each fully_shard has its mesh)
     for p in params:
         what = _describe(p, names.get(id(p)))
         if getattr(p, "_is_flat_param", False) or getattr(p, "_fsdp_flattened", False):
@@ -105,11 +105,11 @@ def check_shardable(params: Sequence[Tensor], names: dict[int, str], implementat
                 "it with `fully_shard` only."
             )
         if sharded:
-            groups.add((id(p.device_mesh), sharded[0]))
+            groups.add(tuple(dist.get_process_group_ranks(p.device_mesh.get_group(sharded[0]))))
     if len(groups) > 1:
         raise ValueError(
-            "FTP got parameters sharded over different device meshes or mesh dims; its one all-reduce per "
-            "step needs one shard group. HINT: build one optimizer per mesh, or shard on one mesh."
+            "FTP got parameters sharded over different groups of ranks; its one all-reduce per step needs "
+            "one shard group. HINT: build one optimizer per mesh, or shard on one mesh."
         )
     if implementation in ("flat", "fused") and any(is_dtensor(p) for p in params):
         raise ValueError(

@@ -77,14 +77,14 @@ def set_aside_ftp_state(opt: FTP, state_dict: dict[str, Any]) -> dict[str, Any]:
         plain[i] = {key: v for key, v in entries.items() if key not in F.STATE_KEYS}
         ftp = {key: v for key, v in entries.items() if key in F.STATE_KEYS}
         if ftp:
-            _check_entries(opt, int(i), by_saved_id[i], ftp)
+            _check_entries(opt, i, by_saved_id[i], ftp)  # i: an index, or a name (DCP)
             restore.append((by_saved_id[i], ftp))
     _check_anchors_known(opt, params, restore)
     opt._loading = restore
     return {**state_dict, "state": plain}
 
 
-def _check_entries(opt: FTP, i: int, p: Tensor, ftp: dict[str, Tensor]) -> None:
+def _check_entries(opt: FTP, i: Any, p: Tensor, ftp: dict[str, Tensor]) -> None:
     if not opt.is_projected(p):
         raise ValueError(
             f"`state_dict` holds FTP state for parameter #{i}, which this optimizer does not project. "
