@@ -53,12 +53,12 @@ def _check_count(name: str, value: int, minimum: int = 0) -> None:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
 
 
-def _depth3_best_segments(num_changed: int) -> tuple[int, int]:
-    """Return ``(S, m)`` minimising ``m = 2S - 1 + 4 ceil(N / S)`` (``S`` <= N; only ``S`` with ``2S-1 < m``)."""
-    best = (1, 1 + 4 * num_changed)
+def _depth3_best_segments(num_changed: int, num_outputs: int = 1) -> tuple[int, int]:
+    """``(S, m)`` minimising ``m = 2S - 1 + 4 C ceil(N / S)`` (``S`` <= N; only ``S`` with ``2S-1 < m``)."""
+    best = (1, 1 + 4 * num_outputs * num_changed)
     s = 1
     while s <= num_changed and 2 * s - 1 < best[1]:
-        m = 2 * s - 1 + 4 * math.ceil(num_changed / s)
+        m = 2 * s - 1 + 4 * num_outputs * math.ceil(num_changed / s)
         if m < best[1]:
             best = (s, m)
         s += 1
@@ -66,7 +66,11 @@ def _depth3_best_segments(num_changed: int) -> tuple[int, int]:
 
 
 def fine_tuning_capacity(
-    num_changed: int, depth: int = 2, num_samples: int | None = None, bound: Bound = "constructive"
+    num_changed: int,
+    depth: int = 2,
+    num_samples: int | None = None,
+    bound: Bound = "constructive",
+    num_outputs: int = 1,
 ) -> int:
     """Hidden ReLUs ``m`` of a side network that can change any ``num_changed`` of ``num_samples`` labels.
 
@@ -77,11 +81,18 @@ def fine_tuning_capacity(
         bound: ``"constructive"`` (an upper bound: our constructions achieve it for every choice of the
             ``N`` points and every target) or ``"lower"`` (depth 2 only: our 1-D worst-case lower bound
             ``3 min(N, floor((K-1)/4))``; the paper's depth-3 ``Omega(sqrt N)`` has no constant we can state).
+        num_outputs: ``C``, outputs of ``g`` (e.g. 10 logits; the paper's theorem is for ``C = 1``). Depth 2
+            needs no more neurons (the spline's knots are shared: ``min(3N, K)`` for every ``C``, and the
+            1-D lower bound holds per output); depth 3 gives each output its own second-layer bumps.
 
     Returns:
-        ``m``: ``min(3N, K)`` (depth 2) or ``min_S 2S - 1 + 4 ceil(N/S)`` (depth 3); 0 for ``N = 0``.
+        ``m``: ``min(3N, K)`` (depth 2) or ``min_S 2S - 1 + 4 C ceil(N/S)`` (depth 3); 0 for ``N = 0``.
+
+    >>> fine_tuning_capacity(10, depth=3), fine_tuning_capacity(10, depth=3, num_outputs=10)
+    (17, 59)
     """
     _check_count("num_changed", num_changed)
+    _check_count("num_outputs", num_outputs, minimum=1)
     if depth not in (2, 3):
         raise ValueError(f"`depth` must be 2 or 3, got {depth!r}.")
     if num_samples is not None:
@@ -105,25 +116,29 @@ def fine_tuning_capacity(
         return 0
     if depth == 2:
         return 3 * num_changed if num_samples is None else min(3 * num_changed, num_samples)
-    return _depth3_best_segments(num_changed)[1]
+    return _depth3_best_segments(num_changed, num_outputs)[1]
 
 
-def ftc_widths(num_changed: int, depth: int = 2, num_samples: int | None = None) -> tuple[int, ...]:
-    """Hidden widths of our construction for ``N`` changes: ``(m,)`` or ``(2S - 1, 4 ceil(N/S))``.
+def ftc_widths(
+    num_changed: int, depth: int = 2, num_samples: int | None = None, num_outputs: int = 1
+) -> tuple[int, ...]:
+    """Hidden widths of our construction for ``N`` changes: ``(m,)`` or ``(2S - 1, 4 C ceil(N/S))``.
 
     Feed them to a side network: ``SideMLP(d, c, width=ftc_widths(N, 3), depth=3)``.
 
     >>> ftc_widths(10, 2), ftc_widths(10, 3), sum(ftc_widths(10, 3)) == fine_tuning_capacity(10, 3)
     ((30,), (9, 8), True)
     """
-    m = fine_tuning_capacity(num_changed, depth, num_samples)
+    m = fine_tuning_capacity(num_changed, depth, num_samples, num_outputs=num_outputs)
     if depth == 2 or num_changed == 0:
         return (max(1, m),) * (depth - 1) if num_changed else (1,) * (depth - 1)
-    s, _ = _depth3_best_segments(num_changed)
-    return (2 * s - 1, 4 * math.ceil(num_changed / s))
+    s, _ = _depth3_best_segments(num_changed, num_outputs)
+    return (2 * s - 1, 4 * num_outputs * math.ceil(num_changed / s))
 
 
-def max_changed(num_neurons: int, depth: int = 2, num_samples: int | None = None) -> int:
+def max_changed(
+    num_neurons: int, depth: int = 2, num_samples: int | None = None, num_outputs: int = 1
+) -> int:
     """Inverse of :func:`fine_tuning_capacity`: the largest ``N`` whose constructive ``m`` fits ``num_neurons``.
 
     >>> max_changed(10, depth=2), max_changed(10, depth=2, num_samples=8)
@@ -139,7 +154,7 @@ def max_changed(num_neurons: int, depth: int = 2, num_samples: int | None = None
     lo = 0
     while lo < hi:  # m(N) is non-decreasing in N
         mid = (lo + hi + 1) // 2
-        if fine_tuning_capacity(mid, depth, num_samples) <= num_neurons:
+        if fine_tuning_capacity(mid, depth, num_samples, num_outputs=num_outputs) <= num_neurons:
             lo = mid
         else:
             hi = mid - 1
@@ -174,10 +189,14 @@ def project_to_line(x: Tensor, direction: Tensor | None = None, seed: int = 0) -
 
 
 def _check_targets(u: Tensor, targets: Tensor) -> Tensor:
-    t = targets.to(torch.float64).reshape(-1)
-    if t.shape != u.shape:
+    """``targets`` as ``[K, C]`` float64: ``[K]`` is one output, ``[K, C]`` is ``C`` outputs (e.g. logits)."""
+    t = targets.to(torch.float64)
+    t = t.reshape(-1, 1) if t.dim() <= 1 else t
+    if t.dim() != 2 or t.shape[0] != u.shape[0]:
         raise ValueError(
-            f"`targets` must have one value per input ({u.shape[0]}), got shape {tuple(targets.shape)}."
+            f"`targets` must have one value per input (K = {u.shape[0]}): [K] or [K, C]; got shape "
+            f"{tuple(targets.shape)}. "
+            "HINT: one row per input, one column per output."
         )
     return t
 
@@ -185,7 +204,7 @@ def _check_targets(u: Tensor, targets: Tensor) -> Tensor:
 def _two_layer(
     direction: Tensor, knots: Tensor, w2: Tensor, b2: Tensor, w3: Tensor | None = None
 ) -> nn.Sequential:
-    """``Linear(d, a) - ReLU - Linear(a, b) [- ReLU - Linear(b, 1)]`` in float64, frozen (a fixed construction)."""
+    """``Linear(d, a) - ReLU - Linear(a, b) [- ReLU - Linear(b, C)]`` in float64, frozen (a fixed construction)."""
     d = direction.shape[0]
     first = nn.Linear(d, len(knots), dtype=torch.float64)
     with torch.no_grad():
@@ -197,9 +216,9 @@ def _two_layer(
         second.bias.copy_(b2)
     if w3 is None:
         return nn.Sequential(first, nn.ReLU(), second).requires_grad_(False)
-    third = nn.Linear(w2.shape[0], 1, dtype=torch.float64)
+    third = nn.Linear(w2.shape[0], w3.shape[0], dtype=torch.float64)
     with torch.no_grad():
-        third.weight.copy_(w3[None, :])
+        third.weight.copy_(w3)
         third.bias.zero_()
     return nn.Sequential(first, nn.ReLU(), second, nn.ReLU(), third).requires_grad_(False)
 
@@ -207,8 +226,10 @@ def _two_layer(
 def depth2_construction(x: Tensor, targets: Tensor, direction: Tensor | None = None) -> nn.Sequential:
     """A 2-layer ReLU ``g`` (float64) with ``g(x_i) = targets_i`` exactly, 0 left of the data.
 
-    ``targets`` is ``y' - f(x)`` on changed points and 0 on the others. ``g`` is the linear spline through
-    the points (sorted along ``direction``) with one ReLU per slope change: at most ``3N`` and at most ``K``.
+    ``targets`` is ``y' - f(x)`` on changed points and 0 on the others: ``[K]`` (one output) or ``[K, C]``
+    (``C`` outputs, e.g. logits). ``g`` is the linear spline through the points (sorted along
+    ``direction``) with one ReLU per slope change of any output: at most ``3N`` and at most ``K``, whatever
+    ``C`` (the knots are shared; only the output layer is ``C`` wide).
     """
     u, direction = project_to_line(x, direction)
     t = _check_targets(u, targets)
@@ -216,14 +237,16 @@ def depth2_construction(x: Tensor, targets: Tensor, direction: Tensor | None = N
     us, ts = u[order], t[order]
     first_gap = us.diff().min() if len(us) > 1 else torch.tensor(1.0, dtype=torch.float64)
     us = torch.cat([us[:1] - first_gap, us])  # a virtual unchanged point: g == 0 left of the data
-    ts = torch.cat([ts.new_zeros(1), ts])
-    slopes = ts.diff() / us.diff()
-    coef = slopes - torch.cat([slopes.new_zeros(1), slopes[:-1]])  # slope change at us[:-1]
-    keep = coef != 0
+    ts = torch.cat([ts.new_zeros(1, ts.shape[1]), ts])
+    slopes = ts.diff(dim=0) / us.diff()[:, None]
+    coef = slopes - torch.cat([slopes.new_zeros(1, ts.shape[1]), slopes[:-1]])  # slope change at us[:-1]
+    keep = (coef != 0).any(dim=1)
     knots, coef = us[:-1][keep], coef[keep]
+    c_out = ts.shape[1]
     if len(knots) == 0:  # nothing to change: one dead unit keeps the shapes valid
-        return _two_layer(direction, us[:1] + 1e9, torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1))
-    return _two_layer(direction, knots, coef[None, :], torch.zeros(1, dtype=torch.float64))
+        zeros = torch.zeros(c_out, 1, dtype=torch.float64)
+        return _two_layer(direction, us[:1] + 1e9, zeros, torch.zeros(c_out, dtype=torch.float64))
+    return _two_layer(direction, knots, coef.T.contiguous(), torch.zeros(c_out, dtype=torch.float64))
 
 
 _W_OFFSETS = (0.0, 1.0, 3.0, 4.0)
@@ -233,39 +256,56 @@ _W_WEIGHTS = (1.0, -2.0, 2.0, -1.0)
 def depth3_construction(
     x: Tensor, targets: Tensor, num_segments: int | None = None, direction: Tensor | None = None
 ) -> nn.Sequential:
-    """A 3-layer ReLU ``g`` (float64), widths ``(2S - 1, 4 ceil(N/S))``, with ``g(x_i) = targets_i`` exactly.
+    """A 3-layer ReLU ``g`` (float64), widths ``(2S - 1, 4 C ceil(N/S))``, with ``g(x_i) = targets_i`` exactly.
 
-    ``num_segments`` is ``S`` (default: the minimiser of :func:`fine_tuning_capacity`'s depth-3 formula).
+    ``targets``: ``[K]`` (one output) or ``[K, C]`` (``C`` outputs); a changed point is one with any
+    nonzero target. The first layer (the group knots) is shared by all outputs; each output has its own
+    ``4 ceil(N/S)`` second-layer units (its own "W" bumps). ``num_segments`` is ``S`` (default: the
+    minimiser of :func:`fine_tuning_capacity`'s depth-3 formula for ``C`` outputs).
     """
     u, direction = project_to_line(x, direction)
     t = _check_targets(u, targets)
     order = u.argsort()
     us, ts = u[order], t[order]
-    changed = torch.nonzero(ts != 0).flatten()
-    n = len(changed)
+    changed = torch.nonzero((ts != 0).any(dim=1)).flatten()
+    n, c_out = len(changed), ts.shape[1]
     if n == 0:
-        return _two_layer(
-            direction, us[:1] - 1, torch.zeros(1, 1, dtype=torch.float64), -torch.ones(1), torch.zeros(1)
-        )
-    s_best = _depth3_best_segments(n)[0] if num_segments is None else num_segments
+        w2, b2 = torch.zeros(1, 1, dtype=torch.float64), -torch.ones(1, dtype=torch.float64)
+        return _two_layer(direction, us[:1] - 1, w2, b2, torch.zeros(c_out, 1, dtype=torch.float64))
+    s_best = _depth3_best_segments(n, c_out)[0] if num_segments is None else num_segments
     _check_count("num_segments", s_best, minimum=1)
     s_count = min(s_best, n)
     r = math.ceil(n / s_count)
     groups = [changed[i * r : (i + 1) * r] for i in range(s_count)]
     groups = [g for g in groups if len(g)]
-    amp = float(ts.abs().max())
-    # gaps to the neighbouring data points bound each bump's support
-    left = torch.cat([us.new_full((1,), math.inf), us.diff()])
-    right = torch.cat([us.diff(), us.new_full((1,), math.inf)])
-    # knots: one left of everything, then two between the last point of a group and the next data point
+    knot_t = _depth3_knots(us, groups)
+    blocks = [_depth3_bumps(us, ts[:, c], groups, knot_t, r) for c in range(c_out)]
+    w2 = torch.cat([b[0] for b in blocks])
+    b2 = torch.cat([b[1] for b in blocks])
+    w3 = torch.block_diag(*[b[2][None, :] for b in blocks])
+    return _two_layer(direction, knot_t, w2, b2, w3)
+
+
+def _depth3_knots(us: Tensor, groups: list[Tensor]) -> Tensor:
+    """One knot left of everything, then two in the widest gap between consecutive groups."""
     knots = [us[0] - 1.0]
     for g, g_next in zip(groups[:-1], groups[1:]):
         gaps = us[int(g[-1]) + 1 : int(g_next[0]) + 1] - us[int(g[-1]) : int(g_next[0])]
         i = int(g[-1]) + int(gaps.argmax())  # the widest gap keeps the transition slopes small
         gap = us[i + 1] - us[i]
         knots += [us[i] + gap / 3, us[i] + 2 * gap / 3]
-    knot_t = torch.stack([torch.as_tensor(k, dtype=torch.float64) for k in knots])
-    w2 = torch.zeros(4 * r, len(knots), dtype=torch.float64)
+    return torch.stack([torch.as_tensor(k, dtype=torch.float64) for k in knots])
+
+
+def _depth3_bumps(
+    us: Tensor, ts: Tensor, groups: list[Tensor], knot_t: Tensor, r: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Second-layer weights, biases and output weights of one output's ``4r`` "W" bump units."""
+    amp = float(ts.abs().max()) or 1.0
+    # gaps to the neighbouring data points bound each bump's support
+    left = torch.cat([us.new_full((1,), math.inf), us.diff()])
+    right = torch.cat([us.diff(), us.new_full((1,), math.inf)])
+    w2 = torch.zeros(4 * r, len(knot_t), dtype=torch.float64)
     b2 = torch.zeros(4 * r, dtype=torch.float64)
     for slot in range(r):
         lines = []  # (slope, intercept) of phi_slot on each segment: phi(u) = slope * u + intercept
@@ -278,9 +318,9 @@ def depth3_construction(
                 lines.append((slope, value - slope * p))
             else:
                 lines.append((torch.zeros((), dtype=torch.float64), -torch.ones((), dtype=torch.float64)))
-        col = torch.zeros(len(knots), dtype=torch.float64)
+        col = torch.zeros(len(knot_t), dtype=torch.float64)
         col[0] = lines[0][0]
-        intercept0 = lines[0][0] * knots[0] + lines[0][1]  # phi at the first knot
+        intercept0 = lines[0][0] * knot_t[0] + lines[0][1]  # phi at the first knot
         for j in range(len(groups) - 1):
             k1, k2 = knot_t[1 + 2 * j], knot_t[2 + 2 * j]
             (s1, c1), (s2, c2) = lines[j], lines[j + 1]
@@ -289,8 +329,7 @@ def depth3_construction(
         for c, offset in enumerate(_W_OFFSETS):
             w2[4 * slot + c] = col
             b2[4 * slot + c] = intercept0 - offset
-    w3 = amp * torch.tensor(_W_WEIGHTS * r, dtype=torch.float64)
-    return _two_layer(direction, knot_t, w2, b2, w3)
+    return w2, b2, amp * torch.tensor(_W_WEIGHTS * r, dtype=torch.float64)
 
 
 def ftc_neurons(g: nn.Module) -> int:

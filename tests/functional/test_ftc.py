@@ -238,3 +238,40 @@ def test_widths_match_the_construction(n: int) -> None:
     widths = tuple(m.out_features for m in net if isinstance(m, nn.Linear))[:-1]
     assert widths == ftc_widths(n, 3) and sum(widths) == fine_tuning_capacity(n, 3)
     assert ftc_widths(n, 2) == (3 * n,)
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+@pytest.mark.parametrize(
+    ("num_samples", "num_changed", "num_outputs"), [(60, 7, 10), (40, 12, 3), (30, 1, 2)]
+)
+def test_constructions_with_several_outputs_change_only_the_chosen_points(
+    depth: int, num_samples: int, num_changed: int, num_outputs: int
+) -> None:
+    """C outputs (logits): exact on every point, and exactly the formula's neurons (reference: the targets)."""
+    g = torch.Generator().manual_seed(num_samples + num_changed)
+    x = torch.randn(num_samples, 5, generator=g, dtype=torch.float64)
+    t = torch.zeros(num_samples, num_outputs, dtype=torch.float64)
+    idx = torch.randperm(num_samples, generator=g)[:num_changed]
+    t[idx] = torch.randn(num_changed, num_outputs, generator=g, dtype=torch.float64) * 3
+    build = depth2_construction if depth == 2 else depth3_construction
+    net = build(x, t)
+    out = net(x)
+    assert out.shape == (num_samples, num_outputs)
+    torch.testing.assert_close(out, t, atol=1e-7, rtol=0)
+    m = fine_tuning_capacity(num_changed, depth, num_samples, num_outputs=num_outputs)
+    assert ftc_neurons(net) <= m
+    if depth == 3:
+        assert ftc_neurons(net) == m == sum(ftc_widths(num_changed, 3, num_outputs=num_outputs))
+
+
+def test_several_outputs_formula_against_brute_force() -> None:
+    """Depth 3: ``min over S of 2S - 1 + 4 C ceil(N/S)`` by enumerating every S (slow reference)."""
+    for c in (1, 2, 10):
+        for n in range(1, 60):
+            ref = min(2 * s - 1 + 4 * c * math.ceil(n / s) for s in range(1, n + 1))
+            assert fine_tuning_capacity(n, 3, num_outputs=c) == ref
+            assert fine_tuning_capacity(n, 2, num_outputs=c) == 3 * n  # shared knots: C-independent
+            m = fine_tuning_capacity(n, 3, num_outputs=c)
+            assert max_changed(m, 3, num_outputs=c) >= n
+    with pytest.raises(ValueError, match="`num_outputs` must be an integer >= 1"):
+        fine_tuning_capacity(3, num_outputs=0)
