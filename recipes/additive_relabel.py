@@ -5,7 +5,8 @@ trained with :class:`lightning_reuse.AdditiveFineTuning` so that N chosen traini
 get a new label (the base's prediction shifted by one class) while every other training sample keeps the
 base's prediction. Reported: how many of the N flipped, how many other predictions changed on the
 training set (goal: none) and on the held-out 40%, accuracies, parameter counts and the side size that
-the fine-tuning capacity formula asks for.
+the fine-tuning capacity formula asks for, counted for the side network's 10 outputs (``num_outputs=10``,
+like with like; ``ftc_formula_m_one_output`` is the paper's scalar-output count, for reference).
 
 Run (2-core CPU, 1 thread; a few minutes):
     python recipes/additive_relabel.py --json benchmarks/results/additive_relabel.json  # N in 5 10 20 40
@@ -28,6 +29,8 @@ from lightning_reuse import AdditiveFineTuning, fine_tuning_capacity
 from lightning_reuse.modules.additive import IGNORE_INDEX
 from lightning_reuse.nn import AdditiveModel, format_parameter_count
 from lightning_reuse.samples import SmallCNN, accuracy, load_digits_tensors, split_indices, train_classifier
+
+NUM_CLASSES = 10
 
 
 @torch.no_grad()
@@ -95,7 +98,8 @@ def relabel(
 ) -> dict:
     pred_train, pred_held = predict(base, x_train), predict(base, x_held)
     chosen, new_label, target = relabel_targets(pred_train, n, keep, seed)
-    m_formula = fine_tuning_capacity(n, depth, num_samples=len(x_train))
+    # like with like: the side network has 10 outputs (logits), so the formula counts 10 outputs too
+    m_formula = fine_tuning_capacity(n, depth, num_samples=len(x_train), num_outputs=NUM_CLASSES)
     width = width or max(8, m_formula // (depth - 1))
     torch.manual_seed(seed)
     model = AdditiveModel.from_base(base, x_train[:2], width=width, depth=depth, layer=layer)
@@ -112,6 +116,7 @@ def relabel(
         "width": width,
         "neurons": module.model.side.num_neurons,
         "ftc_formula_m": m_formula,
+        "ftc_formula_m_one_output": fine_tuning_capacity(n, depth, num_samples=len(x_train)),
         "keep": keep,
         "flipped": int((new_train[chosen] == new_label).sum()),
         "train_others": int(others.sum()),
