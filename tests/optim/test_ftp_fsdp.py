@@ -221,3 +221,70 @@ def test_dcp_state_dict_helpers_load_into_a_fresh_optimizer_after_the_model() ->
     assert all(torch.equal(model_sd[k], v) for k, v in fresh.state_dict().items())
     train(fresh, fresh_opt, range(6, 12))
     assert all(torch.equal(a, b) for a, b in zip(net.parameters(), fresh.parameters()))
+
+
+# --- through Lightning: ModelParallelStrategy runs FSDP2 on CPU (gloo) ------------------------------------
+LIGHTNING_SCRIPT = """
+import lightning.pytorch as pl
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.utils.data import DataLoader, TensorDataset
+from lightning_reuse import FTP
+
+class M(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential()
+        self.net.add_module("body", nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Tanh()))
+        self.net.add_module("head", nn.Linear(5, 3))
+        self.history = []
+    def configure_model(self):
+        mesh = self.device_mesh["data_parallel"]
+        for m in [self.net.body[0], self.net.body[1], self.net.head]:
+            fully_shard(m, mesh=mesh)
+        fully_shard(self.net, mesh=mesh)
+    def training_step(self, batch, _):
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+    def on_train_batch_end(self, *args):
+        self.history.append(torch.cat([p.full_tensor().flatten() for p in self.net.parameters()]))
+    def configure_optimizers(self):
+        return FTP(torch.optim.AdamW(self.net.named_parameters(), lr=0.05), exclude="head")
+
+g = torch.Generator().manual_seed(7)
+x, y = torch.randn(32, 6, generator=g), torch.randint(0, 3, (32,), generator=g)
+rank = int(os.environ.get("LOCAL_RANK", 0))  # rank r takes rows r, r + 2, ...: 4 + 4 rows = 8 consecutive ones
+strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_epochs=3, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     use_distributed_sampler=False)
+model = M()
+trainer.fit(model, DataLoader(TensorDataset(x[rank::2], y[rank::2]), batch_size=4, shuffle=False))
+torch.save({"history": torch.stack(model.history), "x": x, "y": y}, f"rank{trainer.global_rank}.pt")
+"""
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_lightning_model_parallel_strategy_equals_one_process(tmp_path) -> None:
+    from tests.helpers.ddp import run_ddp_script
+
+    result = run_ddp_script(LIGHTNING_SCRIPT, tmp_path, timeout=120)
+    r0, r1 = torch.load(result.workdir / "rank0.pt"), torch.load(result.workdir / "rank1.pt")
+    assert torch.equal(r0["history"], r1["history"])
+    torch.manual_seed(0)
+    net = nn.Sequential()
+    net.add_module("body", nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Tanh()))
+    net.add_module("head", nn.Linear(5, 3))
+    opt = FTP(torch.optim.AdamW(net.named_parameters(), lr=0.05), exclude="head")
+    history = []
+    for _ in range(3):
+        for i in range(0, 32, 8):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(r0["x"][i : i + 8]), r0["y"][i : i + 8]).backward()
+            opt.step()
+            history.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
+    assert len(history) == len(r0["history"]) == 12
+    torch.testing.assert_close(r0["history"], torch.stack(history), atol=1e-5, rtol=0)
