@@ -6,6 +6,9 @@
    count), first epoch of each fit excluded (warm-up). Fixed per-fit costs (tracker start) are reported apart.
 2. Prediction: 10-epoch fits; the total predicted after 1 and 3 epochs (ours, with its 90% interval, and
    carbontracker's mean x epochs) against the measured total.
+4. Budget check (``--budget-only``): a fit with ``budget_wh`` set (never reached), codecarbon machine mode;
+   the wall time of each budget check (one meter read against the budgets) timed directly, and the time
+   inside ``on_train_batch_end`` (the per-batch counter and the checks) as a share of the epochs.
 3. Reuse vs retrain (CPU): fine-tuning the head of a pre-trained SmallCNN vs training one from scratch, both
    measured; a markdown table and a PNG.
 
@@ -259,6 +262,73 @@ def overhead(device: str, workload: str, repeats: int, epochs: int) -> dict:
     }
 
 
+def budget_check(device: str, workload: str, every: int, epochs: int, repeats: int) -> dict:
+    """Cost of the budget check: per check (ms) and inside ``on_train_batch_end`` as a share of the epochs."""
+    per_check_ms: list[float] = []
+    hook_pct: list[float] = []
+    step_ms: list[float] = []
+    fit("none", device, workload, 2)  # discarded: the first fits of a process run slower
+    for r in range(repeats):
+        torch.manual_seed(r)
+        train, val, cfg = make_data(workload, device)
+        clock = _Sync(device)
+        start, end = EpochStart(clock), EpochEnd(clock)
+        monitor = EnergyMonitor(backend=energy_backend(device), budget_wh=1e6, check_every_n_steps=every)
+        checks: list[float] = []
+        check = monitor.accounting.check_budget
+
+        def timed_check(*args, _check=check, checks=checks, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return _check(*args, **kwargs)
+            finally:
+                checks.append(time.perf_counter() - t0)
+
+        monitor.accounting.check_budget = timed_check
+        in_hook = [0.0]
+        batch_end = monitor.on_train_batch_end
+
+        def timed_hook(*args, _hook=batch_end, in_hook=in_hook, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return _hook(*args, **kwargs)
+            finally:
+                in_hook[0] += time.perf_counter() - t0
+
+        monitor.on_train_batch_end = timed_hook
+        trainer = pl.Trainer(
+            accelerator="gpu" if device == "cuda" else "cpu",
+            devices=1,
+            max_epochs=epochs,
+            callbacks=[start, monitor, end],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+        trainer.fit(Classifier(SmallCNN(num_classes=10, **cfg)), train, val)
+        epoch_s = [e - s for s, e in zip(start.starts, end.ends)]
+        per_check_ms += [1000.0 * c for c in checks]
+        hook_pct.append(100.0 * in_hook[0] / sum(epoch_s))
+        step_ms.append(1000.0 * min(epoch_s[1:]) / len(train))
+        print(f"budget repeat {r}: {len(checks)} checks, hook {hook_pct[-1]:.4f}% of the epochs", flush=True)
+    check_ms = statistics.median(per_check_ms)
+    step = statistics.median(step_ms)
+    return {
+        "check_every_n_steps": every,
+        "checks": len(per_check_ms),
+        "check_ms_median": check_ms,
+        "check_ms_max": max(per_check_ms),
+        "step_ms_median": step,
+        "check_share_pct": 100.0 * check_ms / (every * step),
+        "batch_end_hook_pct_median": statistics.median(hook_pct),
+        "repeats": repeats,
+        "epochs_per_fit": epochs,
+        "measured_by": {"backend": "codecarbon", "mode": "machine", "device": device},
+    }
+
+
 def prediction(device: str, workload: str, runs: int, epochs: int = 10) -> dict:
     rows = []
     measured: dict | None = None
@@ -328,16 +398,13 @@ def main() -> None:
     parser.add_argument("--prediction-runs", type=int, default=3)
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument("--render", type=Path, help="only re-render the markdown of a results JSON")
+    parser.add_argument(
+        "--budget-only", action="store_true", help="only the budget-check row, added to the existing results"
+    )
+    parser.add_argument("--check-every-n-steps", type=int, default=50)
     args = parser.parse_args()
     if args.render:
-        result = json.loads(args.render.read_text())
-        for k in (1, 3):  # summaries written before the median was added
-            runs = result["prediction"]["runs"]
-            for who in ("ours", "ct"):
-                key = f"{who}_{k}_median_ae_pct"
-                result["prediction"]["summary"].setdefault(
-                    key, statistics.median(abs(r[f"{who}_{k}_err_pct"]) for r in runs)
-                )
+        result = _with_medians(json.loads(args.render.read_text()))
         args.render.with_suffix(".md").write_text(render(result) + result.get("caveat", ""))
         return
     torch.set_num_threads(1)
@@ -349,6 +416,18 @@ def main() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     workload = "synthetic" if args.device == "cuda" else "digits"
     hardware = torch.cuda.get_device_name(0) if args.device == "cuda" else "2-core CPU, 1 thread (shared)"
+    tag = "gpu" if args.device == "cuda" else "cpu"
+    if args.budget_only:
+        path = args.out_dir / f"energy_overhead_{tag}.json"
+        result = _with_medians(json.loads(path.read_text()))
+        result["budget_check"] = budget_check(
+            args.device, workload, args.check_every_n_steps, args.epochs, args.repeats
+        )
+        result["budget_check"]["hardware"] = hardware
+        path.write_text(json.dumps(result, indent=2, default=str))
+        path.with_suffix(".md").write_text(render(result) + result.get("caveat", ""))
+        print(render(result))
+        return
     result: dict = {"device": args.device, "hardware": hardware, "workload": workload}
     result["python"], result["torch"] = platform.python_version(), torch.__version__
     # Prediction first: its first fit pays the tracker's one-off start-up, as a user's single fit does.
@@ -363,13 +442,24 @@ def main() -> None:
         result["nvml_read_ms"] = (time.perf_counter() - t0) * 10.0
         backend.stop()
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    tag = "gpu" if args.device == "cuda" else "cpu"
     if args.device == "cpu":
         result["reuse_vs_retrain"] = reuse_vs_retrain(args.out_dir / "energy_reuse_vs_retrain.png")
     md = render(result)
     (args.out_dir / f"energy_overhead_{tag}.json").write_text(json.dumps(result, indent=2, default=str))
     (args.out_dir / f"energy_overhead_{tag}.md").write_text(md)
     print(md)
+
+
+def _with_medians(result: dict) -> dict:
+    """Summaries written before the median was added get it from their runs."""
+    for k in (1, 3):
+        runs = result["prediction"]["runs"]
+        for who in ("ours", "ct"):
+            key = f"{who}_{k}_median_ae_pct"
+            result["prediction"]["summary"].setdefault(
+                key, statistics.median(abs(r[f"{who}_{k}_err_pct"]) for r in runs)
+            )
+    return result
 
 
 def _inferred(device: str, tracking_mode: str) -> dict:
@@ -382,7 +472,11 @@ def _inferred(device: str, tracking_mode: str) -> dict:
 def render(result: dict) -> str:
     result["overhead"].setdefault("measured_by", _inferred(result["device"], "machine"))
     result["prediction"].setdefault("measured_by", _inferred(result["device"], "process"))
-    lines = _render_overhead(result) + _render_prediction(result["prediction"])
+    lines = (
+        _render_overhead(result)
+        + _render_budget(result.get("budget_check"))
+        + _render_prediction(result["prediction"])
+    )
     if "reuse_vs_retrain" in result:
         lines += ["", "### Reuse vs retrain (digits, measured)", "", result["reuse_vs_retrain"]["table"]]
         lines += ["", "![reuse vs retrain](energy_reuse_vs_retrain.png)"]
@@ -418,6 +512,22 @@ def _render_overhead(result: dict) -> list[str]:
     if "nvml_read_ms" in result:
         lines.append(f"NVML energy-counter read: {result['nvml_read_ms']:.3f} ms.")
     return lines
+
+
+def _render_budget(b: dict | None) -> list[str]:
+    if b is None:
+        return []
+    return [
+        "",
+        f"Budget check (`budget_wh` set, never reached; {describe(b.get('measured_by'))}; "
+        f"`check_every_n_steps={b['check_every_n_steps']}`; {b['repeats']} fits of {b['epochs_per_fit']} epochs, "
+        f"{b['checks']} checks; {b.get('hardware', '')}):",
+        "",
+        "| ms per check (median / max) | ms / step | check cost per step | time in `on_train_batch_end` |",
+        "|---:|---:|---:|---:|",
+        f"| {b['check_ms_median']:.3f} / {b['check_ms_max']:.3f} | {b['step_ms_median']:.3f} | "
+        f"{b['check_share_pct']:.4f}% | {b['batch_end_hook_pct_median']:.4f}% |",
+    ]
 
 
 def _render_prediction(p: dict) -> list[str]:
