@@ -91,6 +91,11 @@ class FTP(Optimizer):
     - ``"auto"``: fused where its kernels apply; otherwise single when parameters with gradients span
       several devices, flat on CUDA, foreach elsewhere.
 
+    Sharded parameters (FSDP2 ``fully_shard``, DTensor ``Shard(0)``; build FTP after sharding): ``"auto"``,
+    ``"foreach"`` and ``"single"`` run the foreach maths on the local shards with one all-reduce per step
+    (see :mod:`lightning_reuse.optim._ftp_sharded`); ``"flat"``/``"fused"``, other placements, FSDP1 flat
+    parameters and DeepSpeed partitions are refused with a ``ValueError`` naming FSDP2 as the way.
+
     Args:
         base_optimizer: any constructed torch optimizer (SGD, Adam, AdamW, ...), used as is.
         k: gradient annealing factor in ``[0, 1]`` (default of ``ftp_k``): positive hyper-gradients (those
@@ -108,8 +113,8 @@ class FTP(Optimizer):
 
     Raises:
         TypeError: ``base_optimizer`` is not an optimizer.
-        ValueError: a hyper-parameter is out of range (in any group), ``implementation`` is unknown, or a
-            name rule cannot be resolved.
+        ValueError: a hyper-parameter is out of range (in any group), ``implementation`` is unknown, a
+            name rule cannot be resolved, or a parameter is sharded in a way FTP does not take (see above).
     """
 
     def __init__(
