@@ -184,6 +184,9 @@ class NTKScreening(Callback):
         progress_bar: Show a progress bar (only when the trainer shows one).
         max_exact_entries: Largest exact feature matrix kept by ``sketch="auto"``.
         max_exact: Exact spectrum up to this size (Gram matrix of the features), else randomized top-k.
+        baselines: Also report the field's cheap baselines beside the NTK score, from the same pass
+            (``scores.baselines``, logged as ``ntk/baseline/<name>``): the zero-step accuracy (through the screening's head), a
+            cross-fitted linear probe and LogME on the source logits.
         config: Every screening option at once, instead of the keywords above.
     """
 
@@ -207,6 +210,7 @@ class NTKScreening(Callback):
         progress_bar: bool = True,
         max_exact_entries: int = ScreeningConfig.max_exact_entries,
         max_exact: int = ScreeningConfig.max_exact,
+        baselines: bool = ScreeningConfig.baselines,
         config: ScreeningConfig | None = None,
     ) -> None:
         options = {k: v for k, v in locals().items() if k in _OPTION_DEFAULTS and v != _OPTION_DEFAULTS[k]}
@@ -324,6 +328,11 @@ class NTKScreening(Callback):
                         table, "index", "eigenvalue / lam_bar", title=f"NTK top-{len(s.eigenvalues)} spectrum"
                     )
                 }
+                if s.baselines:
+                    payload["ntk/baselines"] = wandb.Table(
+                        data=[["ntk_score", s.ntk_score], *([k, v] for k, v in s.baselines.items())],
+                        columns=["score", "value"],
+                    )
                 if self.plot_path is not None:
                     payload["ntk/spectrum_png"] = wandb.Image(str(self.plot_path))
                 logger.experiment.log(payload)

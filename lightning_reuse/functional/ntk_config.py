@@ -113,6 +113,9 @@ class ScreeningConfig:
         tau: Training time of ``E(tau)``, in units of ``1 / lam_bar``.
         seed: Seed of the subset, the sketch, the permutations and the randomized eigensolver.
         thresholds: Decision thresholds (default :class:`ScreeningThresholds`).
+        baselines: Also report the field's cheap baselines on the screened samples, from the same forward
+            pass (:attr:`ScreeningScores.baselines`): the zero-step accuracy (through the screening's head), a cross-fitted linear
+            probe and LogME on the source logits.
 
     Raises:
         ValueError: An option out of range; the message names the field, the value and a fix.
@@ -132,6 +135,7 @@ class ScreeningConfig:
     tau: float = 100.0
     seed: int = 0
     thresholds: ScreeningThresholds = field(default_factory=ScreeningThresholds)
+    baselines: bool = True
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
@@ -158,10 +162,11 @@ class ScreeningConfig:
         self._check_types()
 
     def _check_types(self) -> None:
-        if not isinstance(self.pseudo, bool):
-            raise ValueError(
-                f"`pseudo` must be a bool, got {self.pseudo!r}. HINT: pass pseudo=True or False."
-            )
+        for name in ("pseudo", "baselines"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"`{name}` must be a bool, got {getattr(self, name)!r}. HINT: pass {name}=True or False."
+                )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"`seed` must be an int, got {self.seed!r}. HINT: pass seed=0 (the default).")
         if not isinstance(self.thresholds, ScreeningThresholds):

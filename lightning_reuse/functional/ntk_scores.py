@@ -56,6 +56,8 @@ from lightning_reuse.functional.ntk_config import (
     degenerate_reasons,
     resolve_config,
 )
+from lightning_reuse.functional.probe import linear_probe_accuracy
+from lightning_reuse.functional.transferability import logme
 from lightning_reuse.nn.label_mapping import count_matrix, greedy_one_to_one
 
 __all__ = [
@@ -97,11 +99,13 @@ class ScreeningScores:
     decision: str = "PASS"
     reasons: list[str] = field(default_factory=list)
     degenerate: bool = False
+    baselines: dict[str, float] = field(default_factory=dict)
 
     def metrics(self, prefix: str = "ntk/") -> dict[str, float]:
         """Scalar metrics for a logger (decision as 0 = PASS, 1 = WARN, 2 = FAIL)."""
         out = {k: float(v) for k, v in asdict(self).items() if isinstance(v, (int, float)) and v is not None}
         out["decision"] = float(("PASS", "WARN", "FAIL").index(self.decision))
+        out.update({f"baseline/{k}": float(v) for k, v in self.baselines.items()})
         return {prefix + k: v for k, v in out.items()}
 
     def as_dict(self) -> dict[str, Any]:
@@ -464,4 +468,28 @@ def screen_reprogramming(
         pseudo=cfg.pseudo,
         progress=progress,
     )
-    return screening_scores(jac.phi, jac.logits, ys, source_logits=src_logits, features=True, config=cfg)
+    scores = screening_scores(jac.phi, jac.logits, ys, source_logits=src_logits, features=True, config=cfg)
+    if cfg.baselines:
+        scores.baselines = screening_baselines(src_logits, jac.logits, ys, num_classes, cfg.seed)
+    return scores
+
+
+def screening_baselines(
+    source_logits: Tensor, mapped_logits: Tensor, labels: Tensor, num_classes: int, seed: int = 0
+) -> dict[str, float]:
+    """The field's cheap baselines on the screened samples, from what the screening pass already computed.
+
+    - ``zero_step_accuracy``: accuracy at the current prompt, zero training steps, through the screening's
+      head: the frequency label mapping fitted on these same samples (``label_mapping="flm"``, so in-sample,
+      an optimistic baseline) or the model's own mapping (``"model"``);
+    - ``linear_probe``: cross-fitted ridge probe on the source logits
+      (:func:`~lightning_reuse.functional.probe.linear_probe_accuracy`, 5 folds);
+    - ``logme``: LogME of the source logits (:func:`~lightning_reuse.functional.transferability.logme`).
+    """
+    y = labels.long()
+    feats = source_logits.detach().double()
+    return {
+        "zero_step_accuracy": float((mapped_logits.detach().argmax(-1) == y).double().mean()),
+        "linear_probe": float(linear_probe_accuracy(feats, y, num_classes=num_classes, seed=seed)),
+        "logme": float(logme(feats, y, num_classes=num_classes)),
+    }

@@ -412,3 +412,45 @@ def test_token_sequences_are_refused_naming_what_is_supported(tmp_path: Path) ->
     # without the screening, the prompt itself refuses token ids instead of adding a prompt to them
     with pytest.raises(TypeError, match=r"PaddingPrompt expects float target images.*token ids.*HINT:"):
         Reprog().model(tokens[:2])
+
+
+def test_baselines_are_reported_beside_the_ntk_score_from_the_same_samples(tmp_path: Path) -> None:
+    """The zero-step accuracy of the frequency label mapping, the probe and LogME on the screened samples'
+    source logits, recomputed here from an independent forward pass, equal what the screening reports; the
+    callback logs exactly those."""
+    from lightning_reuse.functional import (
+        linear_probe_accuracy,
+        logme,
+        screen_reprogramming,
+        stratified_subset,
+    )
+    from lightning_reuse.nn import count_matrix, greedy_one_to_one
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(60, 1, 6, 6, generator=g), torch.arange(60) % 3
+    model = Reprog().model.eval()
+    scores = screen_reprogramming(model, x, y, num_samples=45, top_k=8, thresholds=PASS_ALL)
+    idx = stratified_subset(y, 45, 0)
+    with torch.no_grad():
+        src = model.source(model.transform(x[idx])).double()
+    flm = greedy_one_to_one(count_matrix(src.argmax(-1), y[idx], src.shape[1], 3))  # fitted on these samples
+    got = scores.baselines
+    assert set(got) == {"zero_step_accuracy", "linear_probe", "logme"}
+    assert got["zero_step_accuracy"] == pytest.approx(
+        float((src[:, flm].argmax(-1) == y[idx]).double().mean())
+    )
+    assert got["linear_probe"] == pytest.approx(float(linear_probe_accuracy(src, y[idx], num_classes=3)))
+    assert got["logme"] == pytest.approx(float(logme(src, y[idx], num_classes=3)), rel=1e-6)
+
+    screening = NTKScreening(num_samples=45, thresholds=PASS_ALL, top_k=8, plot=False, progress_bar=False)
+    t = trainer(tmp_path, [screening], logger=CSVLogger(tmp_path), max_steps=1)
+    t.fit(Reprog(), loader())
+    rows = list(csv.DictReader(open(Path(t.logger.log_dir) / "metrics.csv")))
+    logged = {k: float(v) for r in rows for k, v in r.items() if k.startswith("ntk/baseline/") and v != ""}
+    assert set(screening.scores.baselines) == set(got)
+    assert logged == pytest.approx({f"ntk/baseline/{k}": v for k, v in screening.scores.baselines.items()})
+    off = NTKScreening(
+        num_samples=45, thresholds=PASS_ALL, top_k=8, plot=False, progress_bar=False, baselines=False
+    )
+    trainer(tmp_path / "off", [off], max_steps=1).fit(Reprog(), loader())
+    assert off.scores.baselines == {}
