@@ -35,6 +35,7 @@ _FIELDS = {
     "country": "country_iso_code",
     "quick": "quick",
     "seed": "seed",
+    "budget_wh": "budget_wh",
 }
 _EXPLICIT_OVER_QUICK = ("max_epochs", "train_limit")  # a value given explicitly wins over --quick's reduction
 
@@ -64,6 +65,11 @@ def _demo_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wandb", action="store_true", help="do not write the offline W&B run")
     p.add_argument("--quick", action="store_true", help="reduced configuration (seconds; for smoke tests)")
     p.add_argument("--seed", type=int, help=f"seed (default {d.seed})")
+    p.add_argument(
+        "--budget-wh",
+        type=float,
+        help="energy budget of each strategy's fit in Wh: EnergyMonitor stops a fit predicted or measured over it",
+    )
     p.add_argument(
         "--resume",
         metavar="RUN_DIR",

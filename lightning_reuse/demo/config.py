@@ -28,6 +28,8 @@ class DemoConfig:
         calibration_epochs: Epoch budget of each ledger calibration run.
         source_epochs: Pre-training epochs of the source.
         ntk_samples: Samples screened by the NTK pre-check.
+        budget_wh: Energy budget of each strategy's fit in Wh (``None``: no budget). A fit whose predicted
+            total (the interval's lower bound) or measured total passes it is stopped by ``EnergyMonitor``.
         quick: A reduced configuration (tiny source, 2 epochs) for tests.
         progress: Print progress lines and the summary table.
     """
@@ -47,6 +49,7 @@ class DemoConfig:
     calibration_epochs: int = 20
     source_epochs: int = 30
     ntk_samples: int = 256
+    budget_wh: float | None = None
     quick: bool = False
     progress: bool = True
 

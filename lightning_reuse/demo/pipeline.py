@@ -245,7 +245,7 @@ def _strategy_stage(
     """Fit one strategy; its result (also a failed one) replaces any earlier one in the summary."""
     say(f"  - {strategy.name}: {strategy.description}")
     try:
-        result = run_strategy(strategy, source, config, state.run_dir, config.target_acc)
+        result = run_strategy(strategy, source, config, state.run_dir, config.target_acc, budget=True)
     except Exception as err:
         _put_result(state, StrategyResult.failed(strategy, err))
         raise

@@ -164,6 +164,17 @@ def _intro_lines(summary: dict[str, Any]) -> list[str]:
     return [*lines, f"## Recommendation: **{rec['strategy']}**", "", *[f"- {r}" for r in rec["reasons"]], ""]
 
 
+def budget_line(summary: dict[str, Any]) -> str:
+    """The energy budget row: the budget per fit and which fits it stopped (or that none was set)."""
+    budget = summary.get("config", {}).get("budget_wh")
+    if budget is None:
+        return "Energy budget per fit: none set (`--budget-wh` sets one)."
+    stopped = [
+        f"{r['name']} ({r['budget_stopped']})" for r in summary["strategies"] if r.get("budget_stopped")
+    ]
+    return f"Energy budget per fit: {budget:.4g} Wh; stopped by it: " + ("; ".join(stopped) or "none") + "."
+
+
 def report_lines(summary: dict[str, Any], plots: dict[str, Path]) -> list[str]:
     """The lines of ``report.md``: recommendation, pre-checks, the strategies' table, the plots, the run status."""
     lines = _intro_lines(summary)
@@ -181,6 +192,8 @@ def report_lines(summary: dict[str, Any], plots: dict[str, Path]) -> list[str]:
             "",
             f"Target accuracy for 'epochs to target': {summary['target_acc']}. Energy measurement: "
             + "; ".join(sorted({r["energy_method"] for r in summary["strategies"]})),
+            "",
+            budget_line(summary),
             "",
         ]
     if plots:

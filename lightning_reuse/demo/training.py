@@ -41,6 +41,7 @@ class StrategyResult:
     val_acc_per_epoch: list[float] = field(default_factory=list)
     energy_wh_per_epoch: list[float] = field(default_factory=list)
     error: str | None = None
+    budget_stopped: str | None = None  # the budget decision that stopped the fit, if one did
 
     @classmethod
     def failed(cls, strategy: Strategy, err: Exception) -> StrategyResult:
@@ -109,8 +110,13 @@ class EpochRecorder(Callback):
             print(("\r" if self._tty else "") + self._line(trainer), flush=True)
 
 
-def energy_monitor(config: DemoConfig) -> EnergyMonitor:
-    """The EnergyMonitor every measured piece of the demo uses (codecarbon offline, the configured country)."""
+def energy_monitor(config: DemoConfig, budget: bool = False) -> EnergyMonitor:
+    """The EnergyMonitor every measured piece of the demo uses (codecarbon offline, the configured country);
+    with ``budget``, the configured energy budget stops the fit (the strategies' fits, not the calibration's)."""
+    if budget and config.budget_wh is not None:
+        return EnergyMonitor(
+            country_iso_code=config.country_iso_code, budget_wh=config.budget_wh, budget_action="stop"
+        )
     return EnergyMonitor(country_iso_code=config.country_iso_code)
 
 
@@ -141,6 +147,7 @@ def run_strategy(
     max_epochs: int | None = None,
     label: str | None = None,
     stop_at_target: bool = False,
+    budget: bool = False,
 ) -> StrategyResult:
     """Fit one strategy on the new data with the energy monitor on; test it; return what was measured.
 
@@ -155,13 +162,14 @@ def run_strategy(
         max_epochs: Epochs instead of ``config.max_epochs``.
         label: Name in progress lines and logs (default: the strategy's name).
         stop_at_target: Stop the fit at the first epoch that reaches ``target_acc``.
+        budget: Apply ``config.budget_wh`` to this fit (the strategies' fits; not calibration runs).
     """
     torch.manual_seed(config.seed)
     dm = new_data(config, level=level)
     module = strategy.build(source, dm.num_classes)
     label = label or strategy.name
     recorder = EpochRecorder(label, config.progress, stop_at=target_acc if stop_at_target else None)
-    monitor = energy_monitor(config)
+    monitor = energy_monitor(config, budget=budget)
     trainer = _trainer(
         run_dir, label, [recorder, *(extra_callbacks or []), monitor], max_epochs or config.max_epochs
     )
@@ -202,6 +210,12 @@ def _add_energy(result: StrategyResult, monitor: EnergyMonitor) -> None:
     """Fill the energy and CO2 of ``result`` from the fit's monitor: in total, per epoch, and up to the target."""
     total = monitor.total
     result.energy_wh, result.co2_g = float(total.energy_wh), float(total.co2_g)
+    stop = monitor.accounting.budget.stopped
+    if stop is not None:
+        result.budget_stopped = (
+            f"{stop.basis} {stop.quantity} {stop.measured if stop.basis == 'measured' else stop.predicted_low:.4g}"
+            f" > budget {stop.budget:.4g} after {stop.epoch} epoch(s)"
+        )
     result.energy_method = ", ".join(f"{k}: {v}" for k, v in sorted(total.method.items()))
     result.energy_wh_per_epoch = [float(r.energy_wh) for r in monitor.epochs]
     k = result.epochs_to_target

@@ -135,3 +135,30 @@ def test_ntk_stage_reports_the_screening_of_all_training_samples(tmp_path: Path)
     assert ntk["eigenvalues"] == direct.eigenvalues and ntk["ntk_score"] == direct.ntk_score
     assert ntk["decision"] == direct.decision and ntk["n"] == config.ntk_samples
     assert Path(ntk["plot"]) == tmp_path / "ntk_spectrum.png" and Path(ntk["plot"]).stat().st_size > 1000
+
+
+def test_budget_row_names_the_budget_and_the_fits_it_stopped() -> None:
+    from lightning_reuse.cli import demo_config
+    from lightning_reuse.demo.report import budget_line
+
+    assert demo_config({"budget_wh": 0.5}).budget_wh == 0.5
+    strategies = [{"name": "full fine-tuning", "budget_stopped": "predicted energy_wh 0.9 > budget 0.5 after 1 epoch(s)"},
+                  {"name": "linear probe", "budget_stopped": None}]  # fmt: skip
+    line = budget_line({"config": {"budget_wh": 0.5}, "strategies": strategies})
+    assert line == (
+        "Energy budget per fit: 0.5 Wh; stopped by it: full fine-tuning "
+        "(predicted energy_wh 0.9 > budget 0.5 after 1 epoch(s))."
+    )
+    assert "stopped by it: none" in budget_line({"config": {"budget_wh": 0.5}, "strategies": strategies[1:]})
+    assert "none set" in budget_line({"config": {"budget_wh": None}, "strategies": strategies})
+
+
+def test_demo_with_a_budget_applies_it_to_the_strategies_and_reports_it(tmp_path: Path) -> None:
+    out = tmp_path / "reports"
+    args = ["demo", "--quick", "--out", str(out), "--seed", "1", "--no-wandb", "--budget-wh", "1e6"]
+    args += ["--strategies", "linear probe"]
+    assert main(args) == 0
+    (run_dir,) = list(out.glob("run-*"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["config"]["budget_wh"] == 1e6 and summary["strategies"][0]["budget_stopped"] is None
+    assert "Energy budget per fit: 1e+06 Wh; stopped by it: none." in (run_dir / "report.md").read_text()
