@@ -325,7 +325,7 @@ def budget_check(device: str, workload: str, every: int, epochs: int, repeats: i
         "batch_end_hook_pct_median": statistics.median(hook_pct),
         "repeats": repeats,
         "epochs_per_fit": epochs,
-        "measured_by": {"backend": "codecarbon", "mode": "machine", "device": device},
+        "measured_by": measured_by(monitor, device),  # what ran, read from the last fit's monitor
     }
 
 
