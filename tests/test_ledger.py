@@ -289,34 +289,6 @@ def test_a_locked_ledger_names_the_lock_and_the_fix(tmp_path: Path) -> None:
     assert ledger.add_run(0.1, epochs_to_target=1) == 1
 
 
-@pytest.fixture
-def read_only_file():
-    """Make a file read-only for real: a file mode for ordinary users; root ignores modes, so `chattr +i`."""
-    import os
-    import shutil
-    import subprocess
-
-    made: list[Path] = []
-
-    def make(path: Path) -> None:
-        if os.geteuid() != 0:
-            path.chmod(0o444)
-        elif (
-            not shutil.which("chattr")
-            or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode
-        ):
-            pytest.skip(
-                "running as root on a filesystem without `chattr +i`: no way to make a file read-only"
-            )
-        made.append(path)
-
-    yield make
-    for path in made:
-        if os.geteuid() == 0:
-            subprocess.run(["chattr", "-i", str(path)], check=False)
-        path.chmod(0o644)
-
-
 def test_a_read_only_ledger_keeps_runs_pending_and_adds_them_later(tmp_path: Path, read_only_file) -> None:
     from lightning_reuse.energy.ledger import LedgerError, LedgerWarning
 
@@ -331,10 +303,7 @@ def test_a_read_only_ledger_keeps_runs_pending_and_adds_them_later(tmp_path: Pat
     with pytest.warns(LedgerWarning, match=r"kept in .*l\.sqlite\.pending\.jsonl"):
         assert ledger.add_run(0.3, epochs_to_target=3, key="k", on_error="keep") is None
     assert [r["score"] for r in ledger.pending()] == [0.3] and len(ledger) == 1
-    import subprocess
-
-    subprocess.run(["chattr", "-i", str(path)], check=False)
-    path.chmod(0o644)
+    read_only_file.undo(path)
     ledger.add_run(0.4, epochs_to_target=4)
     assert [(r.score, r.key) for r in ledger.runs()] == [(0.1, None), (0.3, "k"), (0.4, None)]
     assert ledger.pending() == [] and not ledger.pending_path.exists()

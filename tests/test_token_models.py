@@ -160,17 +160,22 @@ def test_rising_token_shift_gives_rising_scores_with_the_default_pooling(tmp_pat
         assert s == sorted(s) and s[0] < s[-1] / 3, s
 
 
-def test_one_fit_with_dict_batches_resque_check_energy_monitor_and_ftp(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    seqs, y = tm.sentences(n=256, seed=7)
-    module = TokenModule(copy.deepcopy(text_encoder()))
-    check = RESQUECheck(
+def text_resque_check(seqs: list[torch.Tensor], y: torch.Tensor, layer: str) -> RESQUECheck:
+    """RESQUE of 20% substituted tokens against the clean sentences, at ``layer``, on dict batches."""
+    return RESQUECheck(
         tm.text_loader(tm.substitute_tokens(seqs, 0.2), y),
-        layer="net.norm",
+        layer=layer,
         original_dataloader=tm.text_loader(seqs, y),
         num_classes=4,
         progress_bar=False,
     )
+
+
+def test_one_fit_with_dict_batches_resque_check_energy_monitor_and_ftp(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    seqs, y = tm.sentences(n=256, seed=7)
+    module = TokenModule(copy.deepcopy(text_encoder()))
+    check = text_resque_check(seqs, y, layer="net.norm")
     monitor = EnergyMonitor(backend="simulated")
     trainer = trainer_for(tmp_path, [monitor, check], limit_train_batches=4)
     trainer.fit(module, tm.text_loader(seqs, y))
@@ -193,13 +198,7 @@ def test_additive_fine_tuning_on_dict_batches_with_resque_check_and_energy_monit
     inputs = {k: v for k, v in example.items() if k != "labels"}
     model = AdditiveModel.from_base(base, inputs, width=8, layer="head")  # the side reads the base's logits
     module = AdditiveFineTuning(model.base, model.side, layer="head", lr=1e-2)
-    check = RESQUECheck(
-        tm.text_loader(tm.substitute_tokens(seqs, 0.2), y),
-        layer="model.base.norm",
-        original_dataloader=tm.text_loader(seqs, y),
-        num_classes=4,
-        progress_bar=False,
-    )
+    check = text_resque_check(seqs, y, layer="model.base.norm")
     monitor = EnergyMonitor(backend="simulated")
     trainer = trainer_for(tmp_path, [monitor, check], limit_train_batches=4)
     trainer.fit(module, tm.text_loader(seqs, y))

@@ -464,34 +464,6 @@ def test_dist_across_unrelated_datasets_warns_and_a_mild_shift_does_not(tmp_path
             assert run(apply_shift(x, "noise", level, seed=1), y) > 0
 
 
-@pytest.fixture
-def read_only_file():
-    """Make a file read-only for real (as tests/test_ledger.py does): a file mode, or `chattr +i` as root."""
-    import os
-    import shutil
-    import subprocess
-
-    made: list[Path] = []
-
-    def make(path: Path) -> None:
-        if os.geteuid() != 0:
-            path.chmod(0o444)
-        elif (
-            not shutil.which("chattr")
-            or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode
-        ):
-            pytest.skip(
-                "running as root on a filesystem without `chattr +i`: no way to make a file read-only"
-            )
-        made.append(path)
-
-    yield make
-    for path in made:
-        if os.geteuid() == 0:
-            subprocess.run(["chattr", "-i", str(path)], check=False)
-        path.chmod(0o644)
-
-
 def test_a_read_only_ledger_never_fails_a_finished_fit(tmp_path: Path, read_only_file: Any) -> None:
     from lightning_reuse.energy.ledger import LedgerWarning
 
