@@ -1,0 +1,595 @@
+"""A leave-one-out zoo benchmark for the pre-checks: does a score rank retraining cost before any is spent?
+
+Protocol (issue 15, items 3-4 at CPU scale; see ``docs/transferability.md``, section Evidence):
+
+- Sources: SmallCNNs of several widths and depths pre-trained here on all ten digits, on class subsets and
+  on relabelings (families ``digits10``, ``subset``, ``relabel``; cached like ``samples.zoo``), random-weight
+  controls (family ``random``) and, in the CPU configuration, the ImageNet-pretrained EfficientNet-Lite0
+  (family ``imagenet``; digits upsampled to 32 px, three channels). Sources only ever saw the first 60% of
+  the digits (split seed 0).
+- Targets, on the other 40% (halved into a training and a test part): eight or more input shifts written
+  here (noise, rotation at a random angle per image, elastic, contrast, pixelation, quantisation, occlusion,
+  inversion), task shifts (relabelings, a class subset) and one unpaired shift, whose RESQUE_dist compares
+  with clean samples of the source's own split instead of a clean twin of the same samples.
+- Ground truth per (source, target): full fine-tuning and a linear probe on frozen features (new head,
+  Adam, a fixed epoch budget): test accuracy at the budget and epochs until the test accuracy reaches 90% of
+  the best source's final accuracy on that target; a miss is censored (ranked below every hit, misses tied).
+- Scores (higher = predicted cheaper / better): -RESQUE_dist (input shifts), -RESQUE_task, ``resque`` (dist
+  on input shifts, task on task shifts: the mode a user would pick), LogME, LEEP, NCE, H-score, k-NN
+  accuracy, the cross-fitted linear probe, the source's own accuracy on the new test data (label mapping
+  fitted on the target's training part), and the data-free ranking by parameter count. ``fitted_*``: a ridge
+  fit of the fine-tuning epochs from [-resque, source accuracy, log size], fitted leaving one shift type out
+  (``loso``) and, separately, one source family out (``lofo``).
+- Evaluation: weighted Kendall tau (``scipy.stats.weightedtau``) and Spearman, ``across_models`` (per target
+  over sources, then averaged: the field's protocol) and ``across_shifts`` (per source over targets, then
+  averaged); 95% percentile bootstrap intervals resample the configurations averaged over (targets,
+  respectively sources), never single runs; gaps between two scores use the same resamples.
+
+Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/transferability.py            # CPU configuration (<= 30 min)
+    OMP_NUM_THREADS=1 python benchmarks/transferability.py --quick    # seconds, for the test
+
+Writes ``benchmarks/results/transferability{,_quick}.json`` and ``.md`` (``--out`` to change the stem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import stats
+from torch import Tensor, nn
+
+from lightning_reuse.functional import (
+    h_score,
+    knn_accuracy,
+    leep,
+    linear_probe_accuracy,
+    logme,
+    nce,
+    resque_dist,
+    resque_task,
+)
+from lightning_reuse.samples import SmallCNN, load_digits_tensors, pretrained_small_cnn, split_indices
+from lightning_reuse.samples.models import train_classifier
+from lightning_reuse.samples.zoo import default_cache_dir
+
+MACHINE = "2-core CPU, 1 thread"
+RESULTS = Path(__file__).parent / "results"
+SCORES = (
+    "resque", "resque_dist", "resque_task", "logme", "leep", "nce", "h_score", "knn_accuracy",
+    "linear_probe", "source_accuracy", "size",
+)  # fmt: skip
+TRUTHS = ("finetune_acc", "finetune_epochs", "probe_acc", "probe_epochs")
+
+
+@dataclass
+class Config:
+    """One benchmark configuration (``quick`` for the test, ``cpu`` for the committed run)."""
+
+    name: str
+    sources: list[dict[str, Any]]
+    targets: list[dict[str, Any]]
+    epochs: int = 15
+    source_epochs: int = 30
+    lr_finetune: float = 3e-3
+    lr_probe: float = 1e-2
+    batch_size: int = 32
+    boot: int = 2000
+    seed: int = 0
+    cache: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _cnn(family: str, width: int, depth: int, **kw: Any) -> dict[str, Any]:
+    task = kw.get("classes") or kw.get("relabel") or "all"
+    return {
+        "name": f"{family}_{task}_w{width}d{depth}",
+        "family": family,
+        "width": width,
+        "depth": depth,
+        **kw,
+    }
+
+
+def cpu_config() -> Config:
+    """>= 8 sources in 5 families, 13 targets (8 input shifts, 3 task shifts, 1 unpaired, 1 blur)."""
+    sources = [
+        _cnn("digits10", 8, 2), _cnn("digits10", 16, 2), _cnn("digits10", 32, 2), _cnn("digits10", 32, 3),
+        _cnn("subset", 16, 2, classes=[0, 1, 2, 3, 4]), _cnn("subset", 32, 2, classes=[5, 6, 7, 8, 9]),
+        _cnn("relabel", 16, 2, relabel="parity"), _cnn("relabel", 32, 2, relabel="mod3"),
+        _cnn("random", 16, 2), _cnn("random", 32, 3),
+        {"name": "efficientnet_lite0", "family": "imagenet"},
+    ]  # fmt: skip
+    kinds = (
+        "noise",
+        "rotation",
+        "elastic",
+        "contrast",
+        "pixelation",
+        "quantisation",
+        "occlusion",
+        "inversion",
+    )
+    targets = [{"name": k, "type": k, "shift": k} for k in kinds]
+    targets += [
+        {"name": "relabel_parity", "type": "relabel", "task": "parity"},
+        {"name": "relabel_mod3", "type": "relabel", "task": "mod3"},
+        {"name": "subset_5to9", "type": "subset", "task": "subset"},
+        {"name": "unpaired_rotation_noise", "type": "unpaired", "shift": "rotation_noise", "unpaired": True},
+    ]
+    return Config("cpu", sources, targets)
+
+
+def quick_config() -> Config:
+    """3 sources, 4 targets, 3 epochs: the end-to-end test (seconds)."""
+    sources = [_cnn("digits10", 8, 2), _cnn("subset", 8, 2, classes=[0, 1, 2, 3, 4]), _cnn("random", 8, 2)]
+    targets = [
+        {"name": "noise", "type": "noise", "shift": "noise"},
+        {"name": "occlusion", "type": "occlusion", "shift": "occlusion"},
+        {"name": "relabel_parity", "type": "relabel", "task": "parity"},
+        {"name": "unpaired_rotation_noise", "type": "unpaired", "shift": "rotation_noise", "unpaired": True},
+    ]
+    return Config("quick", sources, targets, epochs=3, source_epochs=3, boot=200, cache=False)
+
+
+# ----------------------------------------------------------------------------------------------------- shifts
+def _warp(x: Tensor, theta: Tensor) -> Tensor:
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+
+
+def _rotate(x: Tensor, g: torch.Generator, max_deg: float = 45.0) -> Tensor:
+    a = (torch.rand(len(x), generator=g) * 2 - 1) * max_deg * math.pi / 180
+    c, s, z = torch.cos(a), torch.sin(a), torch.zeros_like(a)
+    return _warp(x, torch.stack([torch.stack([c, -s, z], 1), torch.stack([s, c, z], 1)], 1))
+
+
+def _elastic(x: Tensor, g: torch.Generator, alpha: float = 0.35) -> Tensor:
+    n, _, h, w = x.shape
+    disp = F.avg_pool2d(torch.randn(n, 2, h, w, generator=g), 3, stride=1, padding=1) * alpha * 3
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    grid = torch.stack([xs, ys], -1).expand(n, h, w, 2) + disp.permute(0, 2, 3, 1)
+    return F.grid_sample(x, grid, align_corners=True, padding_mode="zeros")
+
+
+def _occlude(x: Tensor, g: torch.Generator, size: int = 4) -> Tensor:
+    out = x.clone()
+    rows = torch.randint(0, x.shape[-2] - size + 1, (len(x),), generator=g)
+    cols = torch.randint(0, x.shape[-1] - size + 1, (len(x),), generator=g)
+    for i, (r, c) in enumerate(zip(rows.tolist(), cols.tolist())):
+        out[i, :, r : r + size, c : c + size] = 0.0
+    return out
+
+
+def shift_images(x: Tensor, kind: str, seed: int) -> Tensor:
+    """The benchmark's input shifts of ``x: [N, 1, 8, 8]`` in [0, 1] (several not driven by one scalar)."""
+    g = torch.Generator().manual_seed(seed)
+    if kind == "noise":
+        out = x + 0.3 * torch.randn(x.shape, generator=g)
+    elif kind == "rotation":
+        out = _rotate(x, g)
+    elif kind == "elastic":
+        out = _elastic(x, g)
+    elif kind == "contrast":  # a random contrast factor per image, around the image mean
+        m, c = x.mean((1, 2, 3), keepdim=True), 0.15 + 0.25 * torch.rand(len(x), 1, 1, 1, generator=g)
+        out = m + c * (x - m)
+    elif kind == "pixelation":
+        out = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="nearest")
+    elif kind == "quantisation":
+        out = (x > 0.5).to(x.dtype)
+    elif kind == "occlusion":
+        out = _occlude(x, g)
+    elif kind == "inversion":
+        out = 1.0 - x
+    elif kind == "rotation_noise":
+        out = _rotate(x, g, 30.0) + 0.15 * torch.randn(x.shape, generator=g)
+    else:
+        raise ValueError(
+            f"`kind` must be one of the benchmark's shifts, got {kind!r}. HINT: see shift_images."
+        )
+    return out.clamp(0.0, 1.0)
+
+
+def relabel(y: Tensor, task: str) -> Tensor:
+    """Task shifts: ``parity`` (2 classes), ``mod3`` (3 classes)."""
+    return y % 2 if task == "parity" else y % 3
+
+
+# ---------------------------------------------------------------------------------------------------- sources
+class EfficientNetSource(nn.Module):
+    """EfficientNet-Lite0 on digits: upsample to 32 px, grey to RGB, its normalisation; ``embed`` + ``head``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from lightning_reuse.samples import load_efficientnet_lite0
+
+        self.net, norm = load_efficientnet_lite0(pretrained=True, image_size=32)
+        self.register_buffer("mean", torch.tensor(norm.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(norm.std).view(1, 3, 1, 1))
+        self.head = self.net._fc
+
+    def embed(self, x: Tensor) -> Tensor:
+        x = F.interpolate(x, size=32, mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
+        return self.net._avg_pooling(self.net.extract_features((x - self.mean) / self.std)).flatten(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.embed(x))
+
+
+def _cached_relabel_cnn(spec: dict[str, Any], cfg: Config) -> SmallCNN:
+    key = hashlib.sha1(json.dumps({**spec, "epochs": cfg.source_epochs, "v": 1}, sort_keys=True).encode())
+    file = default_cache_dir() / "transferability" / f"cnn_{key.hexdigest()[:12]}.pt"
+    k = 2 if spec["relabel"] == "parity" else 3
+    net = SmallCNN(num_classes=k, width=spec["width"], depth=spec["depth"])
+    if cfg.cache and file.exists():
+        net.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+        return net.eval()
+    x, y = load_digits_tensors()
+    tr = split_indices(len(x), (0.6, 0.4), seed=0)[0]
+    torch.manual_seed(cfg.seed)
+    net = SmallCNN(num_classes=k, width=spec["width"], depth=spec["depth"])
+    train_classifier(net, x[tr], relabel(y[tr], spec["relabel"]), epochs=cfg.source_epochs, seed=cfg.seed)
+    if cfg.cache:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), file.with_suffix(".tmp"))
+        file.with_suffix(".tmp").replace(file)
+    return net.eval()
+
+
+def build_source(spec: dict[str, Any], cfg: Config) -> nn.Module:
+    """Pre-train (or load from the cache) one source; random controls are seeded fresh SmallCNNs."""
+    fam = spec["family"]
+    if fam == "imagenet":
+        return EfficientNetSource().eval()
+    if fam == "random":
+        torch.manual_seed(cfg.seed + 17)
+        return SmallCNN(num_classes=10, width=spec["width"], depth=spec["depth"]).eval()
+    if fam == "relabel":
+        return _cached_relabel_cnn(spec, cfg)
+    cache = "default" if cfg.cache else None
+    kw = {"classes": spec.get("classes"), "width": spec["width"], "depth": spec["depth"]}
+    return pretrained_small_cnn(**kw, epochs=cfg.source_epochs, seed=cfg.seed, cache_dir=cache)
+
+
+def count_parameters(net: nn.Module) -> int:
+    """The data-free size score: trainable parameters of the whole source (head included)."""
+    return sum(p.numel() for p in net.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------- targets
+def make_target(spec: dict[str, Any], seed: int) -> dict[str, Tensor]:
+    """A target's shifted training and test parts and its clean reference for RESQUE_dist (if an input shift)."""
+    x, y = load_digits_tensors()
+    src, pool = split_indices(len(x), (0.6, 0.4), seed=0)
+    tr, te = (pool[p] for p in split_indices(len(pool), (0.5, 0.5), seed=1))
+    out = {"x_train": x[tr], "y_train": y[tr], "x_test": x[te], "y_test": y[te]}
+    if "task" in spec:
+        if spec["task"] == "subset":
+            keep_tr, keep_te = y[tr] >= 5, y[te] >= 5
+            out = {"x_train": x[tr][keep_tr], "y_train": y[tr][keep_tr] - 5}
+            out |= {"x_test": x[te][keep_te], "y_test": y[te][keep_te] - 5}
+        else:
+            out["y_train"], out["y_test"] = relabel(y[tr], spec["task"]), relabel(y[te], spec["task"])
+        return out
+    if spec.get("unpaired"):  # the clean reference: other samples, from the source's own split
+        out["x_ref"], out["y_ref"] = x[src[: len(tr)]], y[src[: len(tr)]]
+    else:  # paired: the clean twins of the shifted training samples
+        out["x_ref"], out["y_ref"] = x[tr], y[tr]
+    out["x_train"] = shift_images(x[tr], spec["shift"], seed)
+    out["x_test"] = shift_images(x[te], spec["shift"], seed + 1)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- scores
+@torch.no_grad()
+def embed_logits(net: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Penultimate features and logits of ``net`` (eval mode) on ``x``, in chunks."""
+    net.eval()
+    feats = torch.cat([net.embed(x[i : i + 256]) for i in range(0, len(x), 256)])
+    return feats, net.head(feats)
+
+
+def mapped_accuracy(z_train: Tensor, y_train: Tensor, z_test: Tensor, y_test: Tensor, k: int) -> float:
+    """Zero-step accuracy: each source class maps to its most frequent target label on the training part."""
+    counts = torch.zeros(k, int(y_train.max()) + 1).index_put_(
+        (z_train, y_train), torch.ones(len(z_train)), True
+    )
+    fallback = torch.bincount(y_train).argmax()
+    mapping = torch.where(counts.sum(1) > 0, counts.argmax(1), fallback)
+    return float((mapping[z_test] == y_test).double().mean())
+
+
+def score_pair(net: nn.Module, tgt: dict[str, Tensor]) -> dict[str, float]:
+    """Every score of one (source, target) pair, oriented so that higher predicts cheaper / better transfer."""
+    f, logits = embed_logits(net, tgt["x_train"])
+    y = tgt["y_train"]
+    _, logits_te = embed_logits(net, tgt["x_test"])
+    k = logits.shape[1]
+    out = {
+        "logme": float(logme(f, y)),
+        "leep": float(leep(logits.double().softmax(-1), y)),
+        "nce": float(nce(logits.argmax(-1), y, num_source=k)),
+        "h_score": float(h_score(f, y)),
+        "knn_accuracy": float(knn_accuracy(f, y)),
+        "linear_probe": float(linear_probe_accuracy(f, y)),
+        "source_accuracy": mapped_accuracy(logits.argmax(-1), y, logits_te.argmax(-1), tgt["y_test"], k),
+        "size": math.log(count_parameters(net)),
+        "resque_task": -float(resque_task(f, y)),
+        "resque_dist": float("nan"),
+    }
+    if "x_ref" in tgt:
+        f_ref, _ = embed_logits(net, tgt["x_ref"])
+        paired = tgt["x_ref"].shape == tgt["x_train"].shape and torch.equal(tgt["y_ref"], y)
+        shifted_labels = None if paired else y
+        with (
+            warnings.catch_warnings()
+        ):  # a class seen on one side only is left out of the mean, as documented
+            warnings.simplefilter("ignore")
+            out["resque_dist"] = -float(resque_dist(f_ref, tgt["y_ref"], f, shifted_labels, num_classes=10))
+    out["resque"] = out["resque_dist"] if "x_ref" in tgt else out["resque_task"]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- ground truth
+def _fit(
+    model: nn.Module, params: list[Tensor], data: tuple[Tensor, ...], lr: float, cfg: Config
+) -> list[float]:
+    """Adam on cross-entropy for ``cfg.epochs``; test accuracy (eval mode) after every epoch."""
+    x, y, x_te, y_te = data
+    opt = torch.optim.Adam(params, lr=lr)
+    g = torch.Generator().manual_seed(cfg.seed)
+    accs = []
+    for _ in range(cfg.epochs):
+        model.train()
+        perm = torch.randperm(len(x), generator=g)
+        for i in range(0, len(x), cfg.batch_size):
+            idx = perm[i : i + cfg.batch_size]
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            accs.append(float((model(x_te).argmax(-1) == y_te).double().mean()))
+    return accs
+
+
+def _new_head(width: int, num_classes: int, seed: int) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(width, num_classes)
+
+
+def ground_truth(net: nn.Module, tgt: dict[str, Tensor], cfg: Config) -> dict[str, list[float]]:
+    """Per-epoch test accuracies of full fine-tuning (new head) and of a linear probe on frozen features."""
+    c = int(tgt["y_train"].max()) + 1
+    tuned = copy.deepcopy(net)
+    tuned.head = _new_head(tuned.head.in_features, c, cfg.seed)
+    data = (tgt["x_train"], tgt["y_train"], tgt["x_test"], tgt["y_test"])
+    finetune = _fit(tuned, list(tuned.parameters()), data, cfg.lr_finetune, cfg)
+    f_tr, _ = embed_logits(net, tgt["x_train"])
+    f_te, _ = embed_logits(net, tgt["x_test"])
+    head = _new_head(f_tr.shape[1], c, cfg.seed)
+    probe = _fit(
+        head, list(head.parameters()), (f_tr, tgt["y_train"], f_te, tgt["y_test"]), cfg.lr_probe, cfg
+    )
+    return {"finetune": finetune, "probe": probe}
+
+
+def epochs_to(accs: list[float], target: float) -> int | None:
+    """First epoch (1-based) whose test accuracy reaches ``target``; ``None`` = censored (a miss)."""
+    return next((i + 1 for i, a in enumerate(accs) if a >= target - 1e-12), None)
+
+
+# ------------------------------------------------------------------------------------------------- evaluation
+def truth_matrices(runs: list[dict[str, Any]], ns: int, nt: int, cfg: Config) -> dict[str, np.ndarray]:
+    """Oriented ground truth ``[source, target]``: accuracies, and minus epochs to target (miss = budget + 1)."""
+    out = {t: np.full((ns, nt), np.nan) for t in TRUTHS}
+    for r in runs:
+        for strategy in ("finetune", "probe"):
+            out[f"{strategy}_acc"][r["s"], r["t"]] = r[f"{strategy}_acc"]
+            epochs = r[f"{strategy}_epochs"]
+            out[f"{strategy}_epochs"][r["s"], r["t"]] = -(cfg.epochs + 1 if epochs is None else epochs)
+    return out
+
+
+def _corr(x: np.ndarray, y: np.ndarray, how: str) -> float:
+    ok = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[ok], y[ok]
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    fn: Callable[..., Any] = stats.weightedtau if how == "weightedtau" else stats.spearmanr
+    return float(fn(x, y)[0])
+
+
+def unit_correlations(score: np.ndarray, truth: np.ndarray, protocol: str, how: str) -> np.ndarray:
+    """Per target over sources (``across_models``) or per source over targets (``across_shifts``)."""
+    if protocol == "across_shifts":
+        score, truth = score.T, truth.T
+    return np.array([_corr(score[:, j], truth[:, j], how) for j in range(score.shape[1])])
+
+
+def summarise(values: np.ndarray, idx: np.ndarray) -> dict[str, Any]:
+    """Mean over units and its 95% percentile bootstrap interval over resampled units (``idx: [B, U]``)."""
+    if np.all(np.isnan(values)):
+        return {"mean": None, "ci": [None, None], "n_units": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample of NaN units only
+        boots = np.nanmean(values[idx], axis=1)
+    lo, hi = np.nanpercentile(boots, [2.5, 97.5])
+    return {
+        "mean": float(np.nanmean(values)),
+        "ci": [float(lo), float(hi)],
+        "n_units": int((~np.isnan(values)).sum()),
+    }
+
+
+def evaluate(
+    scores: dict[str, np.ndarray], truths: dict[str, np.ndarray], cfg: Config
+) -> dict[str, dict[str, Any]]:
+    """weightedtau / spearman per score, protocol and truth, and gaps of RESQUE over every other score."""
+    rng = np.random.default_rng(cfg.seed)
+    ns, nt = next(iter(truths.values())).shape
+    idx = {
+        "across_models": rng.integers(0, nt, (cfg.boot, nt)),
+        "across_shifts": rng.integers(0, ns, (cfg.boot, ns)),
+    }
+    out: dict[str, dict[str, Any]] = {"weightedtau": {}, "spearman": {}, "gap_weightedtau": {}}
+    units: dict[tuple[str, str, str], np.ndarray] = {}
+    for how in ("weightedtau", "spearman"):
+        for name, s in scores.items():
+            out[how][name] = {p: {} for p in idx}
+            for p, i in idx.items():
+                for t, truth in truths.items():
+                    v = unit_correlations(s, truth, p, how)
+                    if how == "weightedtau":
+                        units[(name, p, t)] = v
+                    out[how][name][p][t] = {
+                        **summarise(v, i),
+                        "per_unit": [None if np.isnan(a) else a for a in v],
+                    }
+    for ours in ("resque_dist", "resque"):
+        for other in scores:
+            if other == ours or other.startswith("resque"):
+                continue
+            out["gap_weightedtau"][f"{ours}-{other}"] = {
+                p: {t: summarise(units[(ours, p, t)] - units[(other, p, t)], i) for t in truths}
+                for p, i in idx.items()
+            }
+    return out
+
+
+def fitted_scores(
+    scores: dict[str, np.ndarray], truths: dict[str, np.ndarray], groups: dict[str, np.ndarray], cfg: Config
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Ridge fits of log fine-tuning epochs from [-resque, source accuracy, log size], one group left out."""
+    x = np.stack([scores[k].ravel() for k in ("resque", "source_accuracy", "size")], 1)
+    y = np.log(-truths["finetune_epochs"].ravel())  # epochs, a miss at the budget + 1
+    preds, mae = {}, {}
+    for name, g in groups.items():
+        pred = np.full(len(y), np.nan)
+        for held in np.unique(g):
+            tr, te = g != held, g == held
+            mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-12
+            a = np.c_[np.ones(tr.sum()), (x[tr] - mu) / sd]
+            w = np.linalg.solve(a.T @ a + 1e-2 * np.eye(a.shape[1]), a.T @ y[tr])
+            pred[te] = np.c_[np.ones(te.sum()), (x[te] - mu) / sd] @ w
+        preds[f"fitted_{name}"] = -pred.reshape(truths["finetune_epochs"].shape)  # higher = cheaper
+        mae[f"fitted_{name}"] = float(np.mean(np.abs(np.exp(pred) - np.exp(y))))
+    return preds, mae
+
+
+# ------------------------------------------------------------------------------------------------------- runs
+def run_grid(cfg: Config) -> list[dict[str, Any]]:
+    """Scores and ground truth for every (source, target) pair; epochs to target filled in afterwards."""
+    targets = [make_target(t, cfg.seed + 100 * j) for j, t in enumerate(cfg.targets)]
+    runs = []
+    for s, spec in enumerate(cfg.sources):
+        start = time.perf_counter()
+        net = build_source(spec, cfg)
+        for t, (tspec, tgt) in enumerate(zip(cfg.targets, targets)):
+            torch.manual_seed(cfg.seed)
+            run = {"s": s, "t": t, "source": spec["name"], "family": spec["family"], "target": tspec["name"]}
+            run |= {
+                "type": tspec["type"],
+                "scores": score_pair(net, tgt),
+                "curves": ground_truth(net, tgt, cfg),
+            }
+            runs.append(run)
+        print(
+            f"  {spec['name']:32s} {len(targets)} targets in {time.perf_counter() - start:6.1f} s", flush=True
+        )
+    for t in range(len(targets)):  # the target: 90% of the best source's final accuracy, per strategy
+        for strategy in ("finetune", "probe"):
+            mine = [r for r in runs if r["t"] == t]
+            goal = 0.9 * max(r["curves"][strategy][-1] for r in mine)
+            for r in mine:
+                r[f"{strategy}_acc"] = r["curves"][strategy][-1]
+                r[f"{strategy}_goal"] = goal
+                r[f"{strategy}_epochs"] = epochs_to(r["curves"][strategy], goal)
+    return runs
+
+
+def score_matrices(runs: list[dict[str, Any]], ns: int, nt: int) -> dict[str, np.ndarray]:
+    """``[source, target]`` matrices of every score."""
+    out = {k: np.full((ns, nt), np.nan) for k in SCORES}
+    for r in runs:
+        for k in SCORES:
+            out[k][r["s"], r["t"]] = r["scores"][k]
+    return out
+
+
+def _cell(entry: dict[str, Any]) -> str:
+    if entry["mean"] is None:
+        return "-"
+    lo, hi = entry["ci"]
+    return f"{entry['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """Tables: weighted tau (and Spearman) per score, protocol and truth; RESQUE's gaps over each score."""
+    cols = [(p, t) for p in ("across_models", "across_shifts") for t in TRUTHS]
+    head = "| score | " + " | ".join(f"{p} {t}" for p, t in cols) + " |\n|---|" + "---|" * len(cols) + "\n"
+    lines = [f"# Transferability zoo benchmark ({result['config']['name']}; {MACHINE})", ""]
+    for how in ("weightedtau", "spearman"):
+        lines += [
+            f"## {how} (mean over units, 95% bootstrap CI over resampled configurations)",
+            "",
+            head.rstrip(),
+        ]
+        for name, per in result[how].items():
+            lines.append(f"| {name} | " + " | ".join(_cell(per[p][t]) for p, t in cols) + " |")
+        lines.append("")
+    lines += ["## gap in weightedtau: RESQUE minus another score (same resamples)", "", head.rstrip()]
+    for name, per in result["gap_weightedtau"].items():
+        lines.append(f"| {name} | " + " | ".join(_cell(per[p][t]) for p, t in cols) + " |")
+    lines += ["", "## fitted cost (ridge on log epochs), mean absolute error in epochs", ""]
+    lines += [f"- {k}: {v:.2f}" for k, v in result["fitted_cost_mae_epochs"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the test configuration (seconds)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output stem (default results/transferability)"
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    cfg = quick_config() if args.quick else cpu_config()
+    stem = args.out or RESULTS / ("transferability_quick" if args.quick else "transferability")
+    start = time.perf_counter()
+    runs = run_grid(cfg)
+    ns, nt = len(cfg.sources), len(cfg.targets)
+    scores, truths = score_matrices(runs, ns, nt), truth_matrices(runs, ns, nt, cfg)
+    groups = {
+        "loso": np.repeat(np.array([[t["type"] for t in cfg.targets]]), ns, 0).ravel(),
+        "lofo": np.repeat(np.array([[s["family"] for s in cfg.sources]]).T, nt, 1).ravel(),
+    }
+    fitted, mae = fitted_scores(scores, truths, groups, cfg)
+    result: dict[str, Any] = {"machine": MACHINE, "config": asdict(cfg), "torch": torch.__version__}
+    result |= evaluate({**scores, **fitted}, truths, cfg)
+    result |= {"fitted_cost_mae_epochs": mae, "runs": runs, "elapsed_s": time.perf_counter() - start}
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=float))
+    table = markdown(result)
+    stem.with_suffix(".md").write_text(table)
+    print(table)
+    print(f"wrote {stem.with_suffix('.json')} in {result['elapsed_s']:.0f} s")
+    return result
+
+
+if __name__ == "__main__":
+    main()
