@@ -6,7 +6,8 @@ Three backends share one small interface (``start`` / ``read`` / ``stop``):
   ``OfflineEmissionsTracker``: CPU by RAPL when readable, else a TDP x load estimate; RAM by a heuristic;
   GPU by the NVML energy counter. Never online.
 - :class:`NVMLBackend`: reads the GPU's own energy counter (``nvmlDeviceGetTotalEnergyConsumption``) at
-  boundaries only (a read costs ~3 ms on an H100 and the counter updates every ~100 ms), as Zeus does.
+  boundaries only (a read costs ~3 ms on an H100 and the counter updates every ~100 ms), as Zeus does; a
+  GPU without a counter has its power sampled and integrated (``"sampled power"``), or is "not measured".
 - :class:`SimulatedBackend`: constant power, optionally on a fake clock: exact, deterministic arithmetic
   for tests and examples.
 
@@ -31,7 +32,9 @@ Example:
 from __future__ import annotations
 
 import os
+import threading
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -196,8 +199,79 @@ class SimulatedBackend(EnergyBackend):
         return self._read()
 
 
+#: NVML errors meaning "this GPU has no such reading" (pre-Volta GPUs, some vGPU/MIG/Jetson setups), not a
+#: transient failure.
+_UNSUPPORTED_ERRORS = ("NVMLError_NotSupported", "NVMLError_FunctionNotFound")
+
+
+def _unsupported(nvml: Any, err: BaseException) -> bool:
+    """Whether ``err`` (raised by an NVML query) says the GPU does not support that query at all."""
+    classes = tuple(c for c in (getattr(nvml, n, None) for n in _UNSUPPORTED_ERRORS) if isinstance(c, type))
+    return bool(classes) and isinstance(err, classes)
+
+
+class _PowerSampler:
+    """GPU power (``nvmlDeviceGetPowerUsage``, mW) integrated over time by the trapezoid rule.
+
+    A daemon thread samples every ``interval_s``; :meth:`sample` also samples on demand and returns the
+    time of that sample with the energy integrated up to it, so a reading's duration and energy end at the
+    same instant. A failed power read holds that GPU's last value (zero-order hold) until one succeeds.
+
+    Args:
+        nvml: the ``pynvml`` module.
+        handles: the GPUs to sample (their powers are summed).
+        interval_s: seconds between background samples.
+    """
+
+    def __init__(self, nvml: Any, handles: list[Any], interval_s: float) -> None:
+        self.nvml, self.handles, self.interval_s = nvml, handles, interval_s
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._watts = [self._power_w(h, 0.0) for h in handles]
+        self._t = time.perf_counter()
+        self.joules = 0.0
+
+    def _power_w(self, handle: Any, last: float) -> float:
+        try:
+            return float(self.nvml.nvmlDeviceGetPowerUsage(handle)) / 1000.0
+        except Exception:  # hold the last value: one missed sample must not zero the GPU
+            return last
+
+    def start(self) -> float:
+        """Start the background thread; returns the time integration starts from."""
+        self._thread = threading.Thread(target=self._run, name="lightning_reuse-nvml-power", daemon=True)
+        self._thread.start()
+        return self._t
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval_s):
+            self.sample()
+
+    def sample(self) -> tuple[float, float]:
+        """Sample now; returns ``(time, joules since start)`` (``time`` on ``time.perf_counter``'s clock)."""
+        with self._lock:
+            watts = [self._power_w(h, w) for h, w in zip(self.handles, self._watts)]
+            now = time.perf_counter()
+            self.joules += 0.5 * (sum(watts) + sum(self._watts)) * (now - self._t)
+            self._t, self._watts = now, watts
+            return now, self.joules
+
+    def stop(self) -> None:
+        """Stop and join the background thread (idempotent)."""
+        self._done.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
+
+
 class NVMLBackend(EnergyBackend):
     """GPU energy from NVML's counter, read at boundaries only; CPU/RAM optionally as constant estimates.
+
+    A GPU without an energy counter (NVML answers ``NotSupported``, e.g. before Volta) is measured by
+    sampling its power (``nvmlDeviceGetPowerUsage``) every ``power_sample_s`` on a background thread and
+    integrating it over time: the GPU's method is then ``"sampled power"``. A selected GPU with neither
+    counter nor power reading makes the GPU component ``"not measured"`` (never 0 Wh), with one
+    :class:`~lightning_reuse.energy.meter.EnergyMeasurementWarning` per backend.
 
     Args:
         device_indices: GPUs to sum, as physical NVML indices or UUID (prefix) strings as in
@@ -209,10 +283,13 @@ class NVMLBackend(EnergyBackend):
         min_interval_s: reads closer than this to the previous one return it again: the counter only
             updates every ~100 ms and a read costs ~3.5 ms on an H100, so e.g. the end of validation and
             the end of the epoch share one read. Nothing is lost: the energy lands in the next window.
+        power_sample_s: seconds between power samples of GPUs without an energy counter (unused when
+            every GPU has one). The error of the integral is at most the power change times this interval
+            per change.
         config: a validated configuration instead of ``carbon_intensity_g_per_kwh``, ``country_iso_code``
             and ``pue``.
 
-    Needs ``nvidia-ml-py`` (``import pynvml``) and a Volta-or-newer GPU.
+    Needs ``nvidia-ml-py`` (``import pynvml``).
     """
 
     name = "nvml"
@@ -226,6 +303,7 @@ class NVMLBackend(EnergyBackend):
         country_iso_code: str | None = None,
         pue: float = 1.0,
         min_interval_s: float = 0.1,
+        power_sample_s: float = 0.1,
         *,
         config: EnergyConfig | None = None,
     ) -> None:
@@ -238,7 +316,13 @@ class NVMLBackend(EnergyBackend):
             raise ValueError(
                 f"`min_interval_s` must be >= 0 seconds, got {min_interval_s}. HINT: 0.0 reads every time."
             )
+        if not power_sample_s > 0:
+            raise ValueError(
+                f"`power_sample_s` must be > 0 seconds, got {power_sample_s}. HINT: 0.1 samples ten times "
+                "a second."
+            )
         self.min_interval_s = float(min_interval_s)
+        self.power_sample_s = float(power_sample_s)
         self._last: EnergyRecord | None = None
         self._last_t = 0.0
         self.device_indices = None if device_indices is None else list(device_indices)
@@ -246,12 +330,15 @@ class NVMLBackend(EnergyBackend):
         self._nvml: Any = None
         self._handles: list[Any] = []
         self._mj0: list[int] = []
+        self._sampler: _PowerSampler | None = None
+        self._gpu_method = "not measured" if self.device_indices == [] else "NVML"
+        self._warned = False
         self._t0 = 0.0
 
     @property
     def methods(self) -> dict[str, str]:
         return {
-            "gpu": "not measured" if self.device_indices == [] else "NVML",
+            "gpu": self._gpu_method,
             "cpu": "estimate" if self.cpu_w is not None else "not measured",
             "ram": "estimate" if self.ram_w is not None else "not measured",
         }
@@ -266,15 +353,56 @@ class NVMLBackend(EnergyBackend):
             raise ImportError(
                 "NVMLBackend needs NVIDIA's NVML bindings: `pip install nvidia-ml-py`."
             ) from err
+        self._stop_sampler()
         pynvml.nvmlInit()
         self._nvml = pynvml
         indices = self.device_indices
         if indices is None:
             indices = list(range(pynvml.nvmlDeviceGetCount()))
-        self._handles = [self._handle(i) for i in indices]
-        self._mj0 = self._counters_mj()
+        self._handles, self._mj0, sampled = self._probe({i: self._handle(i) for i in indices})
         self._t0 = time.perf_counter()
+        if sampled:
+            self._sampler = _PowerSampler(pynvml, sampled, self.power_sample_s)
+            self._t0 = self._sampler.start()
         self._last = None
+
+    def _probe(self, handles: dict[int | str, Any]) -> tuple[list[Any], list[int], list[Any]]:
+        """Sort GPUs into counter / sampled power / neither; sets the GPU method (and warns once)."""
+        counted, mj0, sampled, missing = [], [], [], {}
+        for device, handle in handles.items():
+            try:
+                mj0.append(int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(handle)))
+                counted.append(handle)
+                continue
+            except Exception as err:
+                if not _unsupported(self._nvml, err):
+                    raise  # a real failure: the meter reports it
+            try:
+                self._nvml.nvmlDeviceGetPowerUsage(handle)
+                sampled.append(handle)
+            except Exception as err:
+                missing[device] = f"{type(err).__name__}: {err}"
+        if missing:
+            self._warn_not_measured(missing)
+            self._gpu_method = "not measured"
+            return [], [], []
+        self._gpu_method = "sampled power" if sampled else ("NVML" if counted else "not measured")
+        return counted, mj0, sampled
+
+    def _warn_not_measured(self, missing: dict[int | str, str]) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        from lightning_reuse.energy.meter import EnergyMeasurementWarning  # meter imports this module
+
+        causes = "; ".join(f"GPU {d}: {cause}" for d, cause in missing.items())
+        warnings.warn(
+            f"NVML has neither an energy counter nor a power reading for {sorted(map(str, missing))} "
+            f"({causes}): the GPU energy is 'not measured' (not 0 Wh) in logs, totals and reports. HINT: "
+            "pass `device_indices` without these GPUs to measure the others.",
+            EnergyMeasurementWarning,
+            stacklevel=4,
+        )
 
     def _handle(self, device: int | str) -> Any:
         nvml = self._nvml
@@ -292,12 +420,17 @@ class NVMLBackend(EnergyBackend):
             "from `nvidia-smi -L`."
         )
 
+    def _gpu_mj(self) -> tuple[float, float]:
+        """``(time of the reading, GPU millijoules since start)``: counters plus sampled power."""
+        now, sampled_j = self._sampler.sample() if self._sampler is not None else (time.perf_counter(), 0.0)
+        counted = sum(now_mj - then for now_mj, then in zip(self._counters_mj(), self._mj0))
+        return now, counted + 1000.0 * sampled_j
+
     def _read(self, force: bool = False) -> EnergyRecord | None:
-        now = time.perf_counter()
-        if not force and self._last is not None and now - self._last_t < self.min_interval_s:
+        if not force and self._last is not None and time.perf_counter() - self._last_t < self.min_interval_s:
             return self._last
         try:
-            gpu_mj = sum(now - then for now, then in zip(self._counters_mj(), self._mj0))
+            now, gpu_mj = self._gpu_mj()
         except Exception as err:  # NVML errors are not fatal to training
             self.status = f"failed: {type(err).__name__}: {err}"
             return None
@@ -319,10 +452,17 @@ class NVMLBackend(EnergyBackend):
         )
         return self._last
 
+    def _stop_sampler(self) -> None:
+        if self._sampler is not None:
+            self._sampler.stop()
+            self._sampler = None
+
     def _stop(self) -> EnergyRecord | None:
-        record = self._read(force=True)
         try:
-            self._nvml.nvmlShutdown()
-        except Exception:  # already shut down
-            pass
-        return record
+            return self._read(force=True)
+        finally:
+            self._stop_sampler()
+            try:
+                self._nvml.nvmlShutdown()
+            except Exception:  # already shut down
+                pass

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 #: The values a record's ``method`` maps each component to.
-METHODS = ("RAPL", "NVML", "counter", "estimate", "simulated", "not measured")
+METHODS = ("RAPL", "NVML", "counter", "sampled power", "estimate", "simulated", "not measured")
 COMPONENTS = ("cpu", "gpu", "ram")
 _NUMERIC = ("cpu_wh", "gpu_wh", "ram_wh", "energy_wh", "co2_g", "duration_s", "cpu_seconds")
 #: What a component that was not measured shows instead of a number (never a silent 0 Wh).
@@ -40,8 +40,9 @@ class EnergyRecord:
             figure).
         method: component (``"cpu"``, ``"gpu"``, ``"ram"``) -> how it was measured: ``"RAPL"`` or
             ``"NVML"`` (hardware energy counters), ``"counter"`` (another hardware/OS energy counter, e.g.
-            Apple powermetrics or Windows EMI, through codecarbon), ``"estimate"`` (a power model, e.g. TDP x load),
-            ``"simulated"`` (constant-power simulator) or ``"not measured"``.
+            Apple powermetrics or Windows EMI, through codecarbon), ``"sampled power"`` (a GPU without an
+            energy counter: its measured power sampled and integrated over time), ``"estimate"`` (a power
+            model, e.g. TDP x load), ``"simulated"`` (constant-power simulator) or ``"not measured"``.
         status: ``"ok"``, or why the numbers may be incomplete (``"interrupted"``, ``"failed: ..."``).
         pue: the power usage effectiveness already multiplied into every energy figure.
 
