@@ -557,21 +557,56 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(_cell(per[p][t]) for p, t in cols) + " |")
     lines += ["", "## fitted cost (ridge on log epochs), mean absolute error in epochs", ""]
     lines += [f"- {k}: {v:.2f}" for k, v in result["fitted_cost_mae_epochs"].items()]
+    lines += ["", "## answers (weightedtau; a gap counts when its 95% CI is above 0)", ""]
+    for key, a in result["answers"].items():
+        if "rank" in a and a["rank"] is not None:
+            lines.append(f"- {key}: {a['rank']} of {a['of']}")
+        elif a.get("tau") is not None:
+            lines.append(
+                f"- {key}: {a['tau']:+.2f} [{a['ci'][0]:+.2f}, {a['ci'][1]:+.2f}]; best baseline "
+                f"{a['best_baseline']} {a['best_baseline_tau']:+.2f}; beats every baseline: point "
+                f"{a['beats_every_baseline']}, CI {a['beats_every_baseline_ci']}"
+            )
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the test configuration (seconds)")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="output stem (default results/transferability)"
-    )
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    cfg = quick_config() if args.quick else cpu_config()
-    stem = args.out or RESULTS / ("transferability_quick" if args.quick else "transferability")
-    start = time.perf_counter()
-    runs = run_grid(cfg)
+BASELINES = ("logme", "leep", "nce", "h_score", "knn_accuracy", "linear_probe", "source_accuracy", "size")
+
+
+def answers(result: dict[str, Any]) -> dict[str, Any]:
+    """Per RESQUE score, protocol and truth: its tau, the best baseline's, and whether it beats every baseline."""
+    out: dict[str, Any] = {}
+    tau = result["weightedtau"]
+    for ours in ("resque_dist", "resque"):
+        for p in ("across_models", "across_shifts"):
+            for t in TRUTHS:
+                gaps = {b: result["gap_weightedtau"][f"{ours}-{b}"][p][t] for b in BASELINES}
+                gaps = {b: g for b, g in gaps.items() if g["mean"] is not None}
+                others = {b: tau[b][p][t]["mean"] for b in gaps}
+                best = max(others, key=others.get) if others else None
+                out[f"{ours} {p} {t}"] = {
+                    "tau": tau[ours][p][t]["mean"],
+                    "ci": tau[ours][p][t]["ci"],
+                    "best_baseline": best,
+                    "best_baseline_tau": None if best is None else others[best],
+                    "beats_every_baseline": bool(gaps) and all(g["mean"] > 0 for g in gaps.values()),
+                    "beats_every_baseline_ci": bool(gaps) and all(g["ci"][0] > 0 for g in gaps.values()),
+                }
+    for t in TRUTHS:  # where the data-free size ranking stands among all scores, across models
+        ranked = sorted(
+            (k for k in tau if tau[k]["across_models"][t]["mean"] is not None),
+            key=lambda k: -tau[k]["across_models"][t]["mean"],
+        )
+        out[f"size rank across_models {t}"] = {
+            "rank": ranked.index("size") + 1 if "size" in ranked else None,
+            "of": len(ranked),
+            "order": ranked,
+        }
+    return out
+
+
+def analyse(cfg: Config, runs: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
+    """Matrices, fitted scores (one group left out), correlations with intervals, gaps and answers."""
     ns, nt = len(cfg.sources), len(cfg.targets)
     scores, truths = score_matrices(runs, ns, nt), truth_matrices(runs, ns, nt, cfg)
     groups = {
@@ -581,13 +616,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fitted, mae = fitted_scores(scores, truths, groups, cfg)
     result: dict[str, Any] = {"machine": MACHINE, "config": asdict(cfg), "torch": torch.__version__}
     result |= evaluate({**scores, **fitted}, truths, cfg)
-    result |= {"fitted_cost_mae_epochs": mae, "runs": runs, "elapsed_s": time.perf_counter() - start}
+    result |= {"fitted_cost_mae_epochs": mae, "runs": runs, "elapsed_s": elapsed}
+    result["answers"] = answers(result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run (or, with ``--rescore``, re-analyse the runs of an earlier JSON), write JSON and markdown."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the test configuration (seconds)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output stem (default results/transferability)"
+    )
+    parser.add_argument(
+        "--rescore", action="store_true", help="re-analyse the runs stored in the output JSON"
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    stem = args.out or RESULTS / ("transferability_quick" if args.quick else "transferability")
+    if args.rescore:
+        old = json.loads(stem.with_suffix(".json").read_text())
+        result = analyse(Config(**old["config"]), old["runs"], old["elapsed_s"])
+    else:
+        cfg = quick_config() if args.quick else cpu_config()
+        start = time.perf_counter()
+        runs = run_grid(cfg)
+        result = analyse(cfg, runs, time.perf_counter() - start)
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=float))
     table = markdown(result)
     stem.with_suffix(".md").write_text(table)
     print(table)
-    print(f"wrote {stem.with_suffix('.json')} in {result['elapsed_s']:.0f} s")
+    print(f"wrote {stem.with_suffix('.json')} (runs took {result['elapsed_s']:.0f} s)")
     return result
 
 

@@ -38,6 +38,7 @@ def test_structure(quick: tuple[dict, object]) -> None:
                 for entry in truths.values():
                     assert len(entry["per_unit"]) == units
                     assert entry["n_units"] == sum(v is not None for v in entry["per_unit"])
+    assert "resque_dist across_models finetune_acc" in result["answers"]
     run = result["runs"][0]
     assert len(run["curves"]["finetune"]) == cfg["epochs"]
     assert run["finetune_epochs"] is None or 1 <= run["finetune_epochs"] <= cfg["epochs"]
