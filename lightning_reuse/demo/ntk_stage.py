@@ -55,6 +55,8 @@ def ntk_precheck(
     )
     for reason in scores.reasons:
         say(f"        - {reason}")
+    if scores.baselines:
+        say("        baselines: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.baselines.items()))
     return {
         "decision": scores.decision,
         "reasons": list(scores.reasons),
@@ -70,6 +72,8 @@ def ntk_precheck(
         "n": scores.n,
         "eigenvalues": list(scores.eigenvalues),
         "guard_confidence": scores.guard_confidence,
+        "num_classes": scores.num_classes,
+        "baselines": dict(scores.baselines),
         "duration_s": record.duration_s,
         "energy_wh": float(record.energy_wh),
         "plot": str(screening.plot_path),
@@ -89,7 +93,7 @@ def _screen(config: DemoConfig, source: torch.nn.Module, run_dir: Path) -> NTKSc
         num_samples=min(config.ntk_samples, len(x)), seed=config.seed, max_pool=len(x), progress_bar=False
     )
     trainer = pl.Trainer(
-        accelerator="cpu",
+        accelerator=config.accelerator,
         devices=1,
         logger=False,
         default_root_dir=run_dir,  # where the callback writes ntk_spectrum.png

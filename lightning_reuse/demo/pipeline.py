@@ -23,11 +23,14 @@ import torch
 from lightning_reuse.demo.config import DemoConfig, new_run_dir
 from lightning_reuse.demo.data import clean_data, new_data, source_model
 from lightning_reuse.demo.ntk_stage import ntk_precheck
+from lightning_reuse.demo.prediction_report import print_predictions
+from lightning_reuse.demo.predictions import compare, predict
 from lightning_reuse.demo.recommend import precheck_reasons, recommend
 from lightning_reuse.demo.report import print_summary, write_report, write_report_so_far
 from lightning_reuse.demo.resque_stage import resque_precheck
 from lightning_reuse.demo.resume import check_same_config, load_run, saved_config
 from lightning_reuse.demo.run_state import DemoInterrupted, RunState, interrupts_deferred, interrupts_raise
+from lightning_reuse.demo.sources import source_label
 from lightning_reuse.demo.strategies import Strategy, available_strategies
 from lightning_reuse.demo.training import StrategyResult, run_strategy
 from lightning_reuse.samples import accuracy
@@ -44,6 +47,7 @@ def quiet_lightning() -> None:
         r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
         r".*smaller than the logging interval.*",
         r".*does not have many workers.*",
+        r".*does not have a deterministic implementation.*",  # on an accelerator only (deterministic="warn")
     ):
         warnings.filterwarnings("ignore", message=pattern)
 
@@ -142,7 +146,7 @@ def run_stages(state: RunState, config: DemoConfig, strategies: list[Strategy], 
     """Run every stage not ``done`` yet, in order, recording each one's status."""
     started = time.perf_counter()
     summary = state.summary
-    say(f"[1/5] source model: SmallCNN(width={config.source_width}) pre-trained on clean digits")
+    say(f"[1/5] source model: {source_label(config)}")
     source: list[torch.nn.Module] = []
     if not run_stage(state, "source", lambda: _source_stage(config, state, source, say), say):
         _stop_after_failed_source(state)
@@ -162,6 +166,7 @@ def run_stages(state: RunState, config: DemoConfig, strategies: list[Strategy], 
     run_stage(
         state, "ntk", lambda: summary.update(ntk=ntk_precheck(config, source[0], state.run_dir, say)), say
     )
+    _predict_before_spending(state, strategies, say)
     say(f"[4/5] running {len(strategies)} strategies for {config.max_epochs} epochs each, energy tracked")
     for strategy in strategies:
         run_stage(
@@ -178,6 +183,18 @@ def run_stages(state: RunState, config: DemoConfig, strategies: list[Strategy], 
     summary["status"] = "complete" if not failed else "failed"
     with interrupts_deferred():
         state.save()
+
+
+def _predict_before_spending(state: RunState, strategies: list[Strategy], say: Say) -> None:
+    """The pre-checks' predicted ranking and cost, printed and saved before any strategy is fitted."""
+    state.summary["predictions"] = predict(
+        state.summary, [s.name for s in strategies], state.summary["config"]
+    )
+    print_predictions(state.summary, say)
+    with interrupts_deferred():
+        if state.written():
+            state.save()
+            write_progress(state)
 
 
 def run_stage(state: RunState, name: str, fn: Callable[[], Any], say: Say) -> bool:
@@ -279,5 +296,6 @@ def write_outputs(summary: dict[str, Any], run_dir: Path, config: DemoConfig, sa
     results = [StrategyResult(**r) for r in summary.get("strategies", [])]
     pick, reasons = recommend(results)
     summary["recommendation"] = {"strategy": pick, "reasons": reasons + precheck_reasons(summary, results)}
+    summary["predicted_vs_measured"] = compare(summary)
     summary["report"] = str(write_report(summary, run_dir, use_wandb=config.wandb))
     print_summary(summary, printer=say)

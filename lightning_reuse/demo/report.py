@@ -7,6 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from lightning_reuse.demo.plots import save_plots
+from lightning_reuse.demo.prediction_report import (
+    COMPARISON_HEADER,
+    comparison_rows,
+    comparison_section,
+    predictions_section,
+    print_comparison,
+)
 
 
 def _fmt(value: Any, spec: str = ".3f") -> str:
@@ -147,6 +154,16 @@ def status_section(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def source_words(cfg: dict[str, Any]) -> str:
+    """The run's source in words (a run saved before ``source`` was an option used the SmallCNN)."""
+    if cfg.get("source", "smallcnn") == "smallcnn":
+        return "a SmallCNN pre-trained on clean digits"
+    return (
+        f"{cfg['source']} with its ImageNet weights and a digits head fitted on clean digits (inputs resized "
+        f"to {cfg.get('image_size')} px)"
+    )
+
+
 def _intro_lines(summary: dict[str, Any]) -> list[str]:
     """The report's title, the new data and the source, and the recommendation (or why there is none yet)."""
     cfg = summary["config"]
@@ -154,7 +171,7 @@ def _intro_lines(summary: dict[str, Any]) -> list[str]:
         "# Reuse or retrain? — lightning-reuse demo report",
         "",
         f"New data: digits with `{cfg['shift']}` shift (level {cfg['level']}), {cfg['train_limit']} labelled training "
-        f"samples. Source: a SmallCNN pre-trained on clean digits; its accuracy on the new test data before any "
+        f"samples. Source: {source_words(cfg)}; its accuracy on the new test data before any "
         f"training: **{_fmt(summary.get('source_acc_on_new_data'))}**.",
         "",
     ]
@@ -181,6 +198,7 @@ def report_lines(summary: dict[str, Any], plots: dict[str, Path]) -> list[str]:
     for title, body in (
         ("RESQUE pre-check", resque_section(summary)),
         ("NTK screening", ntk_section(summary)),
+        ("Predictions before spending", predictions_section(summary)),
     ):
         if body:
             lines += [f"## {title}", "", body, ""]
@@ -196,6 +214,9 @@ def report_lines(summary: dict[str, Any], plots: dict[str, Path]) -> list[str]:
             budget_line(summary),
             "",
         ]
+    comparison = comparison_section(summary)
+    if comparison:
+        lines += ["## Predicted vs measured", "", comparison, ""]
     if plots:
         lines += ["## Plots", "", *[f"![{name}]({path.name})" for name, path in plots.items()], ""]
     if summary.get("stages"):
@@ -223,6 +244,13 @@ def _log_wandb(summary: dict[str, Any], plots: dict[str, Path], run_dir: Path) -
             if r["energy_wh"] is not None:
                 run.summary[f"{key}/energy_wh"] = r["energy_wh"]
         run.summary["recommendation"] = summary["recommendation"]["strategy"]
+        if summary.get("predicted_vs_measured"):
+            rows = comparison_rows(summary)
+            run.log({"predicted_vs_measured": wandb.Table(columns=COMPARISON_HEADER, data=rows)})
+            rank = summary["predicted_vs_measured"]["rank_correlation"]
+            if rank["spearman"] is not None:
+                run.summary["predicted_vs_measured/spearman"] = rank["spearman"]
+                run.summary["predicted_vs_measured/n"] = rank["n"]
     finally:
         run.finish()
 
@@ -237,6 +265,7 @@ def print_summary(summary: dict[str, Any], printer: Callable[..., None] = print)
     for r in rows:
         printer("  ".join(c.ljust(w) for c, w in zip(r, widths)))
     rec = summary["recommendation"]
+    print_comparison(summary, printer)
     printer(f"\nRecommendation: {rec['strategy']}")
     for reason in rec["reasons"]:
         printer(f"  - {reason}")

@@ -11,7 +11,8 @@ import torch
 from lightning_reuse import RetrainingLedger
 from lightning_reuse.demo.calibration import calibrate_ledger, ledger_tag, open_ledger
 from lightning_reuse.demo.config import DemoConfig
-from lightning_reuse.demo.resque_pass import RESQUE_LAYER, resque_score
+from lightning_reuse.demo.resque_pass import resque_score
+from lightning_reuse.demo.sources import resque_layer
 
 UNITS = {"epochs_to_target": "epochs", "energy_wh": "Wh", "co2_g": "g CO2"}
 
@@ -33,13 +34,16 @@ def resque_precheck(
         )
         added = calibrate_ledger(config, source, run_dir, ledger, tag, say)
         say(f"      {added} calibration runs recorded in {ledger.path}")
-    result = resque_score(config, source, config.level)
+    result = resque_score(config, source, config.level, baselines=True)
     estimates = ledger.predict_all(result.score, variant="dist", tag=tag)
     say(f"      RESQUE_dist = {result.score:.4f} ({result.duration_s:.2f} s)")
     say("      " + format_estimates(estimates, config.target_acc))
+    if result.baselines:
+        say("      baselines: " + ", ".join(f"{k} {v:.3f}" for k, v in result.baselines.items()))
     return {
         "score": result.score,
-        "layer": RESQUE_LAYER,
+        "layer": resque_layer(config),
+        "baselines": dict(result.baselines),
         "per_class": result.per_class,
         "duration_s": result.duration_s,
         "energy_wh": None if result.energy is None else float(result.energy.energy_wh),

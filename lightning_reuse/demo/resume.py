@@ -72,8 +72,13 @@ def saved_config(state: RunState) -> DemoConfig:
 
 
 def config_differences(saved: dict[str, Any], config: DemoConfig) -> dict[str, tuple[Any, Any]]:
-    """``{key: (saved value, new value)}`` for every key where ``config`` differs from the saved one."""
+    """``{key: (saved value, new value)}`` for every key where ``config`` differs from the saved one.
+
+    A key the saved run lacks (an option added since it was made) counts as its default value.
+    """
     new = asdict(config)
+    defaults = asdict(DemoConfig.from_saved({k: v for k, v in saved.items() if k in new}))
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     keys = sorted((set(saved) | set(new)) - set(IGNORED_KEYS))
     return {k: (saved.get(k), new.get(k)) for k in keys if saved.get(k) != new.get(k)}
 

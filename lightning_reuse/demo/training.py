@@ -120,18 +120,24 @@ def energy_monitor(config: DemoConfig, budget: bool = False) -> EnergyMonitor:
     return EnergyMonitor(country_iso_code=config.country_iso_code)
 
 
-def _trainer(run_dir: Path, label: str, callbacks: list[Callback], max_epochs: int) -> pl.Trainer:
-    """A deterministic CPU trainer logging to ``run_dir/logs/<label>`` (no checkpoints, no progress bar)."""
+def _trainer(
+    run_dir: Path, label: str, callbacks: list[Callback], max_epochs: int, accelerator: str = "cpu"
+) -> pl.Trainer:
+    """A deterministic trainer logging to ``run_dir/logs/<label>`` (no checkpoints, no progress bar).
+
+    On CPU every op is deterministic; on an accelerator the few ops without a deterministic kernel (the
+    backward of adaptive average pooling on CUDA) warn instead of stopping the fit.
+    """
     return pl.Trainer(
         max_epochs=max_epochs,
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         logger=pl.loggers.CSVLogger(run_dir / "logs", name=label.replace(" ", "_")),
         callbacks=callbacks,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        deterministic=True,
+        deterministic=True if accelerator == "cpu" else "warn",
         num_sanity_val_steps=0,
     )
 
@@ -171,7 +177,11 @@ def run_strategy(
     recorder = EpochRecorder(label, config.progress, stop_at=target_acc if stop_at_target else None)
     monitor = energy_monitor(config, budget=budget)
     trainer = _trainer(
-        run_dir, label, [recorder, *(extra_callbacks or []), monitor], max_epochs or config.max_epochs
+        run_dir,
+        label,
+        [recorder, *(extra_callbacks or []), monitor],
+        max_epochs or config.max_epochs,
+        config.accelerator,
     )
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
