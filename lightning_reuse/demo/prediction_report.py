@@ -12,7 +12,9 @@ from typing import Any
 RULE_SENTENCE = (
     "How the predicted ranking is formed: a fixed rule, written before the demo's runs and not tuned on them "
     "(`lightning_reuse.demo.predictions.RULE`): each strategy gets the accuracy one pre-check number predicts "
-    "for it, and the strategies are ranked by it (1 = best; ties share their mean rank)."
+    "for it, and the strategies are ranked by it (1 = best; ties share their mean rank). "
+    "These numbers are proxies read before training, not accuracies at the demo's epoch budget: the rank "
+    "correlation tests the ordering, the error column shows how far each proxy is from the measured accuracy."
 )
 COMPARISON_HEADER = ["strategy", "predicted acc", "predicted rank", "test acc", "measured rank", "error"]
 
