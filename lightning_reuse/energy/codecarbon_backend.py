@@ -12,18 +12,28 @@ Facts this module is built around (codecarbon 3.3):
 - errors inside ``start/flush/stop`` are logged and swallowed, and ``stop()`` may return ``None`` (e.g. a
   stale lock file with ``allow_multiple_runs=False``): this backend reports that as ``None`` and a status;
 - ``stop()`` cancels the sampler timers without joining them: this backend joins them, so no thread is
-  left behind.
+  left behind;
+- a GPU without an energy counter: codecarbon before its power fallback reports 0 kWh for it (codecarbon
+  issue #1316); codecarbon 3.3 averages its sampled power instead, but still counts 0 while the power
+  cannot be read either. This backend labels the GPU ``"sampled power"`` in the first case of the fallback
+  and ``"not measured"`` (never 0 Wh, one :class:`~lightning_reuse.energy.meter.EnergyMeasurementWarning`)
+  whenever codecarbon counted a selected GPU as 0 without measuring it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from typing import Any
 
 from lightning_reuse.energy.backends import EnergyBackend
 from lightning_reuse.energy.config import EnergyConfig
-from lightning_reuse.energy.records import EnergyRecord
+from lightning_reuse.energy.meter import EnergyMeasurementWarning
+from lightning_reuse.energy.records import NOT_MEASURED, EnergyRecord
+
+#: GPU methods from the most to the least exact: a GPU summed with others gives the sum the least exact one.
+_GPU_RANK = ("NVML", "sampled power", NOT_MEASURED)
 
 
 def _make_capture() -> Any:
@@ -57,6 +67,42 @@ def _cpu_method(mode: str | None) -> str:
     if mode in ("intel_power_gadget", "windows_emi", "apple_powermetrics"):
         return "counter"
     return "estimate"
+
+
+def _reads_counter(device: Any) -> bool:
+    """Whether a codecarbon GPU device answers its energy counter (codecarbon returns ``None`` or raises)."""
+    try:
+        return device._get_total_energy_consumption() is not None
+    except Exception:
+        return False
+
+
+def _device_method(device: Any) -> str:
+    """How codecarbon measured one GPU device during the last interval: ``"NVML"`` (its energy counter),
+    ``"sampled power"`` (codecarbon >= 3.3's fallback: averaged power x time) or ``"not measured"``
+    (codecarbon counted 0: no counter before the fallback existed, or no power reading, or 0 W).
+
+    >>> from types import SimpleNamespace as Device
+    >>> fallback = dict(_use_power_fallback=True, _has_counter=False, _warned_zero_power=False)
+    >>> _device_method(Device(**fallback, _warned_power_failure=False))
+    'sampled power'
+    >>> _device_method(Device(**fallback, _warned_power_failure=True))
+    'not measured'
+    >>> _device_method(Device(_get_total_energy_consumption=lambda: None))  # codecarbon without fallback
+    'not measured'
+    """
+    if not hasattr(device, "_use_power_fallback"):  # codecarbon without the power fallback: 0 kWh
+        return "NVML" if _reads_counter(device) else NOT_MEASURED
+    if getattr(device, "_warned_zero_power", False):
+        return NOT_MEASURED
+    if device._use_power_fallback or not getattr(device, "_has_counter", True):
+        return NOT_MEASURED if getattr(device, "_warned_power_failure", False) else "sampled power"
+    return "NVML"
+
+
+def _least_exact(methods: list[str]) -> str:
+    """The least exact of the GPU methods (``"not measured"`` when there is none)."""
+    return max(methods, key=_GPU_RANK.index, default=NOT_MEASURED)
 
 
 def _require_country(country_iso_code: str | None) -> str:
@@ -132,6 +178,7 @@ class CodeCarbonBackend(EnergyBackend):
         self.tracker: Any = None
         self._capture: Any = None
         self._methods: dict[str, str] = {"cpu": "estimate", "gpu": "not measured", "ram": "estimate"}
+        self._warned = False
 
     @property
     def methods(self) -> dict[str, str]:
@@ -171,12 +218,52 @@ class CodeCarbonBackend(EnergyBackend):
     def _detect_methods(self) -> dict[str, str]:
         methods = {"cpu": "estimate", "gpu": "not measured", "ram": "estimate"}
         for hw in getattr(self.tracker, "_hardware", None) or []:
-            kind = type(hw).__name__
-            if kind == "CPU":
+            if type(hw).__name__ == "CPU":
                 methods["cpu"] = _cpu_method(getattr(hw, "_mode", None))
-            elif kind == "GPU" and self.gpu_ids != []:
-                methods["gpu"] = "NVML"
+        gpu = self._gpu_method()
+        if gpu is not None:
+            methods["gpu"] = gpu
         return methods
+
+    def _gpu_devices(self) -> list[Any] | None:
+        """codecarbon's devices of the GPUs this tracker sums; ``None`` when it tracks no GPU."""
+        if self.gpu_ids == []:
+            return None
+        for hw in getattr(self.tracker, "_hardware", None) or []:
+            if type(hw).__name__ == "GPU":
+                devices = list(getattr(getattr(hw, "devices", None), "devices", None) or [])
+                try:
+                    ids = set(hw._get_gpu_ids())
+                except Exception:  # another codecarbon version: every device
+                    return devices
+                return [d for d in devices if getattr(d, "gpu_index", None) in ids]
+        return None
+
+    def _gpu_method(self) -> str | None:
+        """The GPU's method for the last interval (``None``: no GPU tracked); warns once if not measured."""
+        devices = self._gpu_devices()
+        if devices is None:
+            return None
+        methods = {getattr(d, "gpu_index", i): _device_method(d) for i, d in enumerate(devices)}
+        missing = sorted(str(i) for i, m in methods.items() if m == NOT_MEASURED)
+        if (missing or not methods) and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"codecarbon tracks GPU(s) {missing or self.gpu_ids} but measured neither an energy counter "
+                "nor a power reading (it counts them as 0 kWh): the GPU energy is 'not measured' (not 0 Wh) "
+                "in logs, totals and reports. HINT: pass `gpu_ids` without these GPUs to measure the "
+                "others, or use `backend='nvml'`.",
+                EnergyMeasurementWarning,
+                stacklevel=2,
+            )
+        return _least_exact(list(methods.values()))
+
+    def _update_gpu_method(self) -> None:
+        """After a flush or stop: the least exact GPU method seen since :meth:`start` (it never improves:
+        a cumulative figure that missed a GPU's energy once stays incomplete)."""
+        gpu = self._gpu_method()
+        if gpu is not None:
+            self._methods["gpu"] = _least_exact([self._methods["gpu"], gpu])
 
     def _to_record(self, data: Any) -> EnergyRecord:
         return EnergyRecord(
@@ -196,6 +283,7 @@ class CodeCarbonBackend(EnergyBackend):
         if result is None or self._capture.total is None:
             self.status = "failed: codecarbon flush() returned None (see codecarbon's log)"
             return None
+        self._update_gpu_method()
         return self._to_record(self._capture.total)
 
     def _sampler_timers(self) -> list[threading.Thread]:
@@ -226,4 +314,5 @@ class CodeCarbonBackend(EnergyBackend):
         if result is None or data is None:
             self.status = "failed: codecarbon stop() returned None (see codecarbon's log)"
             return None
+        self._update_gpu_method()
         return self._to_record(data)
