@@ -25,6 +25,7 @@ from lightning_reuse.callbacks.energy_monitor import EnergyMonitor
 from lightning_reuse.energy.backends import NVMLBackend
 from lightning_reuse.energy.meter import EnergyMeasurementWarning, EnergyMeter
 from lightning_reuse.energy.records import METHODS
+from lightning_reuse.energy.report import reuse_report
 
 NOT_SUPPORTED = pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)  # an NVMLError_NotSupported instance
 
@@ -220,6 +221,8 @@ def test_real_fit_never_logs_a_zero_for_an_unmeasured_gpu(
     assert not [k for k in header if "gpu_wh" in k] and "energy/total_cpu_wh" in header
     assert json.loads(monitor.totals_path.read_text())["total"]["gpu_wh"] is None
     assert "gpu not measured" in str(monitor.total)
+    row = reuse_report({"reuse": monitor.total}).splitlines()[-1]
+    assert " / not measured / " in row and "gpu: not measured" in row
 
 
 def test_power_sample_interval_is_validated() -> None:
