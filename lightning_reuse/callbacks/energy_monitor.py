@@ -45,7 +45,7 @@ from lightning_reuse.energy.budget import BudgetDecision, EnergyBudgetWarning
 from lightning_reuse.energy.config import EnergyConfig
 from lightning_reuse.energy.meter import EnergyMeter
 from lightning_reuse.energy.predict import Prediction
-from lightning_reuse.energy.records import EnergyRecord
+from lightning_reuse.energy.records import NOT_MEASURED, EnergyRecord
 from lightning_reuse.energy.selection import measures, rank_gpu_ids
 from lightning_reuse.energy.summary import (
     EPOCH_COLUMNS,
@@ -60,6 +60,7 @@ from lightning_reuse.energy.totals_file import totals_document, write_json_atomi
 
 T = TypeVar("T")
 _FIELDS = ("cpu_wh", "gpu_wh", "ram_wh", "energy_wh", "co2_g", "cpu_seconds")  # summed over ranks
+_COMPONENTS = ("cpu", "gpu", "ram")
 log = logging.getLogger(__name__)
 
 
@@ -489,11 +490,21 @@ def _reduce_values(trainer: pl.Trainer, pl_module: pl.LightningModule, values: l
 
 
 def _reduce(trainer: pl.Trainer, pl_module: pl.LightningModule, records: list[EnergyRecord]) -> None:
-    """Sum energy/CO2 of ``records`` over ranks, in place (duration stays this rank's)."""
+    """Sum energy/CO2 of ``records`` over ranks, in place (duration stays this rank's).
+
+    One flag per component travels in the same all-reduce: a component that any rank could not measure is
+    "not measured" in the sum too (its Wh would otherwise be a sum that silently misses that rank).
+    """
     dtype = torch.float32 if pl_module.device.type == "mps" else torch.float64
-    values = torch.tensor([[getattr(r, f) for f in _FIELDS] for r in records], dtype=dtype)
+    rows = [
+        [getattr(r, f) for f in _FIELDS] + [float(r.method.get(c) == NOT_MEASURED) for c in _COMPONENTS]
+        for r in records
+    ]
     # `strategy.reduce` works in place: reduce a clone.
-    summed = trainer.strategy.reduce(values.to(pl_module.device).clone(), reduce_op="sum")
+    summed = trainer.strategy.reduce(torch.tensor(rows, dtype=dtype).to(pl_module.device), reduce_op="sum")
     for record, row in zip(records, summed.cpu().tolist()):
         for f, v in zip(_FIELDS, row):
             setattr(record, f, v)
+        for c, flag in zip(_COMPONENTS, row[len(_FIELDS) :]):
+            if flag > 0 and record.method:
+                record.method = {**record.method, c: NOT_MEASURED}

@@ -208,7 +208,7 @@ class FitAccounting:
         self.stages[stage] = record
         self.status = self.meter.status
         if stage == "fit":
-            self._finish_fit(record, dict(final.method) if self.measuring else None)
+            self._finish_fit(record, dict(record.method) if self.measuring else None)
         return record
 
     def _finish_fit(self, record: EnergyRecord, method: dict[str, str] | None) -> None:

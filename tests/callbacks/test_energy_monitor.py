@@ -436,3 +436,35 @@ def test_intensity_and_sampling_interval_are_validated() -> None:
         with pytest.raises(ValueError, match=rf"`measure_power_secs` must be > 0 seconds, got {bad}.*HINT"):
             EnergyMonitor(measure_power_secs=bad)
     assert EnergyMonitor(carbon_intensity_g_per_kwh=0.0, measure_power_secs=0.5).measure_power_secs == 0.5
+
+
+def test_ddp_a_component_one_rank_did_not_measure_is_not_measured_in_the_sum(ddp_runner) -> None:
+    """Process mode: rank 0 measures a GPU, rank 1's GPU has no reading. The summed GPU figure would silently
+    miss rank 1, so it is "not measured" (no `_gpu_wh` key) rather than rank 0's Wh under rank 0's label."""
+    result = ddp_runner(
+        """
+import json
+import lightning.pytorch as pl
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers import CSVLogger
+from lightning_reuse import EnergyMonitor
+from lightning_reuse.energy.backends import SimulatedBackend
+
+rank = int(os.environ.get("LOCAL_RANK", "0"))
+monitor = EnergyMonitor(backend=SimulatedBackend(cpu_w=36.0, gpu_w=5.0 if rank == 0 else 0.0, ram_w=0.0),
+                        ddp_mode="process")
+trainer = pl.Trainer(accelerator="cpu", devices=int(os.environ["LIGHTNING_REUSE_TEST_NPROCS"]), strategy="ddp",
+                     max_epochs=1, limit_train_batches=4, limit_val_batches=2, callbacks=[monitor],
+                     logger=CSVLogger(".", name="gpu"), enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False)
+trainer.fit(BoringModel())
+with open(f"rank{trainer.global_rank}.json", "w") as fh:
+    json.dump({"method": monitor.total.method, "local": monitor.meter.final.method}, fh)
+"""
+    )
+    r0, r1 = (json.loads((result.workdir / f"rank{i}.json").read_text()) for i in (0, 1))
+    assert r1["local"]["gpu"] == "not measured", r1
+    assert r0["local"]["gpu"] == "simulated" and r0["method"]["gpu"] == "not measured"
+    assert r0["method"]["cpu"] == "simulated"
+    rows = list(csv.DictReader(open(next((result.workdir / "gpu").rglob("metrics.csv")))))
+    assert _column(rows, "energy/total_cpu_wh") and not _column(rows, "energy/total_gpu_wh")
