@@ -21,7 +21,7 @@ _NAMES: dict[str, str] = {
     "make_backend": ".selection",
     "rank_gpu_ids": ".selection",
     "EnergyMeter": ".meter",
-    "EnergyMeasurementWarning": ".meter",
+    "EnergyMeasurementWarning": ".records",
     "FitAccounting": ".accounting",
     "RunPlan": ".accounting",
     "BudgetGuard": ".budget",
@@ -44,9 +44,9 @@ if TYPE_CHECKING:
     from lightning_reuse.energy.codecarbon_backend import CodeCarbonBackend
     from lightning_reuse.energy.config import EnergyConfig, carbon_intensity
     from lightning_reuse.energy.ledger import CostEstimate, RetrainingLedger
-    from lightning_reuse.energy.meter import EnergyMeasurementWarning, EnergyMeter
+    from lightning_reuse.energy.meter import EnergyMeter
     from lightning_reuse.energy.predict import Prediction, carbontracker_prediction, predict_total
-    from lightning_reuse.energy.records import EnergyRecord
+    from lightning_reuse.energy.records import EnergyMeasurementWarning, EnergyRecord
     from lightning_reuse.energy.report import plot_reuse_report, reuse_report
     from lightning_reuse.energy.selection import make_backend, rank_gpu_ids
     from lightning_reuse.energy.windows import measurement_window

@@ -45,7 +45,7 @@ from lightning_reuse.energy.config import (
     carbon_intensity,
     validate_country,
 )
-from lightning_reuse.energy.records import EnergyRecord
+from lightning_reuse.energy.records import EnergyMeasurementWarning, EnergyRecord
 
 __all__ = [
     "WORLD_AVERAGE_G_PER_KWH",
@@ -271,7 +271,7 @@ class NVMLBackend(EnergyBackend):
     sampling its power (``nvmlDeviceGetPowerUsage``) every ``power_sample_s`` on a background thread and
     integrating it over time: the GPU's method is then ``"sampled power"``. A selected GPU with neither
     counter nor power reading makes the GPU component ``"not measured"`` (never 0 Wh), with one
-    :class:`~lightning_reuse.energy.meter.EnergyMeasurementWarning` per backend.
+    :class:`~lightning_reuse.energy.records.EnergyMeasurementWarning` per backend.
 
     Args:
         device_indices: GPUs to sum, as physical NVML indices or UUID (prefix) strings as in
@@ -393,7 +393,6 @@ class NVMLBackend(EnergyBackend):
         if self._warned:
             return
         self._warned = True
-        from lightning_reuse.energy.meter import EnergyMeasurementWarning  # meter imports this module
 
         causes = "; ".join(f"GPU {d}: {cause}" for d, cause in missing.items())
         warnings.warn(

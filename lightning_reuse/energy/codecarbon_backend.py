@@ -16,7 +16,7 @@ Facts this module is built around (codecarbon 3.3):
 - a GPU without an energy counter: codecarbon before its power fallback reports 0 kWh for it (codecarbon
   issue #1316); codecarbon 3.3 averages its sampled power instead, but still counts 0 while the power
   cannot be read either. This backend labels the GPU ``"sampled power"`` in the first case of the fallback
-  and ``"not measured"`` (never 0 Wh, one :class:`~lightning_reuse.energy.meter.EnergyMeasurementWarning`)
+  and ``"not measured"`` (never 0 Wh, one :class:`~lightning_reuse.energy.records.EnergyMeasurementWarning`)
   whenever codecarbon counted a selected GPU as 0 without measuring it.
 """
 
@@ -29,8 +29,7 @@ from typing import Any
 
 from lightning_reuse.energy.backends import EnergyBackend
 from lightning_reuse.energy.config import EnergyConfig
-from lightning_reuse.energy.meter import EnergyMeasurementWarning
-from lightning_reuse.energy.records import NOT_MEASURED, EnergyRecord
+from lightning_reuse.energy.records import NOT_MEASURED, EnergyMeasurementWarning, EnergyRecord
 
 #: GPU methods from the most to the least exact: a GPU summed with others gives the sum the least exact one.
 _GPU_RANK = ("NVML", "sampled power", NOT_MEASURED)

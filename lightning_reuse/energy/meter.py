@@ -21,13 +21,8 @@ import time
 import warnings
 from collections.abc import Iterator
 
-from lightning_reuse._warnings import LightningReuseWarning
 from lightning_reuse.energy.backends import EnergyBackend
-from lightning_reuse.energy.records import EnergyRecord
-
-
-class EnergyMeasurementWarning(LightningReuseWarning):
-    """An energy backend failed; the numbers so far are kept and training goes on."""
+from lightning_reuse.energy.records import EnergyMeasurementWarning, EnergyRecord
 
 
 def _fill(target: EnergyRecord, source: EnergyRecord) -> None:

@@ -18,7 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from lightning_reuse._warnings import LightningReuseWarning
+
+
 #: The values a record's ``method`` maps each component to.
+class EnergyMeasurementWarning(LightningReuseWarning):
+    """An energy backend failed (or could not measure a component); the numbers so far are kept and training
+    goes on."""
+
+
 METHODS = ("RAPL", "NVML", "counter", "sampled power", "estimate", "simulated", "not measured")
 COMPONENTS = ("cpu", "gpu", "ram")
 _NUMERIC = ("cpu_wh", "gpu_wh", "ram_wh", "energy_wh", "co2_g", "duration_s", "cpu_seconds")
