@@ -568,6 +568,18 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for name, per in result["input_shifts"]["weightedtau"].items():
         lines.append(f"| {name} | " + " | ".join(_cell(per[p][t]) for p, t in cols) + " |")
+    lines += [
+        "",
+        "## weightedtau on the input-shift targets, random-weight controls left out",
+        "",
+        head.rstrip(),
+    ]
+    for name, per in result["input_shifts_trained"]["weightedtau"].items():
+        lines.append(f"| {name} | " + " | ".join(_cell(per[p][t]) for p, t in cols) + " |")
+    lines += [
+        "",
+        f"Source family with the smallest RESQUE_dist: {result['input_shifts']['least_shifted_family']}",
+    ]
     lines += ["", f"Censored (target missed within the budget): {result['censored_fraction']}"]
     lines += ["", "## fitted cost (ridge on log epochs), mean absolute error in epochs", ""]
     lines += [f"- {k}: {v:.2f}" for k, v in result["fitted_cost_mae_epochs"].items()]
@@ -642,6 +654,13 @@ def analyse(cfg: Config, runs: list[dict[str, Any]], elapsed: float) -> dict[str
     )
     result["input_shifts"] = {"targets": [t["name"] for t, c in zip(cfg.targets, cols) if c]}
     result["input_shifts"] |= evaluate(*subset, cfg)
+    fams = np.array([src["family"] for src in cfg.sources])
+    smallest = np.nanargmax(subset[0]["resque_dist"], 0)  # the source RESQUE_dist calls the least shifted
+    result["input_shifts"]["least_shifted_family"] = dict(
+        zip(result["input_shifts"]["targets"], fams[smallest].tolist())
+    )
+    trained = fams != "random"  # the same question without the random-weight controls
+    result["input_shifts_trained"] = evaluate(*({k: v[trained] for k, v in d.items()} for d in subset), cfg)
     result["censored_fraction"] = {
         s: float(np.mean([r[f"{s}_epochs"] is None for r in runs])) for s in ("finetune", "probe")
     }
