@@ -538,62 +538,56 @@ def _cell(entry: dict[str, Any]) -> str:
     return f"{entry['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
-def markdown(result: dict[str, Any]) -> str:
-    """Tables: weighted tau (and Spearman) per score, protocol and truth; RESQUE's gaps over each score."""
+def _table(title: str, per_score: dict[str, Any]) -> list[str]:
+    """One markdown table: a row per score, a column per protocol and truth, ``mean [low, high]``."""
     cols = [(p, t) for p in ("across_models", "across_shifts") for t in TRUTHS]
-    head = "| score | " + " | ".join(f"{p} {t}" for p, t in cols) + " |\n|---|" + "---|" * len(cols) + "\n"
-    lines = [f"# Transferability zoo benchmark ({result['config']['name']}; {MACHINE})", ""]
-    for how in ("weightedtau", "spearman"):
-        lines += [
-            f"## {how} (mean over units, 95% bootstrap CI over resampled configurations)",
-            "",
-            head.rstrip(),
-        ]
-        for name, per in result[how].items():
-            lines.append(f"| {name} | " + " | ".join(_cell(per[p][t]) for p, t in cols) + " |")
-        lines.append("")
-    for title, res in (("all targets", result), ("input-shift targets only", result["input_shifts"])):
-        lines += [
-            f"## weightedtau gap, RESQUE minus another score (same resamples; {title})",
-            "",
-            head.rstrip(),
-        ]
-        for name, per in res["gap_weightedtau"].items():
-            lines.append(f"| {name} | " + " | ".join(_cell(per[p][t]) for p, t in cols) + " |")
-        lines.append("")
-    lines += [
-        "## weightedtau on the input-shift targets only (where RESQUE_dist is defined)",
-        "",
-        head.rstrip(),
+    out = [f"## {title}", "", "| score | " + " | ".join(f"{p} {t}" for p, t in cols) + " |"]
+    out.append("|---|" + "---|" * len(cols))
+    out += [
+        f"| {name} | " + " | ".join(_cell(per[p][t]) for p, t in cols) + " |"
+        for name, per in per_score.items()
     ]
-    for name, per in result["input_shifts"]["weightedtau"].items():
-        lines.append(f"| {name} | " + " | ".join(_cell(per[p][t]) for p, t in cols) + " |")
-    lines += [
-        "",
-        "## weightedtau on the input-shift targets, random-weight controls left out",
-        "",
-        head.rstrip(),
-    ]
-    for name, per in result["input_shifts_trained"]["weightedtau"].items():
-        lines.append(f"| {name} | " + " | ".join(_cell(per[p][t]) for p, t in cols) + " |")
-    lines += [
-        "",
-        f"Source family with the smallest RESQUE_dist: {result['input_shifts']['least_shifted_family']}",
-    ]
-    lines += ["", f"Censored (target missed within the budget): {result['censored_fraction']}"]
-    lines += ["", "## fitted cost (ridge on log epochs), mean absolute error in epochs", ""]
-    lines += [f"- {k}: {v:.2f}" for k, v in result["fitted_cost_mae_epochs"].items()]
-    lines += ["", "## answers (weightedtau; a gap counts when its 95% CI is above 0)", ""]
-    for key, a in result["answers"].items():
-        if "rank" in a and a["rank"] is not None:
-            lines.append(f"- {key}: {a['rank']} of {a['of']}")
+    return [*out, ""]
+
+
+def _answer_lines(answers_: dict[str, Any]) -> list[str]:
+    out = ["## answers (weightedtau; a gap counts when its 95% CI is above 0)", ""]
+    for key, a in answers_.items():
+        if a.get("rank") is not None:
+            out.append(f"- {key}: {a['rank']} of {a['of']}")
         elif a.get("tau") is not None:
-            lines.append(
+            out.append(
                 f"- {key}: {a['tau']:+.2f} [{a['ci'][0]:+.2f}, {a['ci'][1]:+.2f}]; best baseline "
                 f"{a['best_baseline']} {a['best_baseline_tau']:+.2f}; beats every baseline: point "
                 f"{a['beats_every_baseline']}, CI {a['beats_every_baseline_ci']}"
             )
-    return "\n".join(lines) + "\n"
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """Tables: weighted tau (and Spearman) per score, protocol and truth; RESQUE's gaps over each score."""
+    ci = "mean over units, 95% bootstrap CI over resampled configurations"
+    inputs = result["input_shifts"]
+    lines = [f"# Transferability zoo benchmark ({result['config']['name']}; {MACHINE})", ""]
+    lines += _table(f"weightedtau ({ci})", result["weightedtau"]) + _table(
+        f"spearman ({ci})", result["spearman"]
+    )
+    lines += _table(
+        "weightedtau gap, RESQUE minus another score (same resamples; all targets)", result["gap_weightedtau"]
+    )
+    lines += _table(
+        "weightedtau gap, RESQUE minus another score (input-shift targets only)", inputs["gap_weightedtau"]
+    )
+    lines += _table(
+        "weightedtau on the input-shift targets only (where RESQUE_dist is defined)", inputs["weightedtau"]
+    )
+    trained = result["input_shifts_trained"]["weightedtau"]
+    lines += _table("weightedtau on the input-shift targets, random-weight controls left out", trained)
+    lines += [f"Source family with the smallest RESQUE_dist: {inputs['least_shifted_family']}", ""]
+    lines += [f"Censored (target missed within the budget): {result['censored_fraction']}", ""]
+    lines += ["## fitted cost (ridge on log epochs), mean absolute error in epochs", ""]
+    lines += [f"- {k}: {v:.2f}" for k, v in result["fitted_cost_mae_epochs"].items()]
+    return "\n".join([*lines, "", *_answer_lines(result["answers"])]) + "\n"
 
 
 BASELINES = ("logme", "leep", "nce", "h_score", "knn_accuracy", "linear_probe", "source_accuracy", "size")
