@@ -73,7 +73,8 @@ SCORES = (
     "resque", "resque_dist", "resque_task", "logme", "leep", "nce", "h_score", "knn_accuracy",
     "linear_probe", "source_accuracy", "size",
 )  # fmt: skip
-TRUTHS = ("finetune_acc", "finetune_epochs", "probe_acc", "probe_epochs")
+STRATEGIES = ("finetune", "probe", "reprogram")
+TRUTHS = tuple(f"{s}_{m}" for s in STRATEGIES for m in ("acc", "epochs"))
 
 
 @dataclass
@@ -373,7 +374,7 @@ def _new_head(width: int, num_classes: int, seed: int) -> nn.Linear:
 
 
 def ground_truth(net: nn.Module, tgt: dict[str, Tensor], cfg: Config) -> dict[str, list[float]]:
-    """Per-epoch test accuracies of full fine-tuning (new head) and of a linear probe on frozen features."""
+    """Per-epoch test accuracies of full fine-tuning (new head), a linear probe on frozen features, reprogramming."""
     c = int(tgt["y_train"].max()) + 1
     tuned = copy.deepcopy(net)
     tuned.head = _new_head(tuned.head.in_features, c, cfg.seed)
@@ -385,7 +386,28 @@ def ground_truth(net: nn.Module, tgt: dict[str, Tensor], cfg: Config) -> dict[st
     probe = _fit(
         head, list(head.parameters()), (f_tr, tgt["y_train"], f_te, tgt["y_test"]), cfg.lr_probe, cfg
     )
-    return {"finetune": finetune, "probe": probe}
+    program = Reprogrammed(net, c, cfg.seed)
+    reprogram = _fit(program, [program.delta, *program.mapping.parameters()], data, cfg.lr_probe, cfg)
+    return {"finetune": finetune, "probe": probe, "reprogram": reprogram}
+
+
+class Reprogrammed(nn.Module):
+    """Input reprogramming: a learned additive input pattern, the frozen source, a learned map of its logits."""
+
+    def __init__(self, net: nn.Module, num_classes: int, seed: int) -> None:
+        super().__init__()
+        self.net = copy.deepcopy(net).eval().requires_grad_(False)
+        self.delta = nn.Parameter(torch.zeros(1, 1, 8, 8))
+        self.mapping = _new_head(net.head.out_features, num_classes, seed)
+
+    def train(self, mode: bool = True) -> Reprogrammed:
+        """Train the pattern and the map; the source stays in eval mode (frozen statistics)."""
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mapping(self.net(x + self.delta))
 
 
 def epochs_to(accs: list[float], target: float) -> int | None:
@@ -398,7 +420,7 @@ def truth_matrices(runs: list[dict[str, Any]], ns: int, nt: int, cfg: Config) ->
     """Oriented ground truth ``[source, target]``: accuracies, and minus epochs to target (miss = budget + 1)."""
     out = {t: np.full((ns, nt), np.nan) for t in TRUTHS}
     for r in runs:
-        for strategy in ("finetune", "probe"):
+        for strategy in STRATEGIES:
             out[f"{strategy}_acc"][r["s"], r["t"]] = r[f"{strategy}_acc"]
             epochs = r[f"{strategy}_epochs"]
             out[f"{strategy}_epochs"][r["s"], r["t"]] = -(cfg.epochs + 1 if epochs is None else epochs)
@@ -512,7 +534,7 @@ def run_grid(cfg: Config) -> list[dict[str, Any]]:
             f"  {spec['name']:32s} {len(targets)} targets in {time.perf_counter() - start:6.1f} s", flush=True
         )
     for t in range(len(targets)):  # the target: 90% of the best source's final accuracy, per strategy
-        for strategy in ("finetune", "probe"):
+        for strategy in STRATEGIES:
             mine = [r for r in runs if r["t"] == t]
             goal = 0.9 * max(r["curves"][strategy][-1] for r in mine)
             for r in mine:
@@ -656,7 +678,7 @@ def analyse(cfg: Config, runs: list[dict[str, Any]], elapsed: float) -> dict[str
     trained = fams != "random"  # the same question without the random-weight controls
     result["input_shifts_trained"] = evaluate(*({k: v[trained] for k, v in d.items()} for d in subset), cfg)
     result["censored_fraction"] = {
-        s: float(np.mean([r[f"{s}_epochs"] is None for r in runs])) for s in ("finetune", "probe")
+        s: float(np.mean([r[f"{s}_epochs"] is None for r in runs])) for s in STRATEGIES
     }
     result |= {"fitted_cost_mae_epochs": mae, "runs": runs, "elapsed_s": elapsed}
     result["answers"] = answers(result)
