@@ -300,10 +300,12 @@ class FitAccounting:
         first = self._epoch_in_fit == 0
         steady = self._steady_first_epoch(end) if first else None
         setup = (self._boundary - self._stage_start) if first else EnergyRecord()
-        local_epoch_wh = epoch.energy_wh
-        self._reduce([epoch, setup], reduce)
-        if steady is not None and local_epoch_wh > 0:
-            steady *= epoch.energy_wh / local_epoch_wh  # scale the local steady rate to all ranks
+        # The steady first-epoch estimate is summed over ranks with the epoch (every rank has one or none
+        # alike: the same batches): a rank that measures nothing adds 0 instead of predicting from 0 Wh.
+        steady_sum = [EnergyRecord(energy_wh=steady)] if steady is not None else []
+        self._reduce([epoch, setup, *steady_sum], reduce)
+        if steady_sum:
+            steady = steady_sum[0].energy_wh
         self._boundary = end
         self._epoch_in_fit += 1
         self.epochs.append(epoch)

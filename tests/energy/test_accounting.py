@@ -265,3 +265,29 @@ def test_process_mode_counts_each_gpu_once(monkeypatch: pytest.MonkeyPatch) -> N
     assert meter.backend.device_indices == [] and meter.backend.methods["gpu"] == "not measured"
     assert rank_gpu_ids("process", local_rank=0, cuda_index=None) is None
     assert rank_gpu_ids("node", local_rank=1, cuda_index=1) is None
+
+
+def test_a_rank_that_measures_nothing_predicts_the_same_total_as_the_measuring_rank() -> None:
+    """ddp_mode="node", local rank > 0: it measures nothing, so its own steady first-epoch estimate is 0. The
+    estimate is summed over ranks with the epoch, so both ranks predict the same total (was: the idle rank
+    predicted from 0 Wh)."""
+    sent: list[list[float]] = []
+
+    def rank0_reduce(records: list[EnergyRecord]) -> None:  # the idle rank adds zeros
+        sent.append([r.energy_wh for r in records])
+
+    def rank1_reduce(records: list[EnergyRecord]) -> None:  # receives what rank 0 sent for the same call
+        for record, value in zip(records, sent.pop(0)):
+            record.energy_wh += value
+
+    plan = RunPlan(max_epochs=4)
+    predictions = []
+    for measuring, reduce in ((True, rank0_reduce), (False, rank1_reduce)):
+        fit = _accounting(warmup_batches=2)
+        fit.start_stage("fit", measuring=measuring)
+        fit.start_epoch(8)
+        for batch_idx in range(8):
+            fit.end_batch(batch_idx)
+        _, pred = fit.end_epoch(plan, reduce=reduce)
+        predictions.append(pred.energy_wh)
+    assert predictions[1] == pytest.approx(predictions[0], rel=1e-12) and predictions[0] > 0
