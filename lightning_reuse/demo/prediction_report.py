@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from lightning_reuse.demo.markdown import markdown_table
+
 RULE_SENTENCE = (
     "How the predicted ranking is formed: a fixed rule, written before the demo's runs and not tuned on them "
     "(`lightning_reuse.demo.predictions.RULE`): each strategy gets the accuracy one pre-check number predicts "
@@ -70,15 +72,12 @@ def predictions_section(summary: dict[str, Any]) -> str:
     if not p:
         return ""
     rows = [
-        f"| {r['name']} | {_fmt(r['predicted_acc'])} | {_rank(r['predicted_rank'])} | {r['basis']} |"
-        for r in p["strategies"]
+        [r["name"], _fmt(r["predicted_acc"]), _rank(r["predicted_rank"]), r["basis"]] for r in p["strategies"]
     ]
     lines = [
         RULE_SENTENCE,
         "",
-        "| strategy | predicted acc | predicted rank | basis |",
-        "|---|---|---|---|",
-        *rows,
+        markdown_table(["strategy", "predicted acc", "predicted rank", "basis"], rows),
         "",
         f"- {cost_line(p['cost'], summary['config']['target_acc'])}",
         *(
@@ -166,10 +165,8 @@ def comparison_section(summary: dict[str, Any]) -> str:
     """Markdown: predicted vs measured side by side."""
     if not summary.get("predicted_vs_measured"):
         return ""
-    header = COMPARISON_HEADER
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in comparison_rows(summary)]
-    return "\n".join([*lines, "", *(f"- {line}" for line in comparison_lines(summary))])
+    table = markdown_table(COMPARISON_HEADER, comparison_rows(summary))
+    return "\n".join([table, "", *(f"- {line}" for line in comparison_lines(summary))])
 
 
 def print_comparison(summary: dict[str, Any], printer: Callable[..., None] = print) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lightning_reuse.demo.markdown import markdown_table
 from lightning_reuse.demo.plots import save_plots
 from lightning_reuse.demo.prediction_report import (
     COMPARISON_HEADER,
@@ -49,13 +50,6 @@ HEADER = [
     "CO2 (g)",
     "trainable / total params",
 ]
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    """A markdown table of ``rows`` under ``header``."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def resque_section(summary: dict[str, Any]) -> str:
