@@ -122,38 +122,37 @@ def _calibration_run(
         stop_at_target=True,
     )
     if result.epochs_to_target is None:
-        _record_miss(ledger, score, result, tag, level, key)
+        _record(ledger, score, result, tag, level, key, reached=False)
         say(
             f"    [{name}] target not reached in {result.epochs} epochs: recorded as censored "
             "(the cost is at least what this run spent)"
         )
         return
-    ledger.add_run(
-        score,
-        result.epochs_to_target,
-        result.energy_to_target_wh,
-        result.co2_to_target_g,
-        result.duration_s,
-        variant="dist",
-        tag=tag,
-        extra={"level": level},
-        key=key,
-    )
+    _record(ledger, score, result, tag, level, key, reached=True)
 
 
-def _record_miss(
-    ledger: RetrainingLedger, score: float, result: StrategyResult, tag: str, level: float, key: str
+def _record(
+    ledger: RetrainingLedger,
+    score: float,
+    result: StrategyResult,
+    tag: str,
+    level: float,
+    key: str,
+    reached: bool,
 ) -> None:
-    """Record a run that missed the target: its cost is what it spent (the epoch budget, all its energy)."""
+    """Record a calibration run: its cost to the target, or, for a miss, what it spent (a lower bound)."""
+    cost = (
+        (result.epochs_to_target, result.energy_to_target_wh, result.co2_to_target_g)
+        if reached
+        else (result.epochs, result.energy_wh, result.co2_g)
+    )
     ledger.add_run(
         score,
-        result.epochs,
-        result.energy_wh,
-        result.co2_g,
+        *cost,
         result.duration_s,
         variant="dist",
         tag=tag,
         extra={"level": level},
-        reached_target=False,
+        reached_target=reached,
         key=key,
     )

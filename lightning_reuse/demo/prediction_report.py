@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from lightning_reuse.demo.markdown import markdown_table
+from lightning_reuse.demo.markdown import markdown_table, text_table
 
 RULE_SENTENCE = (
     "How the predicted ranking is formed: a fixed rule, written before the demo's runs and not tuned on them "
@@ -173,12 +173,8 @@ def print_comparison(summary: dict[str, Any], printer: Callable[..., None] = pri
     """Print predicted vs measured: the table, then the correlation, cost and verdict lines."""
     if not summary.get("predicted_vs_measured"):
         return
-    rows = comparison_rows(summary)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(COMPARISON_HEADER)]
     printer("\nPredicted (before spending) vs measured:")
-    printer("  ".join(h.ljust(w) for h, w in zip(COMPARISON_HEADER, widths)))
-    printer("  ".join("-" * w for w in widths))
-    for r in rows:
-        printer("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    for line in text_table(COMPARISON_HEADER, comparison_rows(summary)):
+        printer(line)
     for line in comparison_lines(summary):
         printer(f"  - {line}")

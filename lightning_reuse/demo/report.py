@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lightning_reuse.demo.markdown import markdown_table
+from lightning_reuse.demo.markdown import markdown_table, text_table
 from lightning_reuse.demo.plots import save_plots
 from lightning_reuse.demo.prediction_report import (
     COMPARISON_HEADER,
@@ -251,13 +251,9 @@ def _log_wandb(summary: dict[str, Any], plots: dict[str, Path], run_dir: Path) -
 
 def print_summary(summary: dict[str, Any], printer: Callable[..., None] = print) -> None:
     """Print the strategies' table, the recommendation with its reasons, and where the report is."""
-    rows = summary_rows(summary)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADER)]
     printer("")
-    printer("  ".join(h.ljust(w) for h, w in zip(HEADER, widths)))
-    printer("  ".join("-" * w for w in widths))
-    for r in rows:
-        printer("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    for line in text_table(HEADER, summary_rows(summary)):
+        printer(line)
     rec = summary["recommendation"]
     print_comparison(summary, printer)
     printer(f"\nRecommendation: {rec['strategy']}")
