@@ -38,12 +38,13 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import itertools
 import json
 import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ from scipy import stats
 from torch import Tensor, nn
 
 from lightning_reuse.functional import (
+    ScreeningConfig,
     h_score,
     knn_accuracy,
     leep,
@@ -62,7 +64,10 @@ from lightning_reuse.functional import (
     nce,
     resque_dist,
     resque_task,
+    screen_reprogramming,
+    stratified_subset,
 )
+from lightning_reuse.nn import FullPrompt, LinearLabelMapping, ReprogrammedModel
 from lightning_reuse.samples import SmallCNN, load_digits_tensors, pretrained_small_cnn, split_indices
 from lightning_reuse.samples.models import train_classifier
 from lightning_reuse.samples.zoo import default_cache_dir
@@ -92,6 +97,7 @@ class Config:
     boot: int = 2000
     seed: int = 0
     cache: bool = True
+    ntk_samples: int = 200
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -415,6 +421,81 @@ def epochs_to(accs: list[float], target: float) -> int | None:
     return next((i + 1 for i, a in enumerate(accs) if a >= target - 1e-12), None)
 
 
+# -------------------------------------------------------------------------------- NTK screening (question b)
+def reprogram_model(net: nn.Module, num_classes: int, cfg: Config) -> ReprogrammedModel:
+    """The ground truth's reprogramming at its start, as the library's module.
+
+    ``x + delta`` with ``delta = 0`` is :class:`~lightning_reuse.nn.FullPrompt` with the identity activation on
+    the 8x8 input; the frozen source (a copy); the same seeded linear map of its logits as ``Reprogrammed``.
+    """
+    k = net.head.out_features
+    mapping = LinearLabelMapping(k, num_classes)
+    mapping.linear.load_state_dict(_new_head(k, num_classes, cfg.seed).state_dict())
+    prompt = FullPrompt((1, 8, 8), (1, 8, 8), activation="identity")
+    return ReprogrammedModel(copy.deepcopy(net), prompt, mapping)
+
+
+def _screen_fields(scores: Any, suffix: str) -> dict[str, float]:
+    decision = ("FAIL", "WARN", "PASS").index(scores.decision)  # higher = predicts success
+    keys = (
+        "ntk_score", "ntk_accuracy", "rho", "rho_labels", "e_tau", "r_eff", "predicted_residual", "source_gate",
+        "guard_confidence", "guard_nmi",
+    )  # fmt: skip
+    out = {f"{k}{suffix}": float(getattr(scores, k)) for k in keys}
+    return out | {f"decision{suffix}": float(decision)}
+
+
+def screen_pair(net: nn.Module, tgt: dict[str, Tensor], cfg: Config) -> dict[str, Any]:
+    """The library's NTK screening of one pair on a stratified subset of the target's TRAINING part.
+
+    Two label mappings: ``model`` (the ground truth's own seeded linear map, as it starts; the kernel is the
+    prompt's, the map's own parameters are not in it) and ``flm`` (the library's default: the one-to-one
+    frequency mapping fitted on the screened samples; where the target has more classes than the source
+    has outputs it cannot be built, and the ``_flm`` fields repeat the ``model`` screening,
+    ``flm_feasible = False``). The callback's baselines come from the same pass: the zero-step accuracy
+    (through the FLM; where infeasible, the many-to-one frequency mapping on the same samples, both in-sample),
+    the cross-fitted linear probe and LogME on the source logits.
+    """
+    x, y = tgt["x_train"], tgt["y_train"]
+    c, k = int(y.max()) + 1, net.head.out_features
+    model = reprogram_model(net, c, cfg)
+    config = ScreeningConfig(num_samples=cfg.ntk_samples, seed=cfg.seed)
+    start = time.perf_counter()
+    own = screen_reprogramming(model, x, y, config=replace(config, label_mapping="model"))
+    out: dict[str, Any] = {"flm_feasible": c <= k, **_screen_fields(own, "")}
+    out["seconds_model"] = time.perf_counter() - start
+    out["linear_probe_logits"] = own.baselines["linear_probe"]
+    out["logme_logits"] = own.baselines["logme"]
+    if c <= k:
+        start = time.perf_counter()
+        flm = screen_reprogramming(model, x, y, config=replace(config, label_mapping="flm"))
+        out |= _screen_fields(flm, "_flm") | {"seconds_flm": time.perf_counter() - start}
+        out["zero_step_accuracy"] = flm.baselines["zero_step_accuracy"]
+    else:
+        out |= _screen_fields(own, "_flm") | {"seconds_flm": 0.0}
+        idx = stratified_subset(y, cfg.ntk_samples, cfg.seed)
+        with torch.no_grad():
+            z = net.eval()(x[idx]).argmax(-1)
+        out["zero_step_accuracy"] = mapped_accuracy(z, y[idx], z, y[idx], k)
+    out["n"] = int(own.n)
+    return out
+
+
+def add_screening(cfg: Config, runs: list[dict[str, Any]]) -> float:
+    """Screen every run that has no ``ntk`` entry yet (``--rescore`` of runs made before the screening)."""
+    todo = [r for r in runs if "ntk" not in r]
+    if not todo:
+        return 0.0
+    start = time.perf_counter()
+    targets = [make_target(t, cfg.seed + 100 * j) for j, t in enumerate(cfg.targets)]
+    for s in sorted({r["s"] for r in todo}):
+        net = build_source(cfg.sources[s], cfg)
+        for r in (r for r in todo if r["s"] == s):
+            torch.manual_seed(cfg.seed)
+            r["ntk"] = screen_pair(net, targets[r["t"]], cfg)
+    return time.perf_counter() - start
+
+
 # ------------------------------------------------------------------------------------------------- evaluation
 def truth_matrices(runs: list[dict[str, Any]], ns: int, nt: int, cfg: Config) -> dict[str, np.ndarray]:
     """Oriented ground truth ``[source, target]``: accuracies, and minus epochs to target (miss = budget + 1)."""
@@ -513,6 +594,219 @@ def fitted_scores(
     return preds, mae
 
 
+# ------------------------------------------------------------------------- NTK screening evaluation (b)
+NTK_SCORES = (
+    "ntk_score", "ntk_accuracy", "decision", "neg_rho", "ntk_score_flm", "ntk_accuracy_flm", "decision_flm",
+    "neg_rho_flm", "ntk_gain_flm",
+)  # fmt: skip
+NTK_BASELINES = (
+    "zero_step_accuracy", "linear_probe_logits", "logme_logits", "source_accuracy", "leep", "nce",
+    "knn_accuracy", "linear_probe", "logme", "size", "probe_gain",
+)  # fmt: skip
+NTK_FITTED = {  # logistic fits of "reprogramming beats the probe", one source family left out
+    "logistic_ntk": ("ntk_score_flm", "ntk_accuracy_flm", "linear_probe"),
+    "logistic_baselines": ("zero_step_accuracy", "linear_probe_logits", "source_accuracy", "linear_probe"),
+    "logistic_ntk_and_baselines": (
+        "ntk_score_flm", "ntk_accuracy_flm", "zero_step_accuracy", "linear_probe_logits", "source_accuracy",
+        "linear_probe",
+    ),
+}  # fmt: skip
+NTK_OURS = (
+    *NTK_SCORES, "logistic_ntk", "logistic_ntk_balanced", "logistic_ntk_and_baselines",
+    "logistic_ntk_and_baselines_balanced", "threshold_ntk_score_flm",
+)  # fmt: skip
+NTK_OTHERS = (
+    *NTK_BASELINES, "logistic_baselines", "logistic_baselines_balanced", "threshold_linear_probe_logits",
+    "threshold_logme_logits",
+)  # fmt: skip
+
+
+def auroc(score: np.ndarray, label: np.ndarray) -> float:
+    """Area under the ROC curve of ``score`` for the boolean ``label`` (ties count one half); NaN if one class."""
+    pos, neg = int(label.sum()), int((~label).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    ranks = stats.rankdata(score)
+    return float((ranks[label].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(np.corrcoef(stats.rankdata(x), stats.rankdata(y))[0, 1])
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, balanced: bool, l2: float = 1.0, steps: int = 50) -> np.ndarray:
+    """L2-penalised logistic regression by Newton steps (intercept unpenalised); weights ``[1 + D]``.
+
+    ``balanced``: each class weighs half, so the intercept does not carry the training families' base rate.
+    """
+    a = np.c_[np.ones(len(x)), x]
+    w, pen = np.zeros(a.shape[1]), l2 * np.diag([0.0] + [1.0] * x.shape[1])
+    sw = np.where(y > 0, 0.5 / y.mean(), 0.5 / (1 - y.mean())) if balanced else np.ones(len(y))
+    for _ in range(steps):
+        p = 1 / (1 + np.exp(-a @ w))
+        hess = a.T @ (a * (sw * p * (1 - p))[:, None]) + pen + 1e-9 * np.eye(len(w))
+        w = w - np.linalg.solve(hess, a.T @ (sw * (p - y)) + pen @ w)
+    return w
+
+
+def ntk_table(runs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Per pair (in run order): every NTK score, baseline and the truth of question (b)."""
+    col: dict[str, np.ndarray] = {}
+    for k in ("ntk_score", "ntk_accuracy", "decision", "ntk_score_flm", "ntk_accuracy_flm", "decision_flm"):
+        col[k] = np.array([r["ntk"][k] for r in runs])
+    col["neg_rho"] = -np.array([r["ntk"]["rho"] for r in runs])
+    col["neg_rho_flm"] = -np.array([r["ntk"]["rho_flm"] for r in runs])
+    for k in ("zero_step_accuracy", "linear_probe_logits", "logme_logits"):
+        col[k] = np.array([r["ntk"][k] for r in runs])
+    for k in ("source_accuracy", "leep", "nce", "knn_accuracy", "linear_probe", "logme", "size"):
+        col[k] = np.array([r["scores"][k] for r in runs])
+    # parameter-free "gain" forms: predicted reprogramming accuracy minus the probe's (feature) accuracy
+    col["ntk_gain_flm"] = col["ntk_accuracy_flm"] - col["linear_probe"]
+    col["probe_gain"] = col["linear_probe_logits"] - col["linear_probe"]
+    col["gain"] = np.array([r["reprogram_acc"] - r["probe_acc"] for r in runs])
+    col["beats"] = col["gain"] > 0
+    return col
+
+
+def _lofo(col: dict[str, np.ndarray], fams: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Held-out-family predictions of the fitted rules: logistic fits, and a threshold per raw score."""
+    beats, preds, thresholds = col["beats"], {}, {}
+    for (name, keys), balanced in itertools.product(NTK_FITTED.items(), (False, True)):
+        x, pred = np.stack([col[k] for k in keys], 1), np.full(len(beats), np.nan)
+        for held in np.unique(fams):
+            tr, te = fams != held, fams == held
+            mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-12
+            if beats[tr].all() or not beats[tr].any():
+                pred[te] = float(beats[tr].mean())
+                continue
+            w = _logistic((x[tr] - mu) / sd, beats[tr].astype(float), balanced)
+            pred[te] = np.c_[np.ones(te.sum()), (x[te] - mu) / sd] @ w
+        preds[f"{name}_balanced" if balanced else name] = pred
+    for name in (*NTK_SCORES, *NTK_BASELINES):  # "beats" iff score >= t, t maximising balanced accuracy
+        s, hit, chosen = col[name], np.zeros(len(beats), bool), {}
+        for held in np.unique(fams):
+            tr, te = fams != held, fams == held
+            cands = np.unique(s[tr])
+            bal = [_balanced(s[tr] >= t, beats[tr]) for t in cands]
+            t = float(cands[int(np.nanargmax(bal))]) if np.any(np.isfinite(bal)) else float(np.median(s[tr]))
+            hit[te], chosen[str(held)] = s[te] >= t, t
+        preds[f"threshold_{name}"] = hit.astype(float)
+        thresholds[name] = chosen
+    return preds, thresholds
+
+
+def _balanced(pred: np.ndarray, truth: np.ndarray) -> float:
+    if truth.all() or not truth.any():
+        return float("nan")
+    return float(0.5 * (pred[truth].mean() + (~pred[~truth]).mean()))
+
+
+def _boot_summary(point: float, boots: np.ndarray) -> dict[str, Any]:
+    ok = boots[np.isfinite(boots)]
+    lo, hi = np.percentile(ok, [2.5, 97.5]) if len(ok) else (np.nan, np.nan)
+    clean = [None if not np.isfinite(v) else float(v) for v in (point, lo, hi)]
+    return {"value": clean[0], "ci": clean[1:], "n_boot": int(len(ok))}
+
+
+def ntk_screening(cfg: Config, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Question (b) on all pairs, and again without the random-weight controls (``trained_sources``)."""
+    out = _ntk_evaluate(runs, cfg)
+    trained = [r for r in runs if r["family"] != "random"]
+    if len({r["family"] for r in trained}) > 1:
+        out["trained_sources"] = _ntk_evaluate(trained, cfg)
+    return out
+
+
+def _ntk_evaluate(runs: list[dict[str, Any]], cfg: Config) -> dict[str, Any]:
+    """AUROC for "reprogramming beats the probe" and Spearman with the gain, with intervals and gaps.
+
+    Raw scores need no fitting (their pooled AUROC is already out of sample); the fitted rules (logistic
+    fits, thresholds) are fitted leaving one source family out and evaluated on the held-out family, pooled.
+    95% percentile bootstrap over sources: a resample draws the sources with replacement and keeps all of
+    each drawn source's pairs (pairs clustered by source; the fitted rules are not refitted per resample).
+    Gaps (an NTK score minus a baseline) use the same resamples.
+    """
+    col = ntk_table(runs)
+    fams = np.array([r["family"] for r in runs])
+    src = np.array([r["s"] for r in runs])
+    fitted, thresholds = _lofo(col, fams)
+    scores = {**{k: col[k] for k in (*NTK_SCORES, *NTK_BASELINES)}, **fitted}
+    beats, gain = col["beats"], col["gain"]
+    rng = np.random.default_rng(cfg.seed)
+    by_source = [np.flatnonzero(src == s) for s in np.unique(src)]
+    draws = rng.integers(0, len(by_source), (cfg.boot, len(by_source)))
+    metrics = {"auroc": auroc, "spearman": _spearman}
+    point = {
+        m: {k: fn(v, beats if m == "auroc" else gain) for k, v in scores.items()} for m, fn in metrics.items()
+    }
+    boots = {m: {k: np.full(cfg.boot, np.nan) for k in scores} for m in metrics}
+    for b, d in enumerate(draws):
+        i = np.concatenate([by_source[s] for s in d])
+        for m, fn in metrics.items():
+            truth = beats[i] if m == "auroc" else gain[i]
+            for k, v in scores.items():
+                boots[m][k][b] = fn(v[i], truth)
+    out: dict[str, Any] = {
+        "truth": "reprogram_acc > probe_acc (final test accuracy at the budget); gain = the difference",
+        "bootstrap": "95% percentile; resamples sources with replacement, all pairs of a drawn source kept",
+        "n_pairs": len(runs),
+        "n_sources": len(by_source),
+        "n_beats": int(beats.sum()),
+        "n_ties": int((gain == 0).sum()),
+        "num_samples": int(runs[0]["ntk"]["n"]),
+        "flm_feasible_pairs": int(sum(r["ntk"]["flm_feasible"] for r in runs)),
+        "seconds_per_pair": {
+            "model": float(np.mean([r["ntk"]["seconds_model"] for r in runs])),
+            "flm": float(np.mean([r["ntk"]["seconds_flm"] for r in runs])),
+            "total": float(sum(r["ntk"]["seconds_model"] + r["ntk"]["seconds_flm"] for r in runs)),
+        },
+        "lofo_thresholds": thresholds,
+    }
+    for m in metrics:
+        out[m] = {k: _boot_summary(point[m][k], boots[m][k]) for k in scores}
+        out[f"gap_{m}"] = {
+            f"{ours}-{other}": _boot_summary(
+                point[m][ours] - point[m][other], boots[m][ours] - boots[m][other]
+            )
+            for ours in NTK_OURS
+            for other in NTK_OTHERS
+        }
+    families = [str(f) for f in np.unique(fams)]
+    out["per_family_beats"] = {f: [int(beats[fams == f].sum()), int((fams == f).sum())] for f in families}
+    out["per_family_auroc"] = {  # within one family (no interval; NaN where the family has one class)
+        k: {f: _clean(auroc(v[fams == f], beats[fams == f])) for f in families} for k, v in scores.items()
+    }
+    out["answer"] = ntk_answer(out)
+    return out
+
+
+def _clean(v: float) -> float | None:
+    return None if not np.isfinite(v) else float(v)
+
+
+def ntk_answer(res: dict[str, Any]) -> dict[str, Any]:
+    """Per NTK score: AUROC, the goal (>= 0.85), the best baseline, and whether it beats every baseline."""
+    out = {}
+    for ours in NTK_OURS:
+        a = res["auroc"][ours]
+        gaps = {b: res["gap_auroc"][f"{ours}-{b}"] for b in NTK_OTHERS}
+        gaps = {b: g for b, g in gaps.items() if g["value"] is not None}
+        best = max(gaps, key=lambda b: res["auroc"][b]["value"]) if gaps else None
+        out[ours] = {
+            "auroc": a["value"],
+            "ci": a["ci"],
+            "goal_0.85_point": a["value"] is not None and a["value"] >= 0.85,
+            "best_baseline": best,
+            "best_baseline_auroc": None if best is None else res["auroc"][best]["value"],
+            "beats_every_baseline_point": bool(gaps) and all(g["value"] > 0 for g in gaps.values()),
+            "beats_every_baseline_ci": bool(gaps)
+            and all(g["ci"][0] is not None and g["ci"][0] > 0 for g in gaps.values()),
+        }
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------- runs
 def run_grid(cfg: Config) -> list[dict[str, Any]]:
     """Scores and ground truth for every (source, target) pair; epochs to target filled in afterwards."""
@@ -529,6 +823,7 @@ def run_grid(cfg: Config) -> list[dict[str, Any]]:
                 "scores": score_pair(net, tgt),
                 "curves": ground_truth(net, tgt, cfg),
             }
+            run["ntk"] = screen_pair(net, tgt, cfg)  # after the ground truth, which it leaves unchanged
             runs.append(run)
         print(
             f"  {spec['name']:32s} {len(targets)} targets in {time.perf_counter() - start:6.1f} s", flush=True
@@ -586,6 +881,61 @@ def _answer_lines(answers_: dict[str, Any]) -> list[str]:
     return out
 
 
+def _ci(entry: dict[str, Any], fmt: str = "+.2f") -> str:
+    if entry["value"] is None:
+        return "-"
+    lo, hi = entry["ci"]
+    return f"{entry['value']:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def _ntk_lines(res: dict[str, Any]) -> list[str]:
+    """Markdown: AUROC / Spearman per score, the NTK scores' gaps over the baselines, the answer."""
+    t = res["seconds_per_pair"]
+    out = [
+        "## NTK screening: does it rank reprogramming's gain over the linear probe? (issue 15, question b)",
+        "",
+        f"Truth: {res['truth']}; {res['n_beats']} of {res['n_pairs']} pairs beat the probe "
+        f"({res['n_ties']} ties, counted as not beating). Screening on {res['num_samples']} stratified samples "
+        f"of each target's training part; FLM feasible on {res['flm_feasible_pairs']} pairs; "
+        f"{t['model']:.2f} s (model mapping) + {t['flm']:.2f} s (FLM) per pair, {t['total']:.0f} s in all. "
+        f"Intervals: {res['bootstrap']}. Fitted rules: one source family left out, pooled over held-out families.",
+        "",
+        "| score | AUROC (beats the probe) | Spearman (gain) |",
+        "|---|---|---|",
+    ]
+    out += [f"| {k} | {_ci(res['auroc'][k])} | {_ci(res['spearman'][k])} |" for k in res["auroc"]]
+    trained = res.get("trained_sources")
+    if trained is not None:
+        out += [
+            "",
+            f"### without the random-weight controls ({trained['n_pairs']} pairs, {trained['n_beats']} beat the "
+            "probe; fitted rules refitted on these families)",
+            "",
+            "| score | AUROC (beats the probe) | Spearman (gain) |",
+            "|---|---|---|",
+        ]
+        out += [
+            f"| {k} | {_ci(trained['auroc'][k])} | {_ci(trained['spearman'][k])} |" for k in trained["auroc"]
+        ]
+    out += ["", "### AUROC gap, NTK score minus baseline (same resamples)", ""]
+    out += ["| NTK score | " + " | ".join(NTK_OTHERS) + " |", "|---|" + "---|" * len(NTK_OTHERS)]
+    out += [
+        f"| {o} | " + " | ".join(_ci(res["gap_auroc"][f"{o}-{b}"]) for b in NTK_OTHERS) + " |"
+        for o in NTK_OURS
+    ]
+    out += ["", "### answer (goal: AUROC >= 0.85 and ahead of every baseline)", ""]
+    for k, a in res["answer"].items():
+        if a["auroc"] is None or a["best_baseline"] is None:
+            out.append(f"- {k}: undefined (one class only)")
+            continue
+        out.append(
+            f"- {k}: AUROC {a['auroc']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]; goal 0.85 reached (point): "
+            f"{a['goal_0.85_point']}; best baseline {a['best_baseline']} {a['best_baseline_auroc']:.3f}; ahead of "
+            f"every baseline: point {a['beats_every_baseline_point']}, CI {a['beats_every_baseline_ci']}"
+        )
+    return [*out, ""]
+
+
 def markdown(result: dict[str, Any]) -> str:
     """Tables: weighted tau (and Spearman) per score, protocol and truth; RESQUE's gaps over each score."""
     ci = "mean over units, 95% bootstrap CI over resampled configurations"
@@ -609,7 +959,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [f"Censored (target missed within the budget): {result['censored_fraction']}", ""]
     lines += ["## fitted cost (ridge on log epochs), mean absolute error in epochs", ""]
     lines += [f"- {k}: {v:.2f}" for k, v in result["fitted_cost_mae_epochs"].items()]
-    return "\n".join([*lines, "", *_answer_lines(result["answers"])]) + "\n"
+    lines += ["", *_answer_lines(result["answers"]), ""]
+    return "\n".join([*lines, *_ntk_lines(result["ntk_screening"])])
 
 
 BASELINES = ("logme", "leep", "nce", "h_score", "knn_accuracy", "linear_probe", "source_accuracy", "size")
@@ -682,6 +1033,7 @@ def analyse(cfg: Config, runs: list[dict[str, Any]], elapsed: float) -> dict[str
     }
     result |= {"fitted_cost_mae_epochs": mae, "runs": runs, "elapsed_s": elapsed}
     result["answers"] = answers(result)
+    result["ntk_screening"] = ntk_screening(cfg, runs)
     return result
 
 
@@ -693,14 +1045,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--out", type=Path, default=None, help="output stem (default results/transferability)"
     )
     parser.add_argument(
-        "--rescore", action="store_true", help="re-analyse the runs stored in the output JSON"
+        "--rescore",
+        action="store_true",
+        help="re-analyse the runs stored in the output JSON (screening runs that lack the NTK screening)",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     stem = args.out or RESULTS / ("transferability_quick" if args.quick else "transferability")
     if args.rescore:
         old = json.loads(stem.with_suffix(".json").read_text())
-        result = analyse(Config(**old["config"]), old["runs"], old["elapsed_s"])
+        cfg = Config(**old["config"])
+        added = add_screening(cfg, old["runs"])  # runs stored before the NTK screening existed
+        result = analyse(cfg, old["runs"], old["elapsed_s"] + added)
     else:
         cfg = quick_config() if args.quick else cpu_config()
         start = time.perf_counter()

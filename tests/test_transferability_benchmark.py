@@ -6,7 +6,9 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "transferability.py"
 
@@ -67,3 +69,60 @@ def test_weightedtau_of_resque_dist_is_reported(quick: tuple[dict, object]) -> N
     assert (
         entry["n_units"] == 3
     )  # two paired input shifts and the unpaired one; the relabeling has no input shift
+
+
+def test_ntk_screening_is_reported(quick: tuple[dict, object]) -> None:
+    result, module = quick
+    res = result["ntk_screening"]
+    runs = result["runs"]
+    assert res["n_pairs"] == len(runs) and res["n_beats"] == sum(
+        r["reprogram_acc"] > r["probe_acc"] for r in runs
+    )
+    assert 0 < res["num_samples"] <= result["config"]["ntk_samples"]
+    assert res["flm_feasible_pairs"] == sum(r["ntk"]["flm_feasible"] for r in runs)
+    for run in runs:
+        ntk = run["ntk"]
+        assert ntk["decision"] in (0.0, 1.0, 2.0) and ntk["decision_flm"] in (0.0, 1.0, 2.0)
+        assert 0.0 <= ntk["ntk_accuracy"] <= 1.0 and 0.0 <= ntk["zero_step_accuracy"] <= 1.0
+        assert all(
+            math.isfinite(ntk[k]) for k in ("ntk_score", "ntk_score_flm", "rho", "linear_probe_logits")
+        )
+    scores = set(module.NTK_SCORES) | set(module.NTK_BASELINES)
+    assert scores <= set(res["auroc"]) and scores <= set(res["spearman"])
+    assert {"logistic_ntk", "logistic_baselines_balanced", "threshold_ntk_score_flm"} <= set(res["auroc"])
+    for metric in ("auroc", "spearman", "gap_auroc", "gap_spearman"):
+        for entry in res[metric].values():
+            if entry["value"] is None:
+                continue
+            lo, hi = entry["ci"]
+            assert lo - 1e-9 <= entry["value"] <= hi + 1e-9
+            bound = 2.0 if metric.startswith("gap") else 1.0
+            assert -bound <= lo and hi <= bound
+    gap = res["gap_auroc"]["ntk_score-logme_logits"]
+    assert res["auroc"]["ntk_score"]["value"] - res["auroc"]["logme_logits"]["value"] == pytest.approx(
+        gap["value"]
+    )
+    assert set(res["answer"]) == set(module.NTK_OURS)
+
+
+def test_auroc_matches_pairwise_count(quick: tuple[dict, object]) -> None:
+    _, module = quick
+    rng = np.random.default_rng(0)
+    score, label = rng.integers(0, 4, 40).astype(float), rng.random(40) < 0.4
+    pos, neg = score[label], score[~label]
+    pairs = [(p > n) + 0.5 * (p == n) for p in pos for n in neg]
+    assert module.auroc(score, label) == pytest.approx(np.mean(pairs))
+    assert math.isnan(module.auroc(score, np.ones(40, bool)))
+
+
+def test_screening_leaves_the_source_trainable(quick: tuple[dict, object]) -> None:
+    _, module = quick
+    torch.manual_seed(0)
+    net = module.SmallCNN(num_classes=10, width=4).eval()
+    x, y = torch.rand(60, 1, 8, 8), torch.arange(60) % 3
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    cfg = module.quick_config()
+    out = module.screen_pair(net, {"x_train": x, "y_train": y}, cfg)
+    assert out["flm_feasible"] and out["n"] == 60
+    assert all(p.requires_grad for p in net.parameters())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
