@@ -241,12 +241,35 @@ def sync_free(opt: object) -> str:
         torch.cuda.set_sync_debug_mode(0)
 
 
+class ViTB16(nn.Module):
+    """ViT-B/16 from torch modules (224 px, 1000 classes): the end-to-end model of the FTP benchmarks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, 768, 16, 16)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 768))
+        self.pos_embed = nn.Parameter(torch.randn(1, 197, 768) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            768, 12, 3072, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(layer, 12, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(768)
+        self.head = nn.Linear(768, 1000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.patch_embed(x).flatten(2).transpose(1, 2)
+        z = torch.cat([self.cls_token.expand(len(z), -1, -1), z], 1) + self.pos_embed
+        return self.head(self.norm(self.blocks(z))[:, 0])
+
+
 class _Iteration:
     """One fine-tuning iteration (bf16 autocast forward, backward, optimizer step) with a ``step()`` method."""
 
-    def __init__(self, model: nn.Module, variant: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    def __init__(
+        self, model: nn.Module, variant: str, x: torch.Tensor, y: torch.Tensor, opt: object = None
+    ) -> None:
         self.model, self.x, self.y = model, x, y
-        self.opt = build(variant, list(model.named_parameters()), "cuda")
+        self.opt = opt if opt is not None else build(variant, list(model.named_parameters()), "cuda")
 
     def step(self) -> None:
         self.opt.zero_grad(set_to_none=True)
@@ -263,30 +286,12 @@ def e2e(
     batch: int,
     variants: tuple[str, ...] = ("adamw-fused", "ftp-flat", "ftp-foreach"),
 ) -> dict[str, float]:
-    class ViT(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.patch_embed = nn.Conv2d(3, 768, 16, 16)
-            self.cls_token = nn.Parameter(torch.zeros(1, 1, 768))
-            self.pos_embed = nn.Parameter(torch.randn(1, 197, 768) * 0.02)
-            layer = nn.TransformerEncoderLayer(
-                768, 12, 3072, activation="gelu", batch_first=True, norm_first=True
-            )
-            self.blocks = nn.TransformerEncoder(layer, 12, enable_nested_tensor=False)
-            self.norm = nn.LayerNorm(768)
-            self.head = nn.Linear(768, 1000)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            z = self.patch_embed(x).flatten(2).transpose(1, 2)
-            z = torch.cat([self.cls_token.expand(len(z), -1, -1), z], 1) + self.pos_embed
-            return self.head(self.norm(self.blocks(z))[:, 0])
-
     out = {}
     x = torch.randn(batch, 3, 224, 224, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
     for variant in variants:
         torch.manual_seed(0)
-        model = ViT().to(device)
+        model = ViTB16().to(device)
         try:
             out[variant] = statistics.median(
                 time_steps(_Iteration(model, variant, x, y), device, warmup, steps)

@@ -1,4 +1,4 @@
-"""The fused FTP path: state in persistent flat buffers, two row kernels around the base step (Triton on CUDA).
+"""The fused FTP path: state in persistent flat buffers; Triton kernels on CUDA, one pass with an Adam base.
 
 Tian et al., "Fast Trainable Projection for Robust Fine-Tuning", NeurIPS 2023. Same maths as
 :mod:`lightning_reuse.optim._ftp_functional`; what changes is where the state lives and how many passes a
@@ -9,9 +9,9 @@ step makes over memory:
   are *views* into the buffers, so ``state[p]`` stays the source of truth for ``state_dict``, resume and
   the other paths. When an entry is replaced from outside (``load_state_dict``, Lightning moving
   ``optimizer.state``), the buffers are rebuilt from ``state[p]``;
-- before the base step, one row kernel computes each row's share of ``h = sum(g_t * c_prev / n_prev)``
-  (reading the gradients in place through a table of data pointers: nothing is concatenated), and one
-  per-tensor kernel sums them and runs the radius Adam;
+- before the base step, one kernel computes each 4096-element chunk's share of ``h = sum(g_t * c_prev /
+  n_prev)`` (reading the gradients in place through a table of data pointers: nothing is concatenated), and
+  one per-tensor kernel sums them and runs the radius Adam;
 - after the base step, one row kernel computes ``c = p' - p0`` and the row norm ``n``, then writes
   ``p = p0 + clamp(gamma / n, 0, 1) c`` in place and ``c / n`` for the next step; a last per-tensor kernel
   clips the stored radius to ``[1e-8, max(n)]``.
@@ -23,6 +23,16 @@ waste a wide block and a row that fits in one block is read once and kept in reg
 are deterministic, as DDP needs. Memory traffic per fp32 element: 8 bytes before the base step, 16 after
 (rows longer than 8192 are read twice, mostly from L2); with the 28 of a fused AdamW step, 52 bytes, a floor
 of about 1.9x fused AdamW for this design.
+
+**One pass with an Adam base.** When the base optimizer is ``torch.optim.Adam`` or ``AdamW`` (no
+``amsgrad``/``maximize``/``differentiable``, float ``lr``, one ``betas``/``eps`` for all groups, its ``step``
+counters on the device: ``fused=True`` or ``capturable=True``), the base step is not called for the projected
+tensors: one kernel runs Adam's update (torch's formula, its moments and step counters updated in place)
+and the projection while each row is in registers, 44 bytes per element in all (floor about 1.6x fused
+AdamW). FTP's step counter then lives on the device too (``t_dev``), so nothing on the host changes from step
+to step: the step can be captured in a CUDA graph (build the base with ``capturable=True``) and replayed;
+``state_dict()`` copies the device counter back into ``ftp_step``. Excluded parameters (and any other
+tensor the kernel does not take) get the base optimizer's own step, with the projected gradients hidden.
 
 Without Triton (CPU, or a CUDA machine without it), for tensors the kernels do not take (not fp32, not
 contiguous), or when param groups differ in ``ftp_k``, ``ftp_mu`` or ``ftp_step`` (the kernels take one
@@ -48,173 +58,32 @@ Example (the torch fallback, on CPU):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from lightning_reuse.optim import _ftp_functional as F
-
-try:  # pragma: no cover - exercised on CUDA machines only
-    import triton
-    import triton.language as tl
-
-    HAS_TRITON = True
-except ImportError:  # pragma: no cover - CPU-only installs
-    triton = tl = None
-    HAS_TRITON = False
+from lightning_reuse.optim import _ftp_kernels as K
+from lightning_reuse.optim._ftp_kernels import CHUNK, HAS_TRITON, INTERPRET, WARM
 
 __all__ = ["HAS_TRITON", "FusedFTPEngine", "kernels_available"]
 
-# row-length buckets: (largest row length, BLOCK, num_warps); the last bucket loops over longer rows
+# row-length buckets of the projection pass: (largest row length, BLOCK, num_warps); the last loops
 _BUCKETS = ((1024, 1024, 4), (4096, 4096, 8), (8192, 8192, 16), (None, 4096, 8))
+# ... of the one-pass Adam kernel: (largest row length, BLOCK, rows per program, num_warps); the last loops
+_ADAM_BUCKETS = (
+    (128, 128, 16, 4),
+    (512, 512, 4, 4),
+    (1024, 1024, 4, 8),
+    (4096, 4096, 1, 8),
+    (8192, 8192, 1, 16),
+)
+_ADAM_LONG = (2048, 8)
 _TENSOR_BLOCK = 1024
-
-WARM = 2  # per-tensor modes: 0 no gradient this step (untouched); 1 (first step) is no longer launched
-
-
-if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
-
-    @triton.jit
-    def _hgrad_rows(
-        rows_ptr,
-        row_tensor_ptr,
-        row_local_ptr,
-        row_flat_ptr,
-        row_len_ptr,
-        mode_ptr,
-        grad_ptrs,
-        dir_ptr,
-        h_row_ptr,
-        BLOCK: tl.constexpr,
-    ):
-        r = tl.load(rows_ptr + tl.program_id(0))
-        ti = tl.load(row_tensor_ptr + r)
-        if tl.load(mode_ptr + ti) == 2:
-            length = tl.load(row_len_ptr + r)
-            flat = tl.load(row_flat_ptr + r)
-            g_base = tl.load(grad_ptrs + ti).to(tl.pointer_type(tl.float32)) + tl.load(row_local_ptr + r)
-            d_base = dir_ptr + flat
-            offs = tl.arange(0, BLOCK)
-            acc = tl.zeros([BLOCK], dtype=tl.float32)
-            for start in range(0, length, BLOCK):
-                idx = start + offs
-                mask = idx < length
-                g = tl.load(g_base + idx, mask=mask, other=0.0)
-                d = tl.load(d_base + idx, mask=mask, other=0.0)
-                acc += g * d
-            tl.store(h_row_ptr + r, tl.sum(acc, axis=0))
-
-    @triton.jit
-    def _radius_tensors(
-        mode_ptr,
-        row_begin_ptr,
-        row_end_ptr,
-        h_row_ptr,
-        gamma_ptr,
-        m_ptr,
-        v_ptr,
-        k,
-        mu,
-        bc1,
-        bc2,
-        BLOCK: tl.constexpr,
-    ):
-        i = tl.program_id(0)
-        mode = tl.load(mode_ptr + i)
-        if mode == 1:  # first step of this tensor: radius 1e-8, moments 0
-            tl.store(gamma_ptr + i, 1e-8)
-            tl.store(m_ptr + i, 0.0)
-            tl.store(v_ptr + i, 0.0)
-        if mode == 2:
-            rb = tl.load(row_begin_ptr + i)
-            re = tl.load(row_end_ptr + i)
-            offs = tl.arange(0, BLOCK)
-            acc = tl.zeros([BLOCK], dtype=tl.float32)
-            for start in range(rb, re, BLOCK):
-                idx = start + offs
-                acc += tl.load(h_row_ptr + idx, mask=idx < re, other=0.0)
-            h = tl.sum(acc, axis=0)
-            h = tl.where(h > 0, h * k, h)
-            m = tl.load(m_ptr + i) * 0.9 + h * 0.1
-            v = tl.load(v_ptr + i) * 0.999 + (h * h) * 0.001
-            denom = tl.sqrt_rn(tl.div_rn(v, bc2)) + 1e-8
-            gamma = tl.load(gamma_ptr + i) - mu * tl.div_rn(tl.div_rn(m, bc1), denom)
-            tl.store(m_ptr + i, m)
-            tl.store(v_ptr + i, v)
-            tl.store(gamma_ptr + i, gamma)
-
-    @triton.jit
-    def _project_rows(
-        rows_ptr,
-        row_tensor_ptr,
-        row_local_ptr,
-        row_flat_ptr,
-        row_len_ptr,
-        mode_ptr,
-        param_ptrs,
-        anchor_ptr,
-        dir_ptr,
-        gamma_ptr,
-        n_row_ptr,
-        BLOCK: tl.constexpr,
-        SINGLE: tl.constexpr,
-    ):
-        r = tl.load(rows_ptr + tl.program_id(0))
-        ti = tl.load(row_tensor_ptr + r)
-        if tl.load(mode_ptr + ti) != 0:
-            length = tl.load(row_len_ptr + r)
-            flat = tl.load(row_flat_ptr + r)
-            p_base = tl.load(param_ptrs + ti).to(tl.pointer_type(tl.float32)) + tl.load(row_local_ptr + r)
-            a_base = anchor_ptr + flat
-            d_base = dir_ptr + flat
-            offs = tl.arange(0, BLOCK)
-            if SINGLE:  # the row fits in one block: read once, keep it in registers
-                mask = offs < length
-                p = tl.load(p_base + offs, mask=mask, other=0.0)
-                c = p - tl.load(a_base + offs, mask=mask, other=0.0)
-                n = tl.sum(tl.abs(c), axis=0) + 1e-8
-                tl.store(n_row_ptr + r, n)
-                gamma = tl.maximum(tl.load(gamma_ptr + ti), 1e-8)
-                scale = tl.where(gamma >= n, 1.0, tl.div_rn(gamma, n))
-                inv_n = tl.div_rn(n * 0.0 + 1.0, n)
-                tl.store(p_base + offs, p + c * (scale - 1.0), mask=mask)
-                tl.store(d_base + offs, c * inv_n, mask=mask)
-            else:  # a long row: one loop for the norm, one for the projection (mostly from L2)
-                acc = tl.zeros([BLOCK], dtype=tl.float32)
-                for start in range(0, length, BLOCK):
-                    idx = start + offs
-                    mask = idx < length
-                    p = tl.load(p_base + idx, mask=mask, other=0.0)
-                    a = tl.load(a_base + idx, mask=mask, other=0.0)
-                    acc += tl.abs(p - a)
-                n = tl.sum(acc, axis=0) + 1e-8
-                tl.store(n_row_ptr + r, n)
-                gamma = tl.maximum(tl.load(gamma_ptr + ti), 1e-8)
-                scale = tl.where(gamma >= n, 1.0, tl.div_rn(gamma, n))
-                inv_n = tl.div_rn(n * 0.0 + 1.0, n)
-                for start in range(0, length, BLOCK):
-                    idx = start + offs
-                    mask = idx < length
-                    p = tl.load(p_base + idx, mask=mask, other=0.0)
-                    c = p - tl.load(a_base + idx, mask=mask, other=0.0)
-                    tl.store(p_base + idx, p + c * (scale - 1.0), mask=mask)
-                    tl.store(d_base + idx, c * inv_n, mask=mask)
-
-    @triton.jit
-    def _clip_tensors(mode_ptr, row_begin_ptr, row_end_ptr, n_row_ptr, gamma_ptr, BLOCK: tl.constexpr):
-        i = tl.program_id(0)
-        if tl.load(mode_ptr + i) != 0:
-            rb = tl.load(row_begin_ptr + i)
-            re = tl.load(row_end_ptr + i)
-            offs = tl.arange(0, BLOCK)
-            acc = tl.zeros([BLOCK], dtype=tl.float32)
-            for start in range(rb, re, BLOCK):
-                idx = start + offs
-                acc = tl.maximum(acc, tl.load(n_row_ptr + idx, mask=idx < re, other=0.0))
-            max_n = tl.max(acc, axis=0)
-            gamma = tl.minimum(tl.maximum(tl.load(gamma_ptr + i), 1e-8), max_n)
-            tl.store(gamma_ptr + i, gamma)
+# where kernels may run: CUDA, and CPU tensors under the Triton interpreter (TRITON_INTERPRET=1, for debugging)
+_KERNEL_DEVICES = ("cuda", "cpu") if INTERPRET else ("cuda",)
 
 
 def kernels_available(param: Tensor | None) -> bool:
@@ -229,6 +98,13 @@ def _to_device(values: Tensor, device: torch.device) -> Tensor:
     if device.type == "cuda":
         return values.pin_memory().to(device, non_blocking=True)
     return values.to(device)
+
+
+def _segments(counts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """For per-tensor item counts: the tensor of each item, and each tensor's [begin, end) in item order."""
+    owner = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    end = torch.cumsum(counts, 0)
+    return owner, end - counts, end
 
 
 class FusedLayout:
@@ -249,16 +125,18 @@ class FusedLayout:
             self.offsets.append(self.offsets[-1] + size)
         self._build_buffers(states)
         self._build_row_tables([p.shape[0] if p.dim() >= 2 else 1 for p in params])
+        self._build_chunk_tables()
         dev, n = self.device, len(params)
         self.n_row = torch.empty(self.n_rows, device=dev, dtype=self.dtype)
-        self.h_row = torch.empty(self.n_rows, device=dev, dtype=self.dtype)
         self.modes = torch.zeros(n, device=dev, dtype=torch.int32)
-        self.pointers = torch.zeros(2, n, device=dev, dtype=torch.long)
+        # data pointers: parameters, gradients, and with an Adam base its exp_avg, exp_avg_sq and step
+        self.pointers = torch.zeros(5, n, device=dev, dtype=torch.long)
         self.modes_key: tuple[int, ...] | None = None
         self.param_ptrs, self.grad_ptrs = self.pointers[0], self.pointers[1]
         self.param_key: tuple[int, ...] | None = None
         self.pointer_key: tuple[tuple[int, ...], tuple[int, ...]] | None = None
         self.kernel_ok = False  # whether the current pointers were validated for the kernels
+        self.adam: AdamPlan | None = None  # the one-pass Adam kernel's tables, built on first use
 
     def _build_buffers(self, states: list[F.State]) -> None:
         dev, dtype = self.device, self.dtype
@@ -282,13 +160,12 @@ class FusedLayout:
         dev = self.device
         rows_t = torch.tensor(rows, dtype=torch.long)
         lens_t = torch.tensor([size // r if r else 0 for size, r in zip(self.sizes, rows)], dtype=torch.long)
-        row_tensor = torch.repeat_interleave(torch.arange(len(rows)), rows_t)
+        row_tensor, row_begin, row_end = _segments(rows_t)
         row_len = lens_t[row_tensor]
-        row_end = torch.cumsum(rows_t, 0)
-        row_begin = row_end - rows_t
         row_local = (torch.arange(len(row_tensor)) - row_begin[row_tensor]) * row_len
         row_flat = torch.tensor(self.offsets[:-1], dtype=torch.long)[row_tensor] + row_local
         self.n_rows = len(row_tensor)
+        self.row_len_host = row_len
         self.row_tensor = _to_device(row_tensor.to(torch.int32), dev)
         self.row_local = _to_device(row_local, dev)
         self.row_flat = _to_device(row_flat, dev)
@@ -297,16 +174,40 @@ class FusedLayout:
         self.row_end = _to_device(row_end.to(torch.int32), dev)
         # (row ids, count, BLOCK, num_warps, whether every row fits in one block)
         self.buckets: list[tuple[Tensor, int, int, int, bool]] = []
-        lower = 0
-        for upper, block, warps in _BUCKETS:  # rows of length 0 go to the last bucket
-            sel = row_len > lower if upper is None else (row_len > lower) & (row_len <= upper)
-            if upper is None:  # also the empty rows (length 0)
-                sel = sel | (row_len == 0)
-            ids = torch.nonzero(sel).flatten()
+        for ids, (upper, block, warps) in zip(self.bucket_rows([b[0] for b in _BUCKETS]), _BUCKETS):
             if len(ids):
-                bucket = (_to_device(ids.to(torch.int32), dev), len(ids), block, warps, upper is not None)
-                self.buckets.append(bucket)
+                self.buckets.append(
+                    (_to_device(ids.to(torch.int32), dev), len(ids), block, warps, upper is not None)
+                )
+
+    def bucket_rows(self, uppers: list[int | None]) -> list[Tensor]:
+        """Row ids by row length, one bucket per upper bound (None: every longer row, and empty rows)."""
+        out, lower, row_len = [], 0, self.row_len_host
+        for upper in uppers:
+            sel = (
+                (row_len > lower) | (row_len == 0)
+                if upper is None
+                else (row_len > lower) & (row_len <= upper)
+            )
+            out.append(torch.nonzero(sel).flatten())
             lower = upper or 0
+        return out
+
+    def _build_chunk_tables(self) -> None:
+        """Fixed-size chunks of every tensor for the hyper-gradient pre-pass (rows do not matter there)."""
+        sizes = torch.tensor(self.sizes, dtype=torch.long)
+        chunk_tensor, begin, end = _segments((sizes + CHUNK - 1) // CHUNK)
+        chunk_local = (torch.arange(len(chunk_tensor)) - begin[chunk_tensor]) * CHUNK
+        chunk_flat = torch.tensor(self.offsets[:-1], dtype=torch.long)[chunk_tensor] + chunk_local
+        dev = self.device
+        self.n_chunks = len(chunk_tensor)
+        self.chunk_tensor = _to_device(chunk_tensor.to(torch.int32), dev)
+        self.chunk_local = _to_device(chunk_local, dev)
+        self.chunk_flat = _to_device(chunk_flat, dev)
+        self.chunk_len = _to_device((sizes[chunk_tensor] - chunk_local).clamp(max=CHUNK).to(torch.int32), dev)
+        self.chunk_begin = _to_device(begin.to(torch.int32), dev)
+        self.chunk_end = _to_device(end.to(torch.int32), dev)
+        self.h_chunk = torch.zeros(max(self.n_chunks, 1), device=dev, dtype=self.dtype)
 
     def _view(self, flat: Tensor, i: int) -> Tensor:
         return flat[self.offsets[i] : self.offsets[i + 1]].view(self.shapes[i])
@@ -323,6 +224,106 @@ class FusedLayout:
         return all(s[key] is v for s, views in zip(states, self.views) for key, v in zip(keys, views))
 
 
+_ADAM_STATE = ("exp_avg", "exp_avg_sq", "step")
+
+
+class AdamPlan:
+    """The one-pass Adam kernel's side of a layout: hyper-parameter tables, FTP's device step, buckets."""
+
+    def __init__(self, layout: FusedLayout, base: torch.optim.Optimizer) -> None:
+        dev = layout.device
+        index = {id(p): i for i, p in enumerate(layout.params)}
+        self.group_of = [0] * len(layout.params)
+        self.others: list[Tensor] = []  # parameters the base optimizer steps itself (excluded, no FTP state)
+        for gi, group in enumerate(base.param_groups):
+            for p in group["params"]:
+                if id(p) in index:
+                    self.group_of[index[id(p)]] = gi
+                else:
+                    self.others.append(p)
+        self.hyper = torch.zeros(2, len(layout.params), device=dev, dtype=torch.float32)  # lr, weight decay
+        self.hyper_key: tuple[tuple[float, float], ...] | None = None
+        self.t_dev = torch.zeros(1, device=dev, dtype=torch.float32)
+        self.t_seen: int | None = None  # FTP's step counter last synchronised with t_dev
+        self.state_key: tuple[int, ...] | None = None
+        self.state_ok = False
+        uppers = [b[0] for b in _ADAM_BUCKETS] + [None]
+        # (row ids, count, BLOCK, rows per program, num_warps; BLOCK None: the looping long-row kernel)
+        self.buckets: list[tuple[Tensor, int, int, int | None, int]] = []
+        for ids, spec in zip(
+            layout.bucket_rows(uppers), [*_ADAM_BUCKETS, (None, *_ADAM_LONG[:1], 1, _ADAM_LONG[1])]
+        ):
+            if len(ids):
+                _, block, rows, warps = spec
+                single = spec[0] is not None
+                self.buckets.append(
+                    (_to_device(ids.to(torch.int32), dev), len(ids), block, rows if single else None, warps)
+                )
+
+    def refresh(self, layout: FusedLayout, base: torch.optim.Optimizer, t: int) -> bool:
+        """Per step, on the host only: pointers of the base's state, lr / weight decay tables, FTP's step."""
+        states = [base.state.get(p, {}) for p in layout.params]
+        try:
+            tensors = [s[key] for s in states for key in _ADAM_STATE]
+        except KeyError:
+            return False
+        key = tuple([x.data_ptr() for x in tensors])
+        if key != self.state_key:
+            self.state_key = key
+            self.state_ok = all(
+                isinstance(x, Tensor)
+                and x.device == layout.device
+                and x.dtype == torch.float32
+                and x.is_contiguous()
+                for x in tensors
+            ) and all(
+                s["exp_avg"].shape == p.shape and s["step"].numel() == 1
+                for s, p in zip(states, layout.params)
+            )
+            if self.state_ok:
+                table = torch.tensor(key, dtype=torch.long).view(len(states), 3).T.contiguous()
+                layout.pointers[2:].copy_(_to_device(table, layout.device))
+        if not self.state_ok:
+            return False
+        hyper = tuple([(float(g["lr"]), float(g["weight_decay"])) for g in base.param_groups])
+        if hyper != self.hyper_key:
+            self.hyper_key = hyper
+            table = torch.tensor([hyper[gi] for gi in self.group_of], dtype=torch.float32).T.contiguous()
+            self.hyper.copy_(_to_device(table, layout.device))
+        if self.t_seen != t - 1:  # first step here, or the host counter was set from outside (a load)
+            self.t_dev.fill_(float(t - 1))
+        self.t_seen = t
+        return True
+
+    def sync_host(self, groups: list[dict]) -> None:
+        """Copy FTP's device step counter back into the groups (after CUDA-graph replays; a host read)."""
+        if self.t_seen is None:
+            return
+        t = int(self.t_dev.item())
+        if t != self.t_seen:
+            for group in groups:
+                group["ftp_step"] = t
+            self.t_seen = t
+
+
+def _adam_base(base: torch.optim.Optimizer) -> tuple[float, float, float, bool] | None:
+    """``(beta1, beta2, eps, decoupled)`` when the one-pass kernel can replace ``base``'s step, else None."""
+    if type(base) not in (torch.optim.Adam, torch.optim.AdamW):
+        return None
+    seen = set()
+    for g in base.param_groups:
+        if g.get("amsgrad") or g.get("maximize") or g.get("differentiable") or isinstance(g["lr"], Tensor):
+            return None
+        if not (g.get("fused") or g.get("capturable")):  # step counters on the host
+            return None
+        beta1, beta2 = g["betas"]
+        if isinstance(beta1, Tensor) or isinstance(beta2, Tensor) or not (0 < beta1 < 1 and 0 < beta2 < 1):
+            return None
+        decoupled = bool(g.get("decoupled_weight_decay", type(base) is torch.optim.AdamW))
+        seen.add((float(beta1), float(beta2), float(g["eps"]), decoupled))
+    return next(iter(seen)) if len(seen) == 1 else None
+
+
 def _kernel_tensors_ok(tensors: list[Tensor | None], device: torch.device) -> bool:
     return all(
         t is None or (t.device == device and t.dtype == torch.float32 and t.is_contiguous()) for t in tensors
@@ -333,18 +334,25 @@ class FusedFTPEngine:
     """Runs FTP steps on a :class:`FusedLayout`: a cache of ``state[p]`` built lazily and rebuilt when stale.
 
     Its interface is :meth:`step` (the groups of :class:`~lightning_reuse.optim._ftp_functional.ProjectedGroup`
-    and the base optimizer's ``step``) and :meth:`invalidate`.
+    and the base optimizer), :meth:`invalidate` and :meth:`sync_host`. ``one_pass`` (default True) allows the
+    one-pass Adam kernel; False keeps the two-pass kernels around the base step (for measurements).
     """
 
     def __init__(self) -> None:
         self.layout: FusedLayout | None = None
+        self.one_pass = True
 
     def invalidate(self) -> None:
         """Forget the buffers: the next step rebuilds them from ``state[p]`` (after the state was replaced)."""
         self.layout = None
 
-    def step(self, groups: list[F.ProjectedGroup], base_step: Callable[[], object]) -> bool:
-        """One full FTP step (radius, ``base_step()``, projection); False, touching nothing, if it cannot.
+    def sync_host(self, groups: list[dict]) -> None:
+        """Bring ``ftp_step`` up to date with the device counter of the one-pass path (before a save)."""
+        if self.layout is not None and self.layout.adam is not None:
+            self.layout.adam.sync_host(groups)
+
+    def step(self, groups: list[F.ProjectedGroup], base: torch.optim.Optimizer) -> bool:
+        """One full FTP step (radius, the base step, projection); False, touching nothing, if it cannot.
 
         It cannot when a parameter with a gradient has no FTP state yet (its first step: the per-tensor
         paths create the state) or when the parameters with state span several devices or state dtypes.
@@ -366,9 +374,16 @@ class FusedFTPEngine:
         modes = tuple([0 if g is None else WARM for g in grads])
         uniform = len(set(hypers)) == 1
         if uniform and self._kernels_usable(layout, grads):
-            self._step_triton(layout, modes, hypers[0], base_step)
+            adam = _adam_base(base) if self.one_pass else None
+            if adam is not None:
+                if layout.adam is None:
+                    layout.adam = AdamPlan(layout, base)
+                if layout.adam.refresh(layout, base, hypers[0][0]):
+                    self._step_adam(layout, modes, hypers[0], adam, base)
+                    return True
+            self._step_triton(layout, modes, hypers[0], base.step)
         else:
-            self._step_torch(layout, grads, modes, hypers, base_step)
+            self._step_torch(layout, grads, modes, hypers, base.step)
         return True
 
     def _layout(self, params: list[Tensor], states: list[F.State]) -> FusedLayout | None:
@@ -392,7 +407,7 @@ class FusedFTPEngine:
 
     @staticmethod
     def _kernels_usable(layout: FusedLayout, grads: list[Tensor | None]) -> bool:
-        if not HAS_TRITON or layout.device.type != "cuda" or layout.dtype != torch.float32:
+        if not HAS_TRITON or layout.device.type not in _KERNEL_DEVICES or layout.dtype != torch.float32:
             return False
         key = (layout.param_key or (), tuple([0 if g is None else g.data_ptr() for g in grads]))
         if key != layout.pointer_key:
@@ -401,8 +416,13 @@ class FusedFTPEngine:
                 grads, layout.device
             )
             if layout.kernel_ok:
-                layout.pointers.copy_(_to_device(torch.tensor(key, dtype=torch.long), layout.device))
+                layout.pointers[:2].copy_(_to_device(torch.tensor(key, dtype=torch.long), layout.device))
         return layout.kernel_ok
+
+    def _set_modes(self, layout: FusedLayout, modes: tuple[int, ...]) -> None:
+        if modes != layout.modes_key:
+            layout.modes_key = modes
+            layout.modes.copy_(_to_device(torch.tensor(modes, dtype=torch.int32), layout.device))
 
     # --- Triton ------------------------------------------------------------------------------------------
     def _step_triton(
@@ -412,62 +432,13 @@ class FusedFTPEngine:
         hyper: tuple[int, float, float],
         base_step: Callable[[], object],
     ) -> None:  # pragma: no cover
-        if modes != layout.modes_key:
-            layout.modes_key = modes
-            layout.modes.copy_(_to_device(torch.tensor(modes, dtype=torch.int32), layout.device))
+        self._set_modes(layout, modes)
         t, k, mu = hyper
-        if WARM in modes:
-            self._launch_hgrad(layout)
         bc1, bc2 = 1.0 - F.RADIUS_BETAS[0] ** t, 1.0 - F.RADIUS_BETAS[1] ** t
-        n_tensors = len(layout.params)
-        _radius_tensors[(n_tensors,)](
-            layout.modes,
-            layout.row_begin,
-            layout.row_end,
-            layout.h_row,
-            layout.gamma,
-            layout.exp_avg,
-            layout.exp_avg_sq,
-            float(k),
-            float(mu),
-            bc1,
-            bc2,
-            BLOCK=_TENSOR_BLOCK,
-            num_warps=4,
-        )
+        self._launch_radius(layout, modes, k, mu, bc1, bc2, device_t=False)
         base_step()
-        self._launch_project(layout)
-        _clip_tensors[(n_tensors,)](
-            layout.modes,
-            layout.row_begin,
-            layout.row_end,
-            layout.n_row,
-            layout.gamma,
-            BLOCK=_TENSOR_BLOCK,
-            num_warps=4,
-        )
-
-    @staticmethod
-    def _launch_hgrad(layout: FusedLayout) -> None:  # pragma: no cover
-        for ids, count, block, warps, _ in layout.buckets:
-            _hgrad_rows[(count,)](
-                ids,
-                layout.row_tensor,
-                layout.row_local,
-                layout.row_flat,
-                layout.row_len,
-                layout.modes,
-                layout.grad_ptrs,
-                layout.direction,
-                layout.h_row,
-                BLOCK=block,
-                num_warps=warps,
-            )
-
-    @staticmethod
-    def _launch_project(layout: FusedLayout) -> None:  # pragma: no cover
         for ids, count, block, warps, single in layout.buckets:
-            _project_rows[(count,)](
+            K._project_rows[(count,)](
                 ids,
                 layout.row_tensor,
                 layout.row_local,
@@ -483,6 +454,124 @@ class FusedFTPEngine:
                 SINGLE=single,
                 num_warps=warps,
             )
+        self._launch_clip(layout, device_t=False)
+
+    def _step_adam(
+        self,
+        layout: FusedLayout,
+        modes: tuple[int, ...],
+        hyper: tuple[int, float, float],
+        adam_hyper: tuple[float, float, float, bool],
+        base: torch.optim.Optimizer,
+    ) -> None:  # pragma: no cover
+        """Base step for the other parameters (projected gradients hidden), then the one-pass kernels."""
+        plan = layout.adam
+        assert plan is not None
+        if any(p.grad is not None for p in plan.others):
+            hidden = [(p, p.grad) for p in layout.params if p.grad is not None]
+            for p, _ in hidden:
+                p.grad = None
+            try:
+                base.step()
+            finally:
+                for p, grad in hidden:
+                    p.grad = grad
+        self._set_modes(layout, modes)
+        _, k, mu = hyper
+        self._launch_radius(layout, modes, k, mu, 1.0, 1.0, device_t=True)
+        beta1, beta2, eps, decoupled = adam_hyper
+        common = (
+            layout.row_tensor,
+            layout.row_local,
+            layout.row_flat,
+            layout.row_len,
+            layout.modes,
+            layout.pointers[0],
+            layout.pointers[1],
+            layout.pointers[2],
+            layout.pointers[3],
+            layout.pointers[4],
+            plan.hyper[0],
+            plan.hyper[1],
+            layout.anchor,
+            layout.direction,
+            layout.gamma,
+            layout.n_row,
+            beta1,
+            beta2,
+            math.log(beta1),
+            math.log(beta2),
+            eps,
+        )
+        for ids, count, block, rows, warps in plan.buckets:
+            if rows is None:
+                K._adam_project_long[(count,)](
+                    ids, *common, DECOUPLED=decoupled, BLOCK=block, num_warps=warps
+                )
+            else:
+                grid = ((count + rows - 1) // rows,)
+                K._adam_project_rows[grid](
+                    ids, count, *common, DECOUPLED=decoupled, ROWS=rows, BLOCK=block, num_warps=warps
+                )
+        self._launch_clip(layout, device_t=True)
+
+    @staticmethod
+    def _launch_radius(
+        layout: FusedLayout,
+        modes: tuple[int, ...],
+        k: float,
+        mu: float,
+        bc1: float,
+        bc2: float,
+        device_t: bool,
+    ) -> None:  # pragma: no cover
+        if WARM in modes and layout.n_chunks:
+            K._hgrad_chunks[(layout.n_chunks,)](
+                layout.chunk_tensor,
+                layout.chunk_local,
+                layout.chunk_flat,
+                layout.chunk_len,
+                layout.modes,
+                layout.grad_ptrs,
+                layout.direction,
+                layout.h_chunk,
+                BLOCK=CHUNK,
+                num_warps=8,
+            )
+        t_dev = layout.adam.t_dev if device_t and layout.adam is not None else layout.gamma
+        K._radius_tensors[(len(layout.params),)](
+            layout.modes,
+            layout.chunk_begin,
+            layout.chunk_end,
+            layout.h_chunk,
+            layout.gamma,
+            layout.exp_avg,
+            layout.exp_avg_sq,
+            float(k),
+            float(mu),
+            bc1,
+            bc2,
+            t_dev,
+            layout.pointers[4],
+            BLOCK=_TENSOR_BLOCK,
+            DEVICE_T=device_t,
+            num_warps=4,
+        )
+
+    @staticmethod
+    def _launch_clip(layout: FusedLayout, device_t: bool) -> None:  # pragma: no cover
+        t_dev = layout.adam.t_dev if device_t and layout.adam is not None else layout.gamma
+        K._clip_tensors[(len(layout.params),)](
+            layout.modes,
+            layout.row_begin,
+            layout.row_end,
+            layout.n_row,
+            layout.gamma,
+            t_dev,
+            BLOCK=_TENSOR_BLOCK,
+            DEVICE_T=device_t,
+            num_warps=4,
+        )
 
     # --- torch fallback ----------------------------------------------------------------------------------
     def _step_torch(

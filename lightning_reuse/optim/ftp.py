@@ -157,6 +157,7 @@ class FTP(Optimizer):
         self._register([p for g in self.param_groups for p in g["params"]], warn_unmatched=True)
         self.register_load_state_dict_pre_hook(set_aside_ftp_state)
         self.register_load_state_dict_post_hook(restore_ftp_state)
+        self.register_state_dict_pre_hook(_sync_device_counters)
 
     # --- construction helpers -------------------------------------------------------------------------
     def _register(self, params: list[Tensor], warn_unmatched: bool) -> None:
@@ -209,11 +210,7 @@ class FTP(Optimizer):
                 groups, self.base_optimizer.step, self._new_sharded_state, move_params=not initialising
             )
             return loss
-        if (
-            not initialising
-            and self._fused_wanted()
-            and self._fused_engine.step(groups, self.base_optimizer.step)
-        ):
+        if not initialising and self._fused_wanted() and self._fused_engine.step(groups, self.base_optimizer):
             return loss
         active = [(p, s) for g in groups for p, s in zip(g.params, g.states) if p.grad is not None]
         params, states = [p for p, _ in active], [s for _, s in active]
@@ -320,6 +317,11 @@ class FTP(Optimizer):
             f"FTP(k={k}, mu={mu}, projected={n_proj}, excluded={n_excl}, implementation={self.implementation!r},"
             f"\n    base={self.base_optimizer!r})"
         )
+
+
+def _sync_device_counters(opt: FTP) -> None:
+    """Before ``state_dict()``: ``ftp_step`` from the device counter of the one-pass Adam path (graph replays)."""
+    opt._fused_engine.sync_host(opt.param_groups)
 
 
 def _check_base(base_optimizer: object) -> None:
