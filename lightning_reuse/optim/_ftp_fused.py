@@ -248,7 +248,7 @@ class AdamPlan:
         self.state_key: tuple[int, ...] | None = None
         self.state_ok = False
         uppers = [b[0] for b in _ADAM_BUCKETS] + [None]
-        # (row ids, count, BLOCK, rows per program, num_warps; BLOCK None: the looping long-row kernel)
+        # (row ids, count, BLOCK, rows per program, num_warps); rows per program None: the looping long rows
         self.buckets: list[tuple[Tensor, int, int, int | None, int]] = []
         for ids, spec in zip(
             layout.bucket_rows(uppers), [*_ADAM_BUCKETS, (None, *_ADAM_LONG[:1], 1, _ADAM_LONG[1])]
@@ -504,9 +504,9 @@ class FusedFTPEngine:
             eps,
         )
         for ids, count, block, rows, warps in plan.buckets:
-            if rows is None:
-                K._adam_project_long[(count,)](
-                    ids, *common, DECOUPLED=decoupled, BLOCK=block, num_warps=warps
+            if rows is None or rows == 1:  # one row per program: in registers, or looping (rows None)
+                K._adam_project_row[(count,)](
+                    ids, *common, DECOUPLED=decoupled, BLOCK=block, SINGLE=rows is not None, num_warps=warps
                 )
             else:
                 grid = ((count + rows - 1) // rows,)

@@ -223,7 +223,7 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
         ROWS: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
-        """Adam update and projection of ``ROWS`` rows (each <= ``BLOCK`` long) held in registers at once."""
+        """Adam update and projection of ``ROWS`` short rows (each <= ``BLOCK`` long) per program, in registers."""
         slot = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         valid = slot < n_ids
         r = tl.load(rows_ptr + slot, mask=valid, other=0)
@@ -279,7 +279,7 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
         tl.store(dir_ptr + flat[:, None] + offs, c * inv_n, mask=mask)
 
     @triton.jit
-    def _adam_project_long(
+    def _adam_project_row(
         rows_ptr,
         row_tensor_ptr,
         row_local_ptr,
@@ -304,8 +304,12 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
         eps,
         DECOUPLED: tl.constexpr,
         BLOCK: tl.constexpr,
+        SINGLE: tl.constexpr,
     ):
-        """A row too long for registers: Adam update and norm in one loop (``p'`` stored), projection in a second."""
+        """Adam update and projection of one row: in registers (``SINGLE``), or in two loops for a long row.
+
+        A long row: the Adam update and the norm in one loop (``p'`` stored), the projection in a second.
+        """
         r = tl.load(rows_ptr + tl.program_id(0))
         ti = tl.load(row_tensor_ptr + r)
         if tl.load(mode_ptr + ti) == 2:
@@ -316,19 +320,20 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
             g_base = tl.load(grad_ptrs + ti).to(tl.pointer_type(tl.float32)) + local
             m_base = tl.load(m_ptrs + ti).to(tl.pointer_type(tl.float32)) + local
             v_base = tl.load(v_ptrs + ti).to(tl.pointer_type(tl.float32)) + local
+            a_base = anchor_ptr + flat
+            d_base = dir_ptr + flat
             step = tl.load(tl.load(step_ptrs + ti).to(tl.pointer_type(tl.float32)))
             lr = tl.load(lr_ptr + ti)
             wd = tl.load(wd_ptr + ti)
+            gamma = tl.maximum(tl.load(gamma_ptr + ti), 1e-8)
             offs = tl.arange(0, BLOCK)
-            acc = tl.zeros([BLOCK], dtype=tl.float32)
-            for start in range(0, length, BLOCK):
-                idx = start + offs
-                mask = idx < length
+            if SINGLE:
+                mask = offs < length
                 p, m, v = _adam_math(
-                    tl.load(p_base + idx, mask=mask, other=0.0),
-                    tl.load(g_base + idx, mask=mask, other=0.0),
-                    tl.load(m_base + idx, mask=mask, other=0.0),
-                    tl.load(v_base + idx, mask=mask, other=0.0),
+                    tl.load(p_base + offs, mask=mask, other=0.0),
+                    tl.load(g_base + offs, mask=mask, other=0.0),
+                    tl.load(m_base + offs, mask=mask, other=0.0),
+                    tl.load(v_base + offs, mask=mask, other=0.0),
                     lr,
                     wd,
                     step,
@@ -339,23 +344,50 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
                     eps,
                     DECOUPLED,
                 )
-                a = tl.load(anchor_ptr + flat + idx, mask=mask, other=0.0)
-                acc += tl.where(mask, tl.abs(p - a), 0.0)
-                tl.store(p_base + idx, p, mask=mask)
-                tl.store(m_base + idx, m, mask=mask)
-                tl.store(v_base + idx, v, mask=mask)
-            n = tl.sum(acc, axis=0) + 1e-8
-            tl.store(n_row_ptr + r, n)
-            gamma = tl.maximum(tl.load(gamma_ptr + ti), 1e-8)
-            scale = tl.where(gamma >= n, 1.0, tl.div_rn(gamma, n))
-            inv_n = tl.div_rn(n * 0.0 + 1.0, n)
-            for start in range(0, length, BLOCK):
-                idx = start + offs
-                mask = idx < length
-                p = tl.load(p_base + idx, mask=mask, other=0.0)
-                c = p - tl.load(anchor_ptr + flat + idx, mask=mask, other=0.0)
-                tl.store(p_base + idx, p + c * (scale - 1.0), mask=mask)
-                tl.store(dir_ptr + flat + idx, c * inv_n, mask=mask)
+                c = tl.where(mask, p - tl.load(a_base + offs, mask=mask, other=0.0), 0.0)
+                n = tl.sum(tl.abs(c), axis=0) + 1e-8
+                tl.store(n_row_ptr + r, n)
+                scale = tl.where(gamma >= n, 1.0, tl.div_rn(gamma, n))
+                inv_n = tl.div_rn(n * 0.0 + 1.0, n)
+                tl.store(p_base + offs, p + c * (scale - 1.0), mask=mask)
+                tl.store(m_base + offs, m, mask=mask)
+                tl.store(v_base + offs, v, mask=mask)
+                tl.store(d_base + offs, c * inv_n, mask=mask)
+            else:
+                acc = tl.zeros([BLOCK], dtype=tl.float32)
+                for start in range(0, length, BLOCK):
+                    idx = start + offs
+                    mask = idx < length
+                    p, m, v = _adam_math(
+                        tl.load(p_base + idx, mask=mask, other=0.0),
+                        tl.load(g_base + idx, mask=mask, other=0.0),
+                        tl.load(m_base + idx, mask=mask, other=0.0),
+                        tl.load(v_base + idx, mask=mask, other=0.0),
+                        lr,
+                        wd,
+                        step,
+                        beta1,
+                        beta2,
+                        log_beta1,
+                        log_beta2,
+                        eps,
+                        DECOUPLED,
+                    )
+                    acc += tl.where(mask, tl.abs(p - tl.load(a_base + idx, mask=mask, other=0.0)), 0.0)
+                    tl.store(p_base + idx, p, mask=mask)
+                    tl.store(m_base + idx, m, mask=mask)
+                    tl.store(v_base + idx, v, mask=mask)
+                n = tl.sum(acc, axis=0) + 1e-8
+                tl.store(n_row_ptr + r, n)
+                scale = tl.where(gamma >= n, 1.0, tl.div_rn(gamma, n))
+                inv_n = tl.div_rn(n * 0.0 + 1.0, n)
+                for start in range(0, length, BLOCK):
+                    idx = start + offs
+                    mask = idx < length
+                    p = tl.load(p_base + idx, mask=mask, other=0.0)
+                    c = p - tl.load(a_base + idx, mask=mask, other=0.0)
+                    tl.store(p_base + idx, p + c * (scale - 1.0), mask=mask)
+                    tl.store(d_base + idx, c * inv_n, mask=mask)
 
     @triton.jit
     def _clip_tensors(

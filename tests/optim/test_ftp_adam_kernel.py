@@ -65,7 +65,8 @@ def _assert_same(models: list[Mixed], opts: list[FTP], atol: float) -> None:
         sa, sb = opts[0].state[p], opts[1].state[q]
         assert float(sa["step"]) == float(sb["step"]), name  # Adam's counters advanced alike
         for key in ("exp_avg", "exp_avg_sq"):
-            assert torch.allclose(sa[key], sb[key], rtol=1e-5, atol=1e-9), (name, key)
+            # gradients follow parameters that differ by rounding: 1e-8 seen on CUDA
+            assert torch.allclose(sa[key], sb[key], rtol=1e-4, atol=1e-7), (name, key)
         if "ftp_gamma" in sa:
             # the radius Adam amplifies the summation order of h (chunks vs whole tensors): 2e-5 seen
             assert torch.allclose(sa["ftp_gamma"], sb["ftp_gamma"], rtol=1e-4, atol=1e-8), name
