@@ -20,6 +20,13 @@ Protocol (issue 15, items 3-4 at CPU scale; see ``docs/transferability.md``, sec
   fitted on the target's training part), and the data-free ranking by parameter count. ``fitted_*``: a ridge
   fit of the fine-tuning epochs from [-resque, source accuracy, log size], fitted leaving one shift type out
   (``loso``) and, separately, one source family out (``lofo``).
+- NTK screening (question b: does it rank reprogramming's gain over the linear probe?): the library's
+  ``screen_reprogramming`` of the ground truth's own reprogramming (``x + delta`` as a ``FullPrompt`` with the
+  identity activation, the same seeded linear map of the source logits; and the library's default FLM mapping
+  where the target has at most as many classes as the source has outputs) on ``ntk_samples`` stratified samples
+  of the target's training part. Truth: ``reprogram_acc > probe_acc`` at the budget, and the gain. AUROC and
+  Spearman against the screening's own baselines (zero-step, probe and LogME on the source logits) and the zoo's;
+  fitted rules (logistic fits, thresholds) with one source family left out; bootstrap over sources.
 - Evaluation: weighted Kendall tau (``scipy.stats.weightedtau``) and Spearman, ``across_models`` (per target
   over sources, then averaged: the field's protocol) and ``across_shifts`` (per source over targets, then
   averaged); 95% percentile bootstrap intervals resample the configurations averaged over (targets,
