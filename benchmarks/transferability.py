@@ -120,7 +120,7 @@ def _cnn(family: str, width: int, depth: int, **kw: Any) -> dict[str, Any]:
 
 
 def cpu_config() -> Config:
-    """>= 8 sources in 5 families, 13 targets (8 input shifts, 3 task shifts, 1 unpaired, 1 blur)."""
+    """>= 8 sources in 5 families, 12 targets (8 input shifts, 3 task shifts, 1 unpaired shift)."""
     sources = [
         _cnn("digits10", 8, 2), _cnn("digits10", 16, 2), _cnn("digits10", 32, 2), _cnn("digits10", 32, 3),
         _cnn("subset", 16, 2, classes=[0, 1, 2, 3, 4]), _cnn("subset", 32, 2, classes=[5, 6, 7, 8, 9]),
