@@ -38,8 +38,13 @@ from lightning_reuse.optim import FTP
 from lightning_reuse.optim import _ftp_kernels as K
 
 GRAPH_STEPS = 10
-BYTES = {"adamw-fused": 28, "ftp-1pass": 44, "ftp-2pass": 52}  # device-memory bytes per fp32 parameter
-VARIANTS = ("adamw-fused", "ftp-1pass", "ftp-2pass", "reference")
+BYTES = {
+    "adamw-fused": 28,
+    "ftp-1pass": 44,
+    "ftp-1pass-fast": 44,
+    "ftp-2pass": 52,
+}  # device-memory bytes per fp32 parameter
+VARIANTS = ("adamw-fused", "ftp-1pass", "ftp-1pass-fast", "ftp-2pass", "reference")
 
 
 def build(variant: str, named: list, capturable: bool) -> object:
@@ -51,7 +56,8 @@ def build(variant: str, named: list, capturable: bool) -> object:
 
         return ReferenceFTP(base, [p for n, p in named if not n.startswith("head")])
     opt = FTP(base, exclude="head", implementation="fused")
-    opt._fused_engine.one_pass = variant == "ftp-1pass"
+    opt._fused_engine.one_pass = variant.startswith("ftp-1pass")
+    opt._fused_engine.exact_math = variant != "ftp-1pass-fast"  # fast: approximate sqrt / division
     return opt
 
 
@@ -65,7 +71,13 @@ def check(set_name: str, steps: int = 8) -> dict:
     """Every FTP variant against the single-tensor path; graph replay against eager steps."""
     shapes = SETS[set_name]()
     out: dict = {}
-    for variant, capturable in (("ftp-1pass", False), ("ftp-2pass", False), ("ftp-1pass-graph", True)):
+    checks = (
+        ("ftp-1pass", False),
+        ("ftp-1pass-fast", False),
+        ("ftp-2pass", False),
+        ("ftp-1pass-graph", True),
+    )
+    for variant, capturable in checks:
         ref_named, named = make_params(shapes, "cuda"), make_params(shapes, "cuda")
         ref = FTP(
             torch.optim.AdamW(ref_named, lr=1e-3, weight_decay=0.05, fused=True), exclude="head", k=0.3,
@@ -224,7 +236,7 @@ def measure_set(set_name: str, rounds: int, replays: int, eager_steps: int) -> l
 def end_to_end(repeats: int, batch: int = 64) -> dict:
     x = torch.randn(batch, 3, 224, 224, device="cuda")
     y = torch.randint(0, 1000, (batch,), device="cuda")
-    variants = ("adamw-fused", "ftp-1pass", "ftp-2pass")
+    variants = ("adamw-fused", "ftp-1pass", "ftp-1pass-fast", "ftp-2pass")
     runs: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(repeats):
         for variant in variants if r % 2 == 0 else tuple(reversed(variants)):

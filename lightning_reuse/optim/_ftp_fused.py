@@ -341,6 +341,7 @@ class FusedFTPEngine:
     def __init__(self) -> None:
         self.layout: FusedLayout | None = None
         self.one_pass = True
+        self.exact_math = True  # the one-pass kernel's Adam: IEEE square root and divisions, as torch's
 
     def invalidate(self) -> None:
         """Forget the buffers: the next step rebuilds them from ``state[p]`` (after the state was replaced)."""
@@ -506,12 +507,25 @@ class FusedFTPEngine:
         for ids, count, block, rows, warps in plan.buckets:
             if rows is None or rows == 1:  # one row per program: in registers, or looping (rows None)
                 K._adam_project_row[(count,)](
-                    ids, *common, DECOUPLED=decoupled, BLOCK=block, SINGLE=rows is not None, num_warps=warps
+                    ids,
+                    *common,
+                    DECOUPLED=decoupled,
+                    EXACT=self.exact_math,
+                    BLOCK=block,
+                    SINGLE=rows is not None,
+                    num_warps=warps,
                 )
             else:
                 grid = ((count + rows - 1) // rows,)
                 K._adam_project_rows[grid](
-                    ids, count, *common, DECOUPLED=decoupled, ROWS=rows, BLOCK=block, num_warps=warps
+                    ids,
+                    count,
+                    *common,
+                    DECOUPLED=decoupled,
+                    EXACT=self.exact_math,
+                    ROWS=rows,
+                    BLOCK=block,
+                    num_warps=warps,
                 )
         self._launch_clip(layout, device_t=True)
 

@@ -179,9 +179,26 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
 
     @triton.jit
     def _adam_math(
-        p, g, m, v, lr, wd, step, beta1, beta2, log_beta1, log_beta2, eps, DECOUPLED: tl.constexpr
+        p,
+        g,
+        m,
+        v,
+        lr,
+        wd,
+        step,
+        beta1,
+        beta2,
+        log_beta1,
+        log_beta2,
+        eps,
+        DECOUPLED: tl.constexpr,
+        EXACT: tl.constexpr,
     ):
-        """torch's Adam (``DECOUPLED``: AdamW) update of one block, as its fused kernel computes it."""
+        """torch's Adam (``DECOUPLED``: AdamW) update of one block, as its fused kernel computes it.
+
+        ``EXACT``: IEEE-rounded square root and divisions per element, as torch's kernel; else the fast
+        approximate ones (a few ulp) with the bias corrections folded into one factor per row.
+        """
         if DECOUPLED:
             p = p * (1.0 - lr * wd)
         else:
@@ -190,8 +207,11 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
         v = beta2 * v + (1.0 - beta2) * g * g
         step_size = tl.div_rn(lr, _one_minus_pow(log_beta1, step))
         bc2_sqrt = tl.sqrt_rn(_one_minus_pow(log_beta2, step))
-        denom = tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps
-        p = p - tl.div_rn(step_size * m, denom)
+        if EXACT:
+            denom = tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps
+            p = p - tl.div_rn(step_size * m, denom)
+        else:
+            p = p - (step_size * m) / (tl.sqrt(v) * (1.0 / bc2_sqrt) + eps)
         return p, m, v
 
     @triton.jit
@@ -220,6 +240,7 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
         log_beta2,
         eps,
         DECOUPLED: tl.constexpr,
+        EXACT: tl.constexpr,
         ROWS: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
@@ -266,6 +287,7 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
             log_beta2,
             eps,
             DECOUPLED,
+            EXACT,
         )
         c = tl.where(mask, p - a, 0.0)
         n = tl.sum(tl.abs(c), axis=1) + 1e-8
@@ -303,6 +325,7 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
         log_beta2,
         eps,
         DECOUPLED: tl.constexpr,
+        EXACT: tl.constexpr,
         BLOCK: tl.constexpr,
         SINGLE: tl.constexpr,
     ):
@@ -343,6 +366,7 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
                     log_beta2,
                     eps,
                     DECOUPLED,
+                    EXACT,
                 )
                 c = tl.where(mask, p - tl.load(a_base + offs, mask=mask, other=0.0), 0.0)
                 n = tl.sum(tl.abs(c), axis=0) + 1e-8
@@ -372,6 +396,7 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
                         log_beta2,
                         eps,
                         DECOUPLED,
+                        EXACT,
                     )
                     acc += tl.where(mask, tl.abs(p - tl.load(a_base + idx, mask=mask, other=0.0)), 0.0)
                     tl.store(p_base + idx, p, mask=mask)
