@@ -4,9 +4,10 @@ Protocol (issue 15, items 3-4 at CPU scale; see ``docs/transferability.md``, sec
 
 - Sources: SmallCNNs of several widths and depths pre-trained here on all ten digits, on class subsets and
   on relabelings (families ``digits10``, ``subset``, ``relabel``; cached like ``samples.zoo``), random-weight
-  controls (family ``random``) and, in the CPU configuration, the ImageNet-pretrained EfficientNet-Lite0
-  (family ``imagenet``; digits upsampled to 32 px, three channels). Sources only ever saw the first 60% of
-  the digits (split seed 0).
+  controls (family ``random``) and, in the CPU configuration, the ImageNet-pretrained EfficientNet-Lite0 and
+  -Lite1 (family ``imagenet``; digits upsampled to 32 px, three channels; each from its weights package, extra
+  ``zoo``: a source whose package is missing is skipped, and the JSON and markdown say which and why; -Lite2 is
+  left out for time, ``LEFT_OUT``). Sources only ever saw the first 60% of the digits (split seed 0).
 - Targets, on the other 40% (halved into a training and a test part): eight or more input shifts written
   here (noise, rotation at a random angle per image, elastic, contrast, pixelation, quantisation, occlusion,
   inversion), task shifts (relabelings, a class subset) and one unpaired shift, whose RESQUE_dist compares
@@ -34,8 +35,12 @@ Protocol (issue 15, items 3-4 at CPU scale; see ``docs/transferability.md``, sec
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/transferability.py            # CPU configuration (<= 30 min)
+    OMP_NUM_THREADS=1 python benchmarks/transferability.py            # CPU configuration (about 36 min)
+    OMP_NUM_THREADS=1 python benchmarks/transferability.py --reuse    # only the pairs the stored JSON lacks
     OMP_NUM_THREADS=1 python benchmarks/transferability.py --quick    # seconds, for the test
+
+A source's pairs take about 5 s (SmallCNNs), 76 s (EfficientNet-Lite0), 100 s (-Lite1) and 119 s (-Lite2) each
+on a 2-core CPU, 1 thread.
 
 Writes ``benchmarks/results/transferability{,_quick}.json`` and ``.md`` (``--out`` to change the stem).
 """
@@ -119,6 +124,17 @@ def _cnn(family: str, width: int, depth: int, **kw: Any) -> dict[str, Any]:
     }
 
 
+#: Sources the CPU configuration leaves out, and why (recorded with the skipped sources).
+LEFT_OUT = [
+    {
+        "name": "efficientnet_lite2",
+        "family": "imagenet",
+        "reason": "left out for time: one pair took 119 s (Lite1 100 s, Lite0 76 s; 2-core CPU, 1 thread), "
+        "about 1430 s for its 12 pairs, over the 30-minute budget of a run",
+    }
+]
+
+
 def cpu_config() -> Config:
     """>= 8 sources in 5 families, 12 targets (8 input shifts, 3 task shifts, 1 unpaired shift)."""
     sources = [
@@ -126,7 +142,7 @@ def cpu_config() -> Config:
         _cnn("subset", 16, 2, classes=[0, 1, 2, 3, 4]), _cnn("subset", 32, 2, classes=[5, 6, 7, 8, 9]),
         _cnn("relabel", 16, 2, relabel="parity"), _cnn("relabel", 32, 2, relabel="mod3"),
         _cnn("random", 16, 2), _cnn("random", 32, 3),
-        {"name": "efficientnet_lite0", "family": "imagenet"},
+        {"name": "efficientnet_lite0", "family": "imagenet"}, {"name": "efficientnet_lite1", "family": "imagenet"},
     ]  # fmt: skip
     kinds = (
         "noise",
@@ -145,7 +161,7 @@ def cpu_config() -> Config:
         {"name": "subset_5to9", "type": "subset", "task": "subset"},
         {"name": "unpaired_rotation_noise", "type": "unpaired", "shift": "rotation_noise", "unpaired": True},
     ]
-    return Config("cpu", sources, targets)
+    return Config("cpu", sources, targets, extra={"left_out": LEFT_OUT})
 
 
 def quick_config() -> Config:
@@ -225,13 +241,13 @@ def relabel(y: Tensor, task: str) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------------- sources
 class EfficientNetSource(nn.Module):
-    """EfficientNet-Lite0 on digits: upsample to 32 px, grey to RGB, its normalisation; ``embed`` + ``head``."""
+    """An EfficientNet-Lite on digits: upsample to 32 px, grey to RGB, its normalisation; ``embed`` + ``head``."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "efficientnet-lite0") -> None:
         super().__init__()
-        from lightning_reuse.samples import load_efficientnet_lite0
+        from lightning_reuse.samples.efficientnet import load_efficientnet_lite
 
-        self.net, norm = load_efficientnet_lite0(pretrained=True, image_size=32)
+        self.net, norm = load_efficientnet_lite(name, pretrained=True, image_size=32)  # type: ignore[arg-type]
         self.register_buffer("mean", torch.tensor(norm.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(norm.std).view(1, 3, 1, 1))
         self.head = self.net._fc
@@ -264,11 +280,16 @@ def _cached_relabel_cnn(spec: dict[str, Any], cfg: Config) -> SmallCNN:
     return net.eval()
 
 
+def efficientnet_name(spec: dict[str, Any]) -> str:
+    """The loader's name of an ``imagenet`` source (``efficientnet_lite1`` -> ``efficientnet-lite1``)."""
+    return spec["name"].replace("_", "-")
+
+
 def build_source(spec: dict[str, Any], cfg: Config) -> nn.Module:
     """Pre-train (or load from the cache) one source; random controls are seeded fresh SmallCNNs."""
     fam = spec["family"]
     if fam == "imagenet":
-        return EfficientNetSource().eval()
+        return EfficientNetSource(efficientnet_name(spec)).eval()
     if fam == "random":
         torch.manual_seed(cfg.seed + 17)
         return SmallCNN(num_classes=10, width=spec["width"], depth=spec["depth"]).eval()
@@ -277,6 +298,30 @@ def build_source(spec: dict[str, Any], cfg: Config) -> nn.Module:
     cache = "default" if cfg.cache else None
     kw = {"classes": spec.get("classes"), "width": spec["width"], "depth": spec["depth"]}
     return pretrained_small_cnn(**kw, epochs=cfg.source_epochs, seed=cfg.seed, cache_dir=cache)
+
+
+def missing_packages(spec: dict[str, Any]) -> str | None:
+    """Why a source cannot be built here (its packages are not installed), or ``None`` if it can."""
+    if spec["family"] != "imagenet":
+        return None
+    from lightning_reuse.samples.efficientnet import load_efficientnet_lite
+
+    try:
+        load_efficientnet_lite(efficientnet_name(spec), pretrained=False, image_size=32)  # type: ignore[arg-type]
+    except ImportError as err:
+        return str(err)
+    return None
+
+
+def available_sources(cfg: Config) -> tuple[Config, list[dict[str, str]]]:
+    """The configuration without the sources whose packages are missing, and those skipped (name, reason).
+
+    The skipped sources: the configuration's ``extra["left_out"]``, then those whose packages are missing.
+    """
+    reasons = {spec["name"]: missing_packages(spec) for spec in cfg.sources}
+    skipped = [{"name": s["name"], "reason": s["reason"]} for s in cfg.extra.get("left_out", [])]
+    skipped += [{"name": name, "reason": why} for name, why in reasons.items() if why is not None]
+    return replace(cfg, sources=[s for s in cfg.sources if reasons[s["name"]] is None]), skipped
 
 
 def count_parameters(net: nn.Module) -> int:
@@ -815,14 +860,53 @@ def ntk_answer(res: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------- runs
-def run_grid(cfg: Config) -> list[dict[str, Any]]:
-    """Scores and ground truth for every (source, target) pair; epochs to target filled in afterwards."""
+#: What one pair's run depends on besides its source: stored runs are reused only where all of these match.
+RUN_SETTINGS = (
+    "targets",
+    "epochs",
+    "source_epochs",
+    "lr_finetune",
+    "lr_probe",
+    "batch_size",
+    "seed",
+    "ntk_samples",
+)
+
+
+def stored_runs(cfg: Config, old: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The runs of an earlier result that ``cfg`` would compute identically, per source name (``--reuse``).
+
+    A source's runs are kept when the torch version, the :data:`RUN_SETTINGS` and the source's specification
+    are the same and every target has a screened run (each pair is seeded on its own, so a pair does not
+    depend on the other sources). Epochs to target are recomputed: the goal depends on every source.
+    """
+    now = asdict(cfg)
+    if old.get("torch") != torch.__version__ or any(old["config"][k] != now[k] for k in RUN_SETTINGS):
+        return {}
+    out = {}
+    for s, spec in enumerate(old["config"]["sources"]):
+        mine = sorted((r for r in old["runs"] if r["s"] == s and "ntk" in r), key=lambda r: r["t"])
+        if spec in cfg.sources and [r["t"] for r in mine] == list(range(len(cfg.targets))):
+            out[spec["name"]] = mine
+    return out
+
+
+def run_grid(cfg: Config, reuse: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """Scores and ground truth for every (source, target) pair; epochs to target filled in afterwards.
+
+    ``reuse``: stored runs per source name (see :func:`stored_runs`), taken instead of computing them.
+    """
     targets = [make_target(t, cfg.seed + 100 * j) for j, t in enumerate(cfg.targets)]
     runs = []
     for s, spec in enumerate(cfg.sources):
+        if spec["name"] in (reuse or {}):
+            runs += [{**r, "s": s} for r in reuse[spec["name"]]]  # type: ignore[index]
+            print(f"  {spec['name']:32s} {len(targets)} targets reused", flush=True)
+            continue
         start = time.perf_counter()
         net = build_source(spec, cfg)
         for t, (tspec, tgt) in enumerate(zip(cfg.targets, targets)):
+            pair_start = time.perf_counter()
             torch.manual_seed(cfg.seed)
             run = {"s": s, "t": t, "source": spec["name"], "family": spec["family"], "target": tspec["name"]}
             run |= {
@@ -831,11 +915,17 @@ def run_grid(cfg: Config) -> list[dict[str, Any]]:
                 "curves": ground_truth(net, tgt, cfg),
             }
             run["ntk"] = screen_pair(net, tgt, cfg)  # after the ground truth, which it leaves unchanged
-            runs.append(run)
+            runs.append(run | {"seconds": time.perf_counter() - pair_start})
         print(
             f"  {spec['name']:32s} {len(targets)} targets in {time.perf_counter() - start:6.1f} s", flush=True
         )
-    for t in range(len(targets)):  # the target: 90% of the best source's final accuracy, per strategy
+    fill_epochs(runs, len(targets))
+    return runs
+
+
+def fill_epochs(runs: list[dict[str, Any]], num_targets: int) -> None:
+    """Final accuracy, the goal and epochs to the goal of every run, per strategy (in place)."""
+    for t in range(num_targets):  # the target: 90% of the best source's final accuracy, per strategy
         for strategy in STRATEGIES:
             mine = [r for r in runs if r["t"] == t]
             goal = 0.9 * max(r["curves"][strategy][-1] for r in mine)
@@ -843,7 +933,6 @@ def run_grid(cfg: Config) -> list[dict[str, Any]]:
                 r[f"{strategy}_acc"] = r["curves"][strategy][-1]
                 r[f"{strategy}_goal"] = goal
                 r[f"{strategy}_epochs"] = epochs_to(r["curves"][strategy], goal)
-    return runs
 
 
 def score_matrices(runs: list[dict[str, Any]], ns: int, nt: int) -> dict[str, np.ndarray]:
@@ -943,11 +1032,33 @@ def _ntk_lines(res: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
+def _source_lines(result: dict[str, Any]) -> list[str]:
+    """The sources run, those skipped (packages not installed) and those whose runs were reused."""
+    cfg = result["config"]
+    families: dict[str, int] = {}
+    for spec in cfg["sources"]:
+        families[spec["family"]] = families.get(spec["family"], 0) + 1
+    fams = ", ".join(f"{f} {n}" for f, n in families.items())
+    out = [f"Sources: {len(cfg['sources'])} ({fams}); targets: {len(cfg['targets'])}; runs took "
+           f"{result['elapsed_s']:.0f} s."]  # fmt: skip
+    skipped = result.get("skipped_sources") or []
+    out += [f"Skipped sources: {'none' if not skipped else len(skipped)}."]
+    out += [f"- {s['name']}: {s['reason']}" for s in skipped]
+    reused = result.get("reused")
+    if reused:
+        out += [
+            f"Reused runs (same torch, settings and targets; from the earlier run, {reused['earlier_elapsed_s']:.0f} "
+            f"s): {', '.join(reused['sources'])}; the other sources' pairs took {reused['new_pairs_s']:.0f} s."
+        ]
+    return out
+
+
 def markdown(result: dict[str, Any]) -> str:
     """Tables: weighted tau (and Spearman) per score, protocol and truth; RESQUE's gaps over each score."""
     ci = "mean over units, 95% bootstrap CI over resampled configurations"
     inputs = result["input_shifts"]
     lines = [f"# Transferability zoo benchmark ({result['config']['name']}; {MACHINE})", ""]
+    lines += [*_source_lines(result), ""]
     lines += _table(f"weightedtau ({ci})", result["weightedtau"]) + _table(
         f"spearman ({ci})", result["spearman"]
     )
@@ -1056,19 +1167,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="re-analyse the runs stored in the output JSON (screening runs that lack the NTK screening)",
     )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the runs stored in the output JSON that this configuration would compute identically "
+        "(same torch, settings, targets and source) and compute only the missing pairs",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     stem = args.out or RESULTS / ("transferability_quick" if args.quick else "transferability")
     if args.rescore:
         old = json.loads(stem.with_suffix(".json").read_text())
-        cfg = Config(**old["config"])
+        cfg, skipped = Config(**old["config"]), old.get("skipped_sources", [])
         added = add_screening(cfg, old["runs"])  # runs stored before the NTK screening existed
         result = analyse(cfg, old["runs"], old["elapsed_s"] + added)
+        reused = old.get("reused")
     else:
-        cfg = quick_config() if args.quick else cpu_config()
+        cfg, skipped = available_sources(quick_config() if args.quick else cpu_config())
+        for s in skipped:
+            print(f"  skipped source {s['name']}: {s['reason']}", flush=True)
+        old = (
+            json.loads(stem.with_suffix(".json").read_text())
+            if args.reuse and stem.with_suffix(".json").exists()
+            else None
+        )
+        reuse = stored_runs(cfg, old) if old else {}
         start = time.perf_counter()
-        runs = run_grid(cfg)
-        result = analyse(cfg, runs, time.perf_counter() - start)
+        runs = run_grid(cfg, reuse)
+        elapsed = time.perf_counter() - start
+        reused = None
+        if reuse:  # the stored runs' time: the earlier run's, which made them all
+            reused = {"sources": list(reuse), "earlier_elapsed_s": old["elapsed_s"], "new_pairs_s": elapsed}  # type: ignore[index]
+            elapsed += old["elapsed_s"]  # type: ignore[index]
+        result = analyse(cfg, runs, elapsed)
+    result["skipped_sources"] = skipped
+    result["reused"] = reused
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=float))
     table = markdown(result)

