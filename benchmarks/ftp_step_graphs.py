@@ -36,15 +36,17 @@ import torch
 from benchmarks.ftp_step import SETS, ViTB16, _Iteration, make_params
 from lightning_reuse.optim import FTP
 from lightning_reuse.optim import _ftp_kernels as K
+from lightning_reuse.optim._ftp_fused import _ADAM_BUCKETS as ADAM_BUCKETS
 
 GRAPH_STEPS = 10
 BYTES = {
     "adamw-fused": 28,
     "ftp-1pass": 44,
     "ftp-1pass-fast": 44,
+    "ftp-1pass-fast-w8": 44,
     "ftp-2pass": 52,
 }  # device-memory bytes per fp32 parameter
-VARIANTS = ("adamw-fused", "ftp-1pass", "ftp-1pass-fast", "ftp-2pass", "reference")
+VARIANTS = ("adamw-fused", "ftp-2pass", "ftp-1pass", "ftp-1pass-fast", "ftp-1pass-fast-w8", "reference")
 
 
 def build(variant: str, named: list, capturable: bool) -> object:
@@ -57,7 +59,11 @@ def build(variant: str, named: list, capturable: bool) -> object:
         return ReferenceFTP(base, [p for n, p in named if not n.startswith("head")])
     opt = FTP(base, exclude="head", implementation="fused")
     opt._fused_engine.one_pass = variant.startswith("ftp-1pass")
-    opt._fused_engine.exact_math = variant != "ftp-1pass-fast"  # fast: approximate sqrt / division
+    opt._fused_engine.exact_math = "fast" not in variant  # fast: approximate sqrt / division
+    if variant.endswith("-w8"):  # 8 warps (not 4) for rows up to 1024 long
+        opt._fused_engine.adam_buckets = tuple(
+            (u, b, r, 8 if u in (512, 1024) else w) for u, b, r, w in ADAM_BUCKETS
+        )
     return opt
 
 
@@ -76,6 +82,7 @@ def check(set_name: str, steps: int = 8) -> dict:
         ("ftp-1pass-fast", False),
         ("ftp-2pass", False),
         ("ftp-1pass-graph", True),
+        ("ftp-2pass-graph", True),
     )
     for variant, capturable in checks:
         ref_named, named = make_params(shapes, "cuda"), make_params(shapes, "cuda")
@@ -236,7 +243,7 @@ def measure_set(set_name: str, rounds: int, replays: int, eager_steps: int) -> l
 def end_to_end(repeats: int, batch: int = 64) -> dict:
     x = torch.randn(batch, 3, 224, 224, device="cuda")
     y = torch.randint(0, 1000, (batch,), device="cuda")
-    variants = ("adamw-fused", "ftp-1pass", "ftp-1pass-fast", "ftp-2pass")
+    variants = ("adamw-fused", "ftp-2pass", "ftp-1pass-fast")
     runs: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(repeats):
         for variant in variants if r % 2 == 0 else tuple(reversed(variants)):

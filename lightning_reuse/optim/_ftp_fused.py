@@ -1,4 +1,4 @@
-"""The fused FTP path: state in persistent flat buffers; Triton kernels on CUDA, one pass with an Adam base.
+"""The fused FTP path: state in persistent flat buffers, Triton row kernels around the base step on CUDA.
 
 Tian et al., "Fast Trainable Projection for Robust Fine-Tuning", NeurIPS 2023. Same maths as
 :mod:`lightning_reuse.optim._ftp_functional`; what changes is where the state lives and how many passes a
@@ -24,15 +24,19 @@ are deterministic, as DDP needs. Memory traffic per fp32 element: 8 bytes before
 (rows longer than 8192 are read twice, mostly from L2); with the 28 of a fused AdamW step, 52 bytes, a floor
 of about 1.9x fused AdamW for this design.
 
-**One pass with an Adam base.** When the base optimizer is ``torch.optim.Adam`` or ``AdamW`` (no
-``amsgrad``/``maximize``/``differentiable``, float ``lr``, one ``betas``/``eps`` for all groups, its ``step``
-counters on the device: ``fused=True`` or ``capturable=True``), the base step is not called for the projected
-tensors: one kernel runs Adam's update (torch's formula, its moments and step counters updated in place)
-and the projection while each row is in registers, 44 bytes per element in all (floor about 1.6x fused
-AdamW). FTP's step counter then lives on the device too (``t_dev``), so nothing on the host changes from step
-to step: the step can be captured in a CUDA graph (build the base with ``capturable=True``) and replayed;
-``state_dict()`` copies the device counter back into ``ftp_step``. Excluded parameters (and any other
-tensor the kernel does not take) get the base optimizer's own step, with the projected gradients hidden.
+Both Triton paths read FTP's step counter from the device (``t_dev``, advanced by the last kernel): nothing on
+the host changes from step to step, so a step can be captured in a CUDA graph and replayed (build the base
+with ``capturable=True``); ``state_dict()`` copies the device counter back into ``ftp_step``.
+
+**One pass with an Adam base (opt-in, ``engine.one_pass = True``).** When the base optimizer is
+``torch.optim.Adam`` or ``AdamW`` (no ``amsgrad``/``maximize``/``differentiable``, float ``lr``, one
+``betas``/``eps`` for all groups, its ``step`` counters on the device: ``fused=True`` or ``capturable=True``),
+the base step is not called for the projected tensors: one kernel runs Adam's update (torch's formula, its
+moments and step counters updated in place) and the projection while each row is in registers, 44 bytes per
+element in all (floor about 1.6x fused AdamW) instead of 52. Excluded parameters (and any other tensor the
+kernel does not take) get the base optimizer's own step, with the projected gradients hidden. On one H100 it
+reached 58-67% of the copy bandwidth against the two passes' 89%, so it ran slower (docs/ftp.md): not the
+default.
 
 Without Triton (CPU, or a CUDA machine without it), for tensors the kernels do not take (not fp32, not
 contiguous), or when param groups differ in ``ftp_k``, ``ftp_mu`` or ``ftp_step`` (the kernels take one
@@ -137,6 +141,8 @@ class FusedLayout:
         self.pointer_key: tuple[tuple[int, ...], tuple[int, ...]] | None = None
         self.kernel_ok = False  # whether the current pointers were validated for the kernels
         self.adam: AdamPlan | None = None  # the one-pass Adam kernel's tables, built on first use
+        self.t_dev = torch.zeros(1, device=dev, dtype=torch.float32)  # FTP's step counter, for the kernels
+        self.t_seen: int | None = None  # the host counter last synchronised with t_dev
 
     def _build_buffers(self, states: list[F.State]) -> None:
         dev, dtype = self.device, self.dtype
@@ -212,6 +218,22 @@ class FusedLayout:
     def _view(self, flat: Tensor, i: int) -> Tensor:
         return flat[self.offsets[i] : self.offsets[i + 1]].view(self.shapes[i])
 
+    def sync_device(self, t: int) -> None:
+        """Before a kernel step ``t``: reset the device counter unless it follows on (no host read)."""
+        if self.t_seen != t - 1:  # first kernel step here, a load, or a step on another path in between
+            self.t_dev.fill_(float(t - 1))
+        self.t_seen = t
+
+    def sync_host(self, groups: list[dict]) -> None:
+        """Copy the device counter back into the groups' ``ftp_step`` (after CUDA-graph replays; a host read)."""
+        if self.t_seen is None:
+            return
+        t = int(self.t_dev.item())
+        if t != self.t_seen:
+            for group in groups:
+                group["ftp_step"] = t
+            self.t_seen = t
+
     def linked(self, params: list[Tensor], states: list[F.State]) -> bool:
         """Whether ``params`` are this layout's and every entry of their ``state[p]`` is still the view.
 
@@ -230,7 +252,9 @@ _ADAM_STATE = ("exp_avg", "exp_avg_sq", "step")
 class AdamPlan:
     """The one-pass Adam kernel's side of a layout: hyper-parameter tables, FTP's device step, buckets."""
 
-    def __init__(self, layout: FusedLayout, base: torch.optim.Optimizer) -> None:
+    def __init__(
+        self, layout: FusedLayout, base: torch.optim.Optimizer, buckets: tuple = _ADAM_BUCKETS
+    ) -> None:
         dev = layout.device
         index = {id(p): i for i, p in enumerate(layout.params)}
         self.group_of = [0] * len(layout.params)
@@ -243,15 +267,13 @@ class AdamPlan:
                     self.others.append(p)
         self.hyper = torch.zeros(2, len(layout.params), device=dev, dtype=torch.float32)  # lr, weight decay
         self.hyper_key: tuple[tuple[float, float], ...] | None = None
-        self.t_dev = torch.zeros(1, device=dev, dtype=torch.float32)
-        self.t_seen: int | None = None  # FTP's step counter last synchronised with t_dev
         self.state_key: tuple[int, ...] | None = None
         self.state_ok = False
-        uppers = [b[0] for b in _ADAM_BUCKETS] + [None]
+        uppers = [b[0] for b in buckets] + [None]
         # (row ids, count, BLOCK, rows per program, num_warps); rows per program None: the looping long rows
         self.buckets: list[tuple[Tensor, int, int, int | None, int]] = []
         for ids, spec in zip(
-            layout.bucket_rows(uppers), [*_ADAM_BUCKETS, (None, *_ADAM_LONG[:1], 1, _ADAM_LONG[1])]
+            layout.bucket_rows(uppers), [*buckets, (None, *_ADAM_LONG[:1], 1, _ADAM_LONG[1])]
         ):
             if len(ids):
                 _, block, rows, warps = spec
@@ -260,8 +282,8 @@ class AdamPlan:
                     (_to_device(ids.to(torch.int32), dev), len(ids), block, rows if single else None, warps)
                 )
 
-    def refresh(self, layout: FusedLayout, base: torch.optim.Optimizer, t: int) -> bool:
-        """Per step, on the host only: pointers of the base's state, lr / weight decay tables, FTP's step."""
+    def refresh(self, layout: FusedLayout, base: torch.optim.Optimizer) -> bool:
+        """Per step, on the host only: pointers of the base's state and the lr / weight decay tables."""
         states = [base.state.get(p, {}) for p in layout.params]
         try:
             tensors = [s[key] for s in states for key in _ADAM_STATE]
@@ -290,20 +312,7 @@ class AdamPlan:
             self.hyper_key = hyper
             table = torch.tensor([hyper[gi] for gi in self.group_of], dtype=torch.float32).T.contiguous()
             self.hyper.copy_(_to_device(table, layout.device))
-        if self.t_seen != t - 1:  # first step here, or the host counter was set from outside (a load)
-            self.t_dev.fill_(float(t - 1))
-        self.t_seen = t
         return True
-
-    def sync_host(self, groups: list[dict]) -> None:
-        """Copy FTP's device step counter back into the groups (after CUDA-graph replays; a host read)."""
-        if self.t_seen is None:
-            return
-        t = int(self.t_dev.item())
-        if t != self.t_seen:
-            for group in groups:
-                group["ftp_step"] = t
-            self.t_seen = t
 
 
 def _adam_base(base: torch.optim.Optimizer) -> tuple[float, float, float, bool] | None:
@@ -334,14 +343,16 @@ class FusedFTPEngine:
     """Runs FTP steps on a :class:`FusedLayout`: a cache of ``state[p]`` built lazily and rebuilt when stale.
 
     Its interface is :meth:`step` (the groups of :class:`~lightning_reuse.optim._ftp_functional.ProjectedGroup`
-    and the base optimizer), :meth:`invalidate` and :meth:`sync_host`. ``one_pass`` (default True) allows the
-    one-pass Adam kernel; False keeps the two-pass kernels around the base step (for measurements).
+    and the base optimizer), :meth:`invalidate` and :meth:`sync_host`. ``one_pass`` (default False) turns on
+    the one-pass Adam kernel where it applies (measured slower than the two passes so far, see docs/ftp.md);
+    ``exact_math`` and ``adam_buckets`` tune it (for measurements).
     """
 
     def __init__(self) -> None:
         self.layout: FusedLayout | None = None
-        self.one_pass = True
+        self.one_pass = False  # measured slower than the two passes on one H100 (docs/ftp.md): opt-in
         self.exact_math = True  # the one-pass kernel's Adam: IEEE square root and divisions, as torch's
+        self.adam_buckets = _ADAM_BUCKETS
 
     def invalidate(self) -> None:
         """Forget the buffers: the next step rebuilds them from ``state[p]`` (after the state was replaced)."""
@@ -349,8 +360,8 @@ class FusedFTPEngine:
 
     def sync_host(self, groups: list[dict]) -> None:
         """Bring ``ftp_step`` up to date with the device counter of the one-pass path (before a save)."""
-        if self.layout is not None and self.layout.adam is not None:
-            self.layout.adam.sync_host(groups)
+        if self.layout is not None:
+            self.layout.sync_host(groups)
 
     def step(self, groups: list[F.ProjectedGroup], base: torch.optim.Optimizer) -> bool:
         """One full FTP step (radius, the base step, projection); False, touching nothing, if it cannot.
@@ -375,11 +386,12 @@ class FusedFTPEngine:
         modes = tuple([0 if g is None else WARM for g in grads])
         uniform = len(set(hypers)) == 1
         if uniform and self._kernels_usable(layout, grads):
+            layout.sync_device(hypers[0][0])
             adam = _adam_base(base) if self.one_pass else None
             if adam is not None:
                 if layout.adam is None:
-                    layout.adam = AdamPlan(layout, base)
-                if layout.adam.refresh(layout, base, hypers[0][0]):
+                    layout.adam = AdamPlan(layout, base, self.adam_buckets)
+                if layout.adam.refresh(layout, base):
                     self._step_adam(layout, modes, hypers[0], adam, base)
                     return True
             self._step_triton(layout, modes, hypers[0], base.step)
@@ -434,9 +446,8 @@ class FusedFTPEngine:
         base_step: Callable[[], object],
     ) -> None:  # pragma: no cover
         self._set_modes(layout, modes)
-        t, k, mu = hyper
-        bc1, bc2 = 1.0 - F.RADIUS_BETAS[0] ** t, 1.0 - F.RADIUS_BETAS[1] ** t
-        self._launch_radius(layout, modes, k, mu, bc1, bc2, device_t=False)
+        _, k, mu = hyper
+        self._launch_radius(layout, modes, k, mu, advance_steps=False)
         base_step()
         for ids, count, block, warps, single in layout.buckets:
             K._project_rows[(count,)](
@@ -455,7 +466,7 @@ class FusedFTPEngine:
                 SINGLE=single,
                 num_warps=warps,
             )
-        self._launch_clip(layout, device_t=False)
+        self._launch_clip(layout)
 
     def _step_adam(
         self,
@@ -479,7 +490,7 @@ class FusedFTPEngine:
                     p.grad = grad
         self._set_modes(layout, modes)
         _, k, mu = hyper
-        self._launch_radius(layout, modes, k, mu, 1.0, 1.0, device_t=True)
+        self._launch_radius(layout, modes, k, mu, advance_steps=True)
         beta1, beta2, eps, decoupled = adam_hyper
         common = (
             layout.row_tensor,
@@ -527,17 +538,11 @@ class FusedFTPEngine:
                     BLOCK=block,
                     num_warps=warps,
                 )
-        self._launch_clip(layout, device_t=True)
+        self._launch_clip(layout)
 
     @staticmethod
     def _launch_radius(
-        layout: FusedLayout,
-        modes: tuple[int, ...],
-        k: float,
-        mu: float,
-        bc1: float,
-        bc2: float,
-        device_t: bool,
+        layout: FusedLayout, modes: tuple[int, ...], k: float, mu: float, advance_steps: bool
     ) -> None:  # pragma: no cover
         if WARM in modes and layout.n_chunks:
             K._hgrad_chunks[(layout.n_chunks,)](
@@ -552,7 +557,6 @@ class FusedFTPEngine:
                 BLOCK=CHUNK,
                 num_warps=8,
             )
-        t_dev = layout.adam.t_dev if device_t and layout.adam is not None else layout.gamma
         K._radius_tensors[(len(layout.params),)](
             layout.modes,
             layout.chunk_begin,
@@ -563,27 +567,23 @@ class FusedFTPEngine:
             layout.exp_avg_sq,
             float(k),
             float(mu),
-            bc1,
-            bc2,
-            t_dev,
+            layout.t_dev,
             layout.pointers[4],
             BLOCK=_TENSOR_BLOCK,
-            DEVICE_T=device_t,
+            ADVANCE_STEPS=advance_steps,
             num_warps=4,
         )
 
     @staticmethod
-    def _launch_clip(layout: FusedLayout, device_t: bool) -> None:  # pragma: no cover
-        t_dev = layout.adam.t_dev if device_t and layout.adam is not None else layout.gamma
+    def _launch_clip(layout: FusedLayout) -> None:  # pragma: no cover
         K._clip_tensors[(len(layout.params),)](
             layout.modes,
             layout.row_begin,
             layout.row_end,
             layout.n_row,
             layout.gamma,
-            t_dev,
+            layout.t_dev,
             BLOCK=_TENSOR_BLOCK,
-            DEVICE_T=device_t,
             num_warps=4,
         )
 

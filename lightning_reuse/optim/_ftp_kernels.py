@@ -10,10 +10,13 @@ Two ways a step runs on these kernels:
   ``_project_rows`` and ``_clip_tensors`` after it. Bytes per fp32 element: 8 before, 16 after, plus the base
   step's own (28 for AdamW): 52;
 - Adam/AdamW base (one pass): ``_hgrad_chunks``, ``_radius_tensors`` (which also advances the Adam step
-  counters and reads FTP's step counter from the device), then ``_adam_project_rows`` runs the Adam update
+  counters), then ``_adam_project_rows`` runs the Adam update
   *and* the projection while the row is in registers (read p, g, m, v, anchor; write p, m, v, direction:
-  36 bytes), then ``_clip_tensors``. 44 bytes per element in all; no value is read on the host and no
-  per-step scalar is baked into a launch, so the step can be captured in a CUDA graph and replayed.
+  36 bytes), then ``_clip_tensors``. 44 bytes per element in all.
+
+Both read FTP's step counter from the device (``_clip_tensors`` advances it): no value is read on the host and
+no per-step scalar is baked into a launch, so a step can be captured in a CUDA graph and replayed (with a
+capturable base optimizer).
 
 ``TRITON_INTERPRET=1`` runs the kernels on CPU tensors (slowly), which the engine allows for debugging.
 """
@@ -82,24 +85,22 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
         v_ptr,
         k,
         mu,
-        bc1,
-        bc2,
         t_ptr,
         step_ptrs,
         BLOCK: tl.constexpr,
-        DEVICE_T: tl.constexpr,
+        ADVANCE_STEPS: tl.constexpr,
     ):
-        """The radius Adam of one tensor; with ``DEVICE_T`` the step counters live on the device.
+        """The radius Adam of one tensor, at FTP's step ``t = t_ptr[0] + 1`` (advanced by ``_clip_tensors``).
 
-        ``DEVICE_T``: FTP's ``t`` is ``t_ptr[0] + 1`` (advanced by ``_clip_tensors``) and the tensor's Adam
-        ``step`` (``step_ptrs[i]``) is advanced here, before ``_adam_project_rows`` reads it.
+        ``ADVANCE_STEPS`` (the one-pass Adam path): the tensor's Adam ``step`` (``step_ptrs[i]``) is advanced
+        here, before ``_adam_project_rows`` reads it.
         """
         i = tl.program_id(0)
         if tl.load(mode_ptr + i) == 2:
-            if DEVICE_T:
-                t = tl.load(t_ptr) + 1.0
-                bc1 = _one_minus_pow(-0.10536051565782628, t)  # log(0.9)
-                bc2 = _one_minus_pow(-0.0010005003335835335, t)  # log(0.999)
+            t = tl.load(t_ptr) + 1.0
+            bc1 = _one_minus_pow(-0.10536051565782628, t)  # log(0.9)
+            bc2 = _one_minus_pow(-0.0010005003335835335, t)  # log(0.999)
+            if ADVANCE_STEPS:
                 step_ptr = tl.load(step_ptrs + i).to(tl.pointer_type(tl.float32))
                 tl.store(step_ptr, tl.load(step_ptr) + 1.0)
             cb = tl.load(chunk_begin_ptr + i)
@@ -415,21 +416,11 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
                     tl.store(d_base + idx, c * inv_n, mask=mask)
 
     @triton.jit
-    def _clip_tensors(
-        mode_ptr,
-        row_begin_ptr,
-        row_end_ptr,
-        n_row_ptr,
-        gamma_ptr,
-        t_ptr,
-        BLOCK: tl.constexpr,
-        DEVICE_T: tl.constexpr,
-    ):
-        """Clip each radius to ``[1e-8, max(n)]``; with ``DEVICE_T``, program 0 advances FTP's step counter."""
+    def _clip_tensors(mode_ptr, row_begin_ptr, row_end_ptr, n_row_ptr, gamma_ptr, t_ptr, BLOCK: tl.constexpr):
+        """Clip each radius to ``[1e-8, max(n)]``; program 0 advances FTP's step counter ``t_ptr[0]``."""
         i = tl.program_id(0)
-        if DEVICE_T:
-            if i == 0:
-                tl.store(t_ptr, tl.load(t_ptr) + 1.0)
+        if i == 0:
+            tl.store(t_ptr, tl.load(t_ptr) + 1.0)
         if tl.load(mode_ptr + i) != 0:
             rb = tl.load(row_begin_ptr + i)
             re = tl.load(row_end_ptr + i)

@@ -43,6 +43,7 @@ def _pair(base: str, k: float, seed: int = 0, **base_kw: object) -> tuple[list[M
                 cls(groups, **base_kw), k=k, exclude=[model.head.weight, model.head.bias], implementation=impl
             )
         )
+    opts[1]._fused_engine.one_pass = True
     return [a, b], opts
 
 
@@ -89,6 +90,7 @@ def test_one_pass_keeps_the_projection_invariant_and_matches_the_reference_radiu
     ref_model.load_state_dict(model.state_dict())
     base = torch.optim.AdamW(model.named_parameters(), lr=1e-2, fused=True)
     opt = FTP(base, exclude="head", k=0.5, implementation="fused")
+    opt._fused_engine.one_pass = True
     projected = [p for n, p in ref_model.named_parameters() if not n.startswith("head")]
     ref = ReferenceFTP(torch.optim.AdamW(ref_model.parameters(), lr=1e-2), projected, k=0.5)
     _train([model, ref_model], [opt, ref], STEPS)
@@ -129,8 +131,22 @@ def test_other_adam_options_use_the_two_pass_kernels() -> None:
     assert layout is not None and layout.kernel_ok and layout.adam is None
 
 
+def test_two_pass_is_the_default_and_one_pass_is_opt_in() -> None:
+    torch.manual_seed(0)
+    model = Mixed().to(DEVICE)
+    opt = FTP(
+        torch.optim.AdamW(model.named_parameters(), lr=1e-2, fused=True),
+        exclude="head",
+        implementation="fused",
+    )
+    _train([model], [opt], 3)
+    layout = opt._fused_engine.layout
+    assert layout is not None and layout.kernel_ok and layout.adam is None
+
+
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a CUDA device")
-def test_one_pass_step_replays_in_a_cuda_graph() -> None:
+@pytest.mark.parametrize("one_pass", [True, False])
+def test_kernel_step_replays_in_a_cuda_graph(one_pass: bool) -> None:
     """Capture one step, replay it with new gradients copied in: equal to eager steps; counters follow."""
     torch.manual_seed(0)
     models = [Mixed().to(DEVICE), Mixed().to(DEVICE)]
@@ -144,6 +160,7 @@ def test_one_pass_step_replays_in_a_cuda_graph() -> None:
         )
         for m in models
     ]
+    opts[1]._fused_engine.one_pass = one_pass
     g = torch.Generator(device=DEVICE).manual_seed(3)
     xs = [torch.randn(40, 9, device=DEVICE, generator=g) for _ in range(12)]
     for model, opt in zip(models, opts):  # the same warm-up steps, eagerly
