@@ -35,12 +35,13 @@ Protocol (issue 15, items 3-4 at CPU scale; see ``docs/transferability.md``, sec
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/transferability.py            # CPU configuration (about 36 min)
+    OMP_NUM_THREADS=1 python benchmarks/transferability.py            # CPU configuration (about 39 min)
     OMP_NUM_THREADS=1 python benchmarks/transferability.py --reuse    # only the pairs the stored JSON lacks
     OMP_NUM_THREADS=1 python benchmarks/transferability.py --quick    # seconds, for the test
 
-A source's pairs take about 5 s (SmallCNNs), 76 s (EfficientNet-Lite0), 100 s (-Lite1) and 119 s (-Lite2) each
-on a 2-core CPU, 1 thread.
+On a 2-core CPU, 1 thread, one pair (the noise target) took 2-4 s with a SmallCNN source, 76 s with
+EfficientNet-Lite0, 100 s with -Lite1 and 119 s with -Lite2; the 11 sources without Lite1 took 964 s, Lite1's 12
+pairs 1372 s.
 
 Writes ``benchmarks/results/transferability{,_quick}.json`` and ``.md`` (``--out`` to change the stem).
 """
@@ -129,8 +130,9 @@ LEFT_OUT = [
     {
         "name": "efficientnet_lite2",
         "family": "imagenet",
-        "reason": "left out for time: one pair took 119 s (Lite1 100 s, Lite0 76 s; 2-core CPU, 1 thread), "
-        "about 1430 s for its 12 pairs, over the 30-minute budget of a run",
+        "reason": "left out for time: Lite1's and Lite2's 24 new pairs would take about 3000 s (Lite1's 12 took "
+        "1372 s; one Lite2 pair took 119 s where the same Lite1 pair took 100 s), over the 30 minutes a run may "
+        "take (2-core CPU, 1 thread)",
     }
 ]
 
@@ -1041,6 +1043,14 @@ def _source_lines(result: dict[str, Any]) -> list[str]:
     fams = ", ".join(f"{f} {n}" for f, n in families.items())
     out = [f"Sources: {len(cfg['sources'])} ({fams}); targets: {len(cfg['targets'])}; runs took "
            f"{result['elapsed_s']:.0f} s."]  # fmt: skip
+    timed: dict[str, float] = {}
+    for r in result["runs"]:
+        if "seconds" in r:
+            timed[r["source"]] = timed.get(r["source"], 0.0) + r["seconds"]
+    if timed:
+        out += [
+            "Seconds per source, where recorded: " + ", ".join(f"{k} {v:.0f}" for k, v in timed.items()) + "."
+        ]
     skipped = result.get("skipped_sources") or []
     out += [f"Skipped sources: {'none' if not skipped else len(skipped)}."]
     out += [f"- {s['name']}: {s['reason']}" for s in skipped]
