@@ -893,34 +893,67 @@ def stored_runs(cfg: Config, old: dict[str, Any]) -> dict[str, list[dict[str, An
     return out
 
 
-def run_grid(cfg: Config, reuse: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+def _pair_run(cfg: Config, s: int, t: int, net: nn.Module, tgt: dict[str, Tensor]) -> dict[str, Any]:
+    """Scores, ground truth and NTK screening of one (source, target) pair (seeded: the same in any process)."""
+    spec, tspec = cfg.sources[s], cfg.targets[t]
+    pair_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    run = {"s": s, "t": t, "source": spec["name"], "family": spec["family"], "target": tspec["name"]}
+    run |= {"type": tspec["type"], "scores": score_pair(net, tgt), "curves": ground_truth(net, tgt, cfg)}
+    run["ntk"] = screen_pair(net, tgt, cfg)  # after the ground truth, which it leaves unchanged
+    return run | {"seconds": time.perf_counter() - pair_start}
+
+
+_WORKER: dict[str, Any] = {}  # per worker process: the last source built and the targets made
+
+
+def _worker_pair(job: tuple[Config, int, int]) -> dict[str, Any]:
+    cfg, s, t = job
+    torch.set_num_threads(1)
+    if _WORKER.get("source") != (id(cfg), s):  # jobs arrive grouped by source: build each once per worker
+        _WORKER.update(source=(id(cfg), s), net=build_source(cfg.sources[s], cfg))
+    targets = _WORKER.setdefault("targets", {})
+    if t not in targets:
+        targets[t] = make_target(cfg.targets[t], cfg.seed + 100 * t)
+    return _pair_run(cfg, s, t, _WORKER["net"], targets[t])
+
+
+def run_grid(
+    cfg: Config, reuse: dict[str, list[dict[str, Any]]] | None = None, jobs: int = 1
+) -> list[dict[str, Any]]:
     """Scores and ground truth for every (source, target) pair; epochs to target filled in afterwards.
 
     ``reuse``: stored runs per source name (see :func:`stored_runs`), taken instead of computing them.
+    ``jobs``: worker processes (one torch thread each) sharing the pairs; every pair is seeded on its own, so
+    the runs are the same as with one process.
     """
     targets = [make_target(t, cfg.seed + 100 * j) for j, t in enumerate(cfg.targets)]
-    runs = []
+    runs, todo = [], []
     for s, spec in enumerate(cfg.sources):
         if spec["name"] in (reuse or {}):
             runs += [{**r, "s": s} for r in reuse[spec["name"]]]  # type: ignore[index]
             print(f"  {spec['name']:32s} {len(targets)} targets reused", flush=True)
-            continue
-        start = time.perf_counter()
-        net = build_source(spec, cfg)
-        for t, (tspec, tgt) in enumerate(zip(cfg.targets, targets)):
-            pair_start = time.perf_counter()
-            torch.manual_seed(cfg.seed)
-            run = {"s": s, "t": t, "source": spec["name"], "family": spec["family"], "target": tspec["name"]}
-            run |= {
-                "type": tspec["type"],
-                "scores": score_pair(net, tgt),
-                "curves": ground_truth(net, tgt, cfg),
-            }
-            run["ntk"] = screen_pair(net, tgt, cfg)  # after the ground truth, which it leaves unchanged
-            runs.append(run | {"seconds": time.perf_counter() - pair_start})
-        print(
-            f"  {spec['name']:32s} {len(targets)} targets in {time.perf_counter() - start:6.1f} s", flush=True
-        )
+        else:
+            todo.append(s)
+    if jobs > 1 and todo:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        # the costliest sources (ImageNet models) first, so the workers finish together
+        order = sorted(todo, key=lambda s: cfg.sources[s]["family"] != "imagenet")
+        work = [(cfg, s, t) for s in order for t in range(len(targets))]
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            for run in pool.map(_worker_pair, work):
+                runs.append(run)
+                print(f"  {run['source']:32s} {run['target']:24s} {run['seconds']:6.1f} s", flush=True)
+    else:
+        for s in todo:
+            start = time.perf_counter()
+            net = build_source(cfg.sources[s], cfg)
+            runs += [_pair_run(cfg, s, t, net, tgt) for t, tgt in enumerate(targets)]
+            name = cfg.sources[s]["name"]
+            print(f"  {name:32s} {len(targets)} targets in {time.perf_counter() - start:6.1f} s", flush=True)
+    runs.sort(key=lambda r: (r["s"], r["t"]))
     fill_epochs(runs, len(targets))
     return runs
 
@@ -1067,7 +1100,10 @@ def markdown(result: dict[str, Any]) -> str:
     """Tables: weighted tau (and Spearman) per score, protocol and truth; RESQUE's gaps over each score."""
     ci = "mean over units, 95% bootstrap CI over resampled configurations"
     inputs = result["input_shifts"]
-    lines = [f"# Transferability zoo benchmark ({result['config']['name']}; {MACHINE})", ""]
+    lines = [
+        f"# Transferability zoo benchmark ({result['config']['name']}; {result.get('machine', MACHINE)})",
+        "",
+    ]
     lines += [*_source_lines(result), ""]
     lines += _table(f"weightedtau ({ci})", result["weightedtau"]) + _table(
         f"spearman ({ci})", result["spearman"]
@@ -1183,6 +1219,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="keep the runs stored in the output JSON that this configuration would compute identically "
         "(same torch, settings, targets and source) and compute only the missing pairs",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="worker processes of one thread each (2 on a 2-core CPU: the CPU configuration in under 30 minutes)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     stem = args.out or RESULTS / ("transferability_quick" if args.quick else "transferability")
@@ -1203,7 +1245,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         reuse = stored_runs(cfg, old) if old else {}
         start = time.perf_counter()
-        runs = run_grid(cfg, reuse)
+        runs = run_grid(cfg, reuse, jobs=args.jobs)
         elapsed = time.perf_counter() - start
         reused = None
         if reuse:  # the stored runs' time: the earlier run's, which made them all
@@ -1212,6 +1254,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = analyse(cfg, runs, elapsed)
     result["skipped_sources"] = skipped
     result["reused"] = reused
+    if not args.rescore and args.jobs > 1:
+        result["machine"] = f"2-core CPU, {args.jobs} processes of 1 thread"
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=float))
     table = markdown(result)

@@ -159,3 +159,22 @@ def test_reuse_keeps_identical_runs_and_recomputes_epochs(quick: tuple[dict, obj
         goal = 0.9 * max(o["curves"]["finetune"][-1] for o in runs if o["t"] == r["t"])
         assert r["finetune_goal"] == pytest.approx(goal)
     assert module.stored_runs(module.Config(**{**module.asdict(cfg), "epochs": 4}), result) == {}
+
+
+def test_worker_processes_give_the_same_runs(quick: tuple[dict, object], tmp_path: Path) -> None:
+    """``--jobs 2`` (pairs in two spawned processes) reproduces the one-process runs exactly."""
+    import subprocess
+
+    result, _ = quick
+    stem = tmp_path / "transferability_quick"
+    cmd = [sys.executable, str(BENCHMARK), "--quick", "--jobs", "2", "--out", str(stem)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600, cwd=BENCHMARK.parents[1])
+    parallel = json.loads(stem.with_suffix(".json").read_text())
+    assert parallel["machine"] == "2-core CPU, 2 processes of 1 thread"
+    assert len(parallel["runs"]) == len(result["runs"])
+    for a, b in zip(result["runs"], parallel["runs"]):
+        assert (a["s"], a["t"]) == (b["s"], b["t"])
+        assert a["curves"] == b["curves"], (a["source"], a["target"])
+        assert a["scores"] == b["scores"], (a["source"], a["target"])
+        untimed = [{k: v for k, v in r["ntk"].items() if not k.startswith("seconds")} for r in (a, b)]
+        assert untimed[0] == untimed[1], (a["source"], a["target"])
