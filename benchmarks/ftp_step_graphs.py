@@ -60,7 +60,7 @@ def build(variant: str, named: list, capturable: bool) -> object:
     opt = FTP(base, exclude="head", implementation="fused")
     opt._fused_engine.one_pass = variant.startswith("ftp-1pass")
     opt._fused_engine.exact_math = "fast" not in variant  # fast: approximate sqrt / division
-    if variant.endswith("-w8"):  # 8 warps (not 4) for rows up to 1024 long
+    if variant.endswith("-w8"):  # 8 warps (not 4) for rows of 129-512 (the 1024 bucket has 8 already)
         opt._fused_engine.adam_buckets = tuple(
             (u, b, r, 8 if u in (512, 1024) else w) for u, b, r, w in ADAM_BUCKETS
         )
