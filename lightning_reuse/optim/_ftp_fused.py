@@ -269,18 +269,13 @@ class AdamPlan:
         self.hyper_key: tuple[tuple[float, float], ...] | None = None
         self.state_key: tuple[int, ...] | None = None
         self.state_ok = False
-        uppers = [b[0] for b in buckets] + [None]
         # (row ids, count, BLOCK, rows per program, num_warps); rows per program None: the looping long rows
-        self.buckets: list[tuple[Tensor, int, int, int | None, int]] = []
-        for ids, spec in zip(
-            layout.bucket_rows(uppers), [*buckets, (None, *_ADAM_LONG[:1], 1, _ADAM_LONG[1])]
-        ):
-            if len(ids):
-                _, block, rows, warps = spec
-                single = spec[0] is not None
-                self.buckets.append(
-                    (_to_device(ids.to(torch.int32), dev), len(ids), block, rows if single else None, warps)
-                )
+        specs = [*buckets, (None, _ADAM_LONG[0], None, _ADAM_LONG[1])]
+        self.buckets: list[tuple[Tensor, int, int, int | None, int]] = [
+            (_to_device(ids.to(torch.int32), dev), len(ids), block, rows, warps)
+            for ids, (_, block, rows, warps) in zip(layout.bucket_rows([spec[0] for spec in specs]), specs)
+            if len(ids)
+        ]
 
     def refresh(self, layout: FusedLayout, base: torch.optim.Optimizer) -> bool:
         """Per step, on the host only: pointers of the base's state and the lr / weight decay tables."""
@@ -359,7 +354,7 @@ class FusedFTPEngine:
         self.layout = None
 
     def sync_host(self, groups: list[dict]) -> None:
-        """Bring ``ftp_step`` up to date with the device counter of the one-pass path (before a save)."""
+        """Bring ``ftp_step`` up to date with the kernels' device step counter (before a save)."""
         if self.layout is not None:
             self.layout.sync_host(groups)
 
