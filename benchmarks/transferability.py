@@ -4,17 +4,35 @@ Protocol (issue 15, items 3-4 at CPU scale; see ``docs/transferability.md``, sec
 
 - Sources: SmallCNNs of several widths and depths pre-trained here on all ten digits, on class subsets and
   on relabelings (families ``digits10``, ``subset``, ``relabel``; cached like ``samples.zoo``), random-weight
-  controls (family ``random``) and, in the CPU configuration, the ImageNet-pretrained EfficientNet-Lite0 and
-  -Lite1 (family ``imagenet``; digits upsampled to 32 px, three channels; each from its weights package, extra
-  ``zoo``: a source whose package is missing is skipped, and the JSON and markdown say which and why; -Lite2 is
-  left out for time, ``LEFT_OUT``). Sources only ever saw the first 60% of the digits (split seed 0).
+  controls (family ``random``) and, in the CPU configuration, the ImageNet-pretrained EfficientNet-Lite0, -Lite1
+  and -Lite2 (family ``imagenet``; digits upsampled to 32 px, three channels; each from its weights package,
+  extra ``zoo``: a source whose package is missing is skipped, and the JSON and markdown say which and why;
+  ``LEFT_OUT`` lists sources a configuration leaves out on purpose, none now). Sources only ever saw the first
+  60% of the digits (split seed 0).
 - Targets, on the other 40% (halved into a training and a test part): eight or more input shifts written
   here (noise, rotation at a random angle per image, elastic, contrast, pixelation, quantisation, occlusion,
   inversion), task shifts (relabelings, a class subset) and one unpaired shift, whose RESQUE_dist compares
   with clean samples of the source's own split instead of a clean twin of the same samples.
-- Ground truth per (source, target): full fine-tuning and a linear probe on frozen features (new head,
-  Adam, a fixed epoch budget): test accuracy at the budget and epochs until the test accuracy reaches 90% of
-  the best source's final accuracy on that target; a miss is censored (ranked below every hit, misses tied).
+- Ground truth per (source, target), four strategies, each Adam with the same epochs, batch size and seeding:
+  full fine-tuning and a linear probe on frozen features (new head), input reprogramming, and additive
+  fine-tuning (the library's ``AdditiveModel``: the frozen source ``f`` in eval mode plus a zero-initialised
+  ``SideConv`` ``g`` of width 8 reading the input, ``F(x) = f(x) + g(x)``, as the demo builds it; see
+  :func:`additive_model` for a target whose class count differs from the source's outputs). Truths: test
+  accuracy at the budget (``_acc``), epochs until the test accuracy reaches 90% of the best source's final
+  accuracy on that target (``_epochs``), the energy of the whole budget (``_wh``) and the energy spent up to the
+  epoch that reaches the target (``_wh_to``); a miss is censored in both (ranked below every hit, misses tied).
+- Energy (``_wh``, ``_wh_to``): what codecarbon's ``OfflineEmissionsTracker(tracking_mode="process")`` estimates
+  on a CPU without RAPL, applied to exact per-window CPU times: ``Wh = process CPU seconds x TDP / CPUs / 3600``
+  (codecarbon 3.x's process mode: ``power = TDP x (CPU seconds / wall seconds) / CPUs``, times the wall seconds;
+  TDP and CPU count read from codecarbon's own hardware detection when the run starts; on the 2-core reference
+  machine 8 W / 2 = 4 W per busy core). Windows: a strategy's setup (model copy, the probe's training features,
+  the additive base's outputs on the training part) and each epoch's training loop, timed with
+  ``time.process_time`` (this process only: two ``--jobs`` workers never count each other); the per-epoch test
+  evaluation is instrumentation and not counted. CPU only: RAM is a constant-power heuristic in codecarbon
+  (power x wall time, not work), GPU none. The same codecarbon tracker measures the whole run (this process and
+  its worker processes) as a cross-check, stored under ``energy``. Why not a codecarbon window per epoch: one
+  ``flush`` reads power sampled every ``measure_power_secs``, so windows of tens of milliseconds (a SmallCNN
+  epoch) come out as the last sample's power times the window, not the window's own work.
 - Scores (higher = predicted cheaper / better): -RESQUE_dist (input shifts), -RESQUE_task, ``resque`` (dist
   on input shifts, task on task shifts: the mode a user would pick), LogME, LEEP, NCE, H-score, k-NN
   accuracy, the cross-fitted linear probe, the source's own accuracy on the new test data (label mapping
@@ -35,14 +53,14 @@ Protocol (issue 15, items 3-4 at CPU scale; see ``docs/transferability.md``, sec
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/transferability.py --jobs 2   # CPU configuration (997 s on 2 cores)
+    OMP_NUM_THREADS=1 python benchmarks/transferability.py --jobs 2   # CPU configuration (two processes)
     OMP_NUM_THREADS=1 python benchmarks/transferability.py            # the same in one process (about 39 min)
     OMP_NUM_THREADS=1 python benchmarks/transferability.py --reuse    # only the pairs the stored JSON lacks
     OMP_NUM_THREADS=1 python benchmarks/transferability.py --quick    # seconds, for the test
 
 On a 2-core CPU, 1 thread, one pair (the noise target) took 2-4 s with a SmallCNN source, 76 s with
 EfficientNet-Lite0, 100 s with -Lite1 and 119 s with -Lite2; the 11 sources without Lite1 took 964 s, Lite1's 12
-pairs 1372 s.
+pairs 1372 s (before the additive strategy was added).
 
 Writes ``benchmarks/results/transferability{,_quick}.json`` and ``.md`` (``--out`` to change the stem).
 """
@@ -51,6 +69,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -81,7 +100,7 @@ from lightning_reuse.functional import (
     screen_reprogramming,
     stratified_subset,
 )
-from lightning_reuse.nn import FullPrompt, LinearLabelMapping, ReprogrammedModel
+from lightning_reuse.nn import AdditiveModel, FullPrompt, LinearLabelMapping, ReprogrammedModel, SideConv
 from lightning_reuse.samples import SmallCNN, load_digits_tensors, pretrained_small_cnn, split_indices
 from lightning_reuse.samples.models import train_classifier
 from lightning_reuse.samples.zoo import default_cache_dir
@@ -92,8 +111,9 @@ SCORES = (
     "resque", "resque_dist", "resque_task", "logme", "leep", "nce", "h_score", "knn_accuracy",
     "linear_probe", "source_accuracy", "size",
 )  # fmt: skip
-STRATEGIES = ("finetune", "probe", "reprogram")
-TRUTHS = tuple(f"{s}_{m}" for s in STRATEGIES for m in ("acc", "epochs"))
+STRATEGIES = ("finetune", "probe", "reprogram", "additive")
+TRUTH_KINDS = ("acc", "epochs", "wh", "wh_to")
+TRUTHS = tuple(f"{s}_{m}" for s in STRATEGIES for m in TRUTH_KINDS)
 
 
 @dataclass
@@ -107,6 +127,8 @@ class Config:
     source_epochs: int = 30
     lr_finetune: float = 3e-3
     lr_probe: float = 1e-2
+    lr_additive: float = 3e-3  # the demo's additive side network (lightning_reuse.demo.strategies)
+    side_width: int = 8  # the demo's SideConv width
     batch_size: int = 32
     boot: int = 2000
     seed: int = 0
@@ -126,26 +148,19 @@ def _cnn(family: str, width: int, depth: int, **kw: Any) -> dict[str, Any]:
     }
 
 
-#: Sources the CPU configuration leaves out, and why (recorded with the skipped sources).
-LEFT_OUT = [
-    {
-        "name": "efficientnet_lite2",
-        "family": "imagenet",
-        "reason": "left out for time: Lite1's and Lite2's 24 new pairs would take about 3000 s (Lite1's 12 took "
-        "1372 s; one Lite2 pair took 119 s where the same Lite1 pair took 100 s), over the 30 minutes a run may "
-        "take (2-core CPU, 1 thread)",
-    }
-]
+#: Sources the CPU configuration leaves out, and why (recorded with the skipped sources); none now.
+LEFT_OUT: list[dict[str, str]] = []
 
 
 def cpu_config() -> Config:
-    """>= 8 sources in 5 families, 12 targets (8 input shifts, 3 task shifts, 1 unpaired shift)."""
+    """>= 8 sources (13) in 5 families, 12 targets (8 input shifts, 3 task shifts, 1 unpaired shift)."""
     sources = [
         _cnn("digits10", 8, 2), _cnn("digits10", 16, 2), _cnn("digits10", 32, 2), _cnn("digits10", 32, 3),
         _cnn("subset", 16, 2, classes=[0, 1, 2, 3, 4]), _cnn("subset", 32, 2, classes=[5, 6, 7, 8, 9]),
         _cnn("relabel", 16, 2, relabel="parity"), _cnn("relabel", 32, 2, relabel="mod3"),
         _cnn("random", 16, 2), _cnn("random", 32, 3),
         {"name": "efficientnet_lite0", "family": "imagenet"}, {"name": "efficientnet_lite1", "family": "imagenet"},
+        {"name": "efficientnet_lite2", "family": "imagenet"},
     ]  # fmt: skip
     kinds = (
         "noise",
@@ -365,13 +380,18 @@ def embed_logits(net: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     return feats, net.head(feats)
 
 
-def mapped_accuracy(z_train: Tensor, y_train: Tensor, z_test: Tensor, y_test: Tensor, k: int) -> float:
-    """Zero-step accuracy: each source class maps to its most frequent target label on the training part."""
+def frequency_mapping(z_train: Tensor, y_train: Tensor, k: int) -> Tensor:
+    """Source class -> its most frequent target label on the training part (unseen: the most frequent label)."""
     counts = torch.zeros(k, int(y_train.max()) + 1).index_put_(
         (z_train, y_train), torch.ones(len(z_train)), True
     )
     fallback = torch.bincount(y_train).argmax()
-    mapping = torch.where(counts.sum(1) > 0, counts.argmax(1), fallback)
+    return torch.where(counts.sum(1) > 0, counts.argmax(1), fallback)
+
+
+def mapped_accuracy(z_train: Tensor, y_train: Tensor, z_test: Tensor, y_test: Tensor, k: int) -> float:
+    """Zero-step accuracy: each source class maps to its most frequent target label on the training part."""
+    mapping = frequency_mapping(z_train, y_train, k)
     return float((mapping[z_test] == y_test).double().mean())
 
 
@@ -409,13 +429,18 @@ def score_pair(net: nn.Module, tgt: dict[str, Tensor]) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------- ground truth
 def _fit(
     model: nn.Module, params: list[Tensor], data: tuple[Tensor, ...], lr: float, cfg: Config
-) -> list[float]:
-    """Adam on cross-entropy for ``cfg.epochs``; test accuracy (eval mode) after every epoch."""
+) -> tuple[list[float], list[float]]:
+    """Adam on cross-entropy for ``cfg.epochs``; test accuracy (eval mode) after every epoch.
+
+    Returns the accuracies and the process CPU seconds of each epoch's training loop (the test evaluation,
+    instrumentation, is not counted).
+    """
     x, y, x_te, y_te = data
     opt = torch.optim.Adam(params, lr=lr)
     g = torch.Generator().manual_seed(cfg.seed)
-    accs = []
+    accs, cpu = [], []
     for _ in range(cfg.epochs):
+        start = time.process_time()
         model.train()
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), cfg.batch_size):
@@ -423,10 +448,11 @@ def _fit(
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
+        cpu.append(time.process_time() - start)
         model.eval()
         with torch.no_grad():
             accs.append(float((model(x_te).argmax(-1) == y_te).double().mean()))
-    return accs
+    return accs, cpu
 
 
 def _new_head(width: int, num_classes: int, seed: int) -> nn.Linear:
@@ -434,22 +460,123 @@ def _new_head(width: int, num_classes: int, seed: int) -> nn.Linear:
     return nn.Linear(width, num_classes)
 
 
-def ground_truth(net: nn.Module, tgt: dict[str, Tensor], cfg: Config) -> dict[str, list[float]]:
-    """Per-epoch test accuracies of full fine-tuning (new head), a linear probe on frozen features, reprogramming."""
+def ground_truth(
+    net: nn.Module, tgt: dict[str, Tensor], cfg: Config
+) -> tuple[dict[str, list[float]], dict[str, dict[str, Any]], float]:
+    """Per-epoch test accuracies of full fine-tuning (new head), a linear probe on frozen features,
+    reprogramming and additive fine-tuning; their CPU seconds; the additive model's accuracy before training.
+
+    CPU seconds per strategy: ``setup`` (what training needs once: the model copy, the probe's training
+    features, the additive base's outputs on the training part) and ``epochs`` (each epoch's training loop).
+    """
     c = int(tgt["y_train"].max()) + 1
+    y, y_te = tgt["y_train"], tgt["y_test"]
+    data = (tgt["x_train"], y, tgt["x_test"], y_te)
+    curves, cpu = {}, {}
+
+    start = time.process_time()
     tuned = copy.deepcopy(net)
     tuned.head = _new_head(tuned.head.in_features, c, cfg.seed)
-    data = (tgt["x_train"], tgt["y_train"], tgt["x_test"], tgt["y_test"])
-    finetune = _fit(tuned, list(tuned.parameters()), data, cfg.lr_finetune, cfg)
+    setup = time.process_time() - start
+    curves["finetune"], epochs = _fit(tuned, list(tuned.parameters()), data, cfg.lr_finetune, cfg)
+    cpu["finetune"] = {"setup": setup, "epochs": epochs}
+
+    start = time.process_time()
     f_tr, _ = embed_logits(net, tgt["x_train"])
-    f_te, _ = embed_logits(net, tgt["x_test"])
     head = _new_head(f_tr.shape[1], c, cfg.seed)
-    probe = _fit(
-        head, list(head.parameters()), (f_tr, tgt["y_train"], f_te, tgt["y_test"]), cfg.lr_probe, cfg
-    )
+    setup = time.process_time() - start
+    f_te, _ = embed_logits(net, tgt["x_test"])
+    curves["probe"], epochs = _fit(head, list(head.parameters()), (f_tr, y, f_te, y_te), cfg.lr_probe, cfg)
+    cpu["probe"] = {"setup": setup, "epochs": epochs}
+
+    start = time.process_time()
     program = Reprogrammed(net, c, cfg.seed)
-    reprogram = _fit(program, [program.delta, *program.mapping.parameters()], data, cfg.lr_probe, cfg)
-    return {"finetune": finetune, "probe": probe, "reprogram": reprogram}
+    setup = time.process_time() - start
+    curves["reprogram"], epochs = _fit(
+        program, [program.delta, *program.mapping.parameters()], data, cfg.lr_probe, cfg
+    )
+    cpu["reprogram"] = {"setup": setup, "epochs": epochs}
+
+    start = time.process_time()
+    additive = additive_model(net, tgt["x_train"], y, cfg)
+    cached = CachedAdditive(additive)
+    packed_tr = cached.pack(tgt["x_train"])
+    setup = time.process_time() - start
+    packed_te = cached.pack(tgt["x_test"])
+    start_acc = float((packed_te[:, cached.pixels :].argmax(-1) == y_te).double().mean())
+    curves["additive"], epochs = _fit(
+        cached, list(additive.side.parameters()), (packed_tr, y, packed_te, y_te), cfg.lr_additive, cfg
+    )
+    cpu["additive"] = {"setup": setup, "epochs": epochs}
+    return curves, cpu, start_acc
+
+
+class MappedSource(nn.Module):
+    """The frozen source's logits carried to the target's classes by a fixed many-to-one label mapping.
+
+    Target class ``y`` gets the largest logit among the source classes mapped to it; a class no source class
+    maps to gets the sample's smallest logit. So ``argmax`` of the output is ``mapping[argmax source logits]``:
+    the source's zero-step prediction through the mapping (the ``source_accuracy`` score's).
+    """
+
+    def __init__(self, net: nn.Module, mapping: Tensor, num_classes: int) -> None:
+        super().__init__()
+        self.net, self.num_classes = net, num_classes
+        self.register_buffer("mapping", mapping.long().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.net(x)
+        out = z.min(1, keepdim=True).values.expand(len(z), self.num_classes).clone()
+        return out.scatter_reduce(1, self.mapping.expand(len(z), -1), z, "amax", include_self=True)
+
+
+def additive_model(net: nn.Module, x_train: Tensor, y_train: Tensor, cfg: Config) -> AdditiveModel:
+    """Additive fine-tuning of one pair at step 0: the library's ``AdditiveModel`` (frozen base in eval mode).
+
+    The side network is the demo's (``lightning_reuse.demo.strategies``): ``SideConv(1, num_classes, width=8)``
+    reading the 8x8 input, last layer zero-initialised, so ``F == f`` before the first step; seeded with
+    ``cfg.seed``. ``AdditiveModel`` adds ``g``'s output to the base's, so their shapes must agree: where the
+    target has as many classes as the source has outputs, the base is the source itself (the library's
+    ``F(x) = f(x) + g(x)``, what the demo does: its targets always have the source's ten classes). Where the
+    counts differ (task shifts, subset and relabel sources, the 1000 ImageNet classes), the library and the
+    demo have no rule; here the base is the frozen source followed by a fixed label mapping,
+    :class:`MappedSource`, the frequency mapping the ``source_accuracy`` score uses, fitted on the target's
+    training part only. The base then still predicts exactly what the source predicts through that mapping.
+    """
+    c, k = int(y_train.max()) + 1, net.head.out_features
+    base: nn.Module = copy.deepcopy(net).eval().requires_grad_(False)
+    if c != k:
+        _, logits = embed_logits(net, x_train)
+        base = MappedSource(base, frequency_mapping(logits.argmax(-1), y_train, k), c)
+    torch.manual_seed(cfg.seed)
+    side = SideConv(x_train.shape[1], c, width=cfg.side_width)
+    return AdditiveModel(base.requires_grad_(False), side)
+
+
+class CachedAdditive(nn.Module):
+    """``AdditiveModel``'s forward with the frozen base's outputs computed once (exact: the base is in eval mode).
+
+    Inputs are packed rows ``[x.flatten(1), base(x)]`` (:meth:`pack`); ``forward`` returns
+    ``base(x) + side(x)``, the sum ``AdditiveModel`` computes, with the base's part read from the row. Only the
+    side network trains, so the base's outputs never change; the EfficientNet pairs stay cheap.
+    """
+
+    def __init__(self, model: AdditiveModel, shape: tuple[int, ...] = (1, 8, 8)) -> None:
+        super().__init__()
+        if model.layer is not None:
+            raise ValueError("CachedAdditive needs a side network that reads the input (layer=None).")
+        self.model, self.shape, self.pixels = model, shape, math.prod(shape)
+
+    @torch.no_grad()
+    def pack(self, x: Tensor) -> Tensor:
+        """Rows ``[x.flatten(1), base(x)]`` (the base in eval mode, in chunks of 256)."""
+        self.model.base.eval()
+        out = torch.cat([self.model.base(x[i : i + 256]) for i in range(0, len(x), 256)])
+        return torch.cat([x.flatten(1), out], 1)
+
+    def forward(self, packed: Tensor) -> Tensor:
+        x = packed[:, : self.pixels].view(-1, *self.shape)
+        return packed[:, self.pixels :] + self.model.side(x)
 
 
 class Reprogrammed(nn.Module):
@@ -553,14 +680,29 @@ def add_screening(cfg: Config, runs: list[dict[str, Any]]) -> float:
 
 # ------------------------------------------------------------------------------------------------- evaluation
 def truth_matrices(runs: list[dict[str, Any]], ns: int, nt: int, cfg: Config) -> dict[str, np.ndarray]:
-    """Oriented ground truth ``[source, target]``: accuracies, and minus epochs to target (miss = budget + 1)."""
+    """Oriented ground truth ``[source, target]`` (higher = better / cheaper).
+
+    Accuracies; minus epochs to target (a miss = budget + 1); minus Wh of the budget; minus Wh to the target,
+    a miss at :func:`censored_wh` (below every hit of every run, misses tied), as epochs are censored.
+    """
     out = {t: np.full((ns, nt), np.nan) for t in TRUTHS}
+    miss = censored_wh(runs)
     for r in runs:
         for strategy in STRATEGIES:
             out[f"{strategy}_acc"][r["s"], r["t"]] = r[f"{strategy}_acc"]
             epochs = r[f"{strategy}_epochs"]
             out[f"{strategy}_epochs"][r["s"], r["t"]] = -(cfg.epochs + 1 if epochs is None else epochs)
+            wh, wh_to = r.get(f"{strategy}_wh"), r.get(f"{strategy}_wh_to")
+            if wh is not None:  # runs stored before the energy was measured have none
+                out[f"{strategy}_wh"][r["s"], r["t"]] = -wh
+                out[f"{strategy}_wh_to"][r["s"], r["t"]] = -(miss if wh_to is None else wh_to)
     return out
+
+
+def censored_wh(runs: list[dict[str, Any]]) -> float:
+    """The Wh a miss is ranked at: twice the largest budget's Wh of any run and strategy (above every hit)."""
+    whs = [r[f"{s}_wh"] for r in runs for s in STRATEGIES if r.get(f"{s}_wh") is not None]
+    return 2.0 * max(whs) if whs else float("nan")
 
 
 def _corr(x: np.ndarray, y: np.ndarray, how: str) -> float:
@@ -870,6 +1012,8 @@ RUN_SETTINGS = (
     "source_epochs",
     "lr_finetune",
     "lr_probe",
+    "lr_additive",
+    "side_width",
     "batch_size",
     "seed",
     "ntk_samples",
@@ -880,15 +1024,19 @@ def stored_runs(cfg: Config, old: dict[str, Any]) -> dict[str, list[dict[str, An
     """The runs of an earlier result that ``cfg`` would compute identically, per source name (``--reuse``).
 
     A source's runs are kept when the torch version, the :data:`RUN_SETTINGS` and the source's specification
-    are the same and every target has a screened run (each pair is seeded on its own, so a pair does not
-    depend on the other sources). Epochs to target are recomputed: the goal depends on every source.
+    are the same and every target has a screened run with every strategy and its CPU seconds (each pair is
+    seeded on its own, so a pair does not depend on the other sources). Epochs to target and Wh are
+    recomputed: the goal depends on every source.
     """
     now = asdict(cfg)
-    if old.get("torch") != torch.__version__ or any(old["config"][k] != now[k] for k in RUN_SETTINGS):
+    if old.get("torch") != torch.__version__ or any(old["config"].get(k) != now[k] for k in RUN_SETTINGS):
         return {}
     out = {}
     for s, spec in enumerate(old["config"]["sources"]):
-        mine = sorted((r for r in old["runs"] if r["s"] == s and "ntk" in r), key=lambda r: r["t"])
+        mine = sorted(
+            (r for r in old["runs"] if r["s"] == s and "ntk" in r and "cpu_seconds" in r),
+            key=lambda r: r["t"],
+        )
         if spec in cfg.sources and [r["t"] for r in mine] == list(range(len(cfg.targets))):
             out[spec["name"]] = mine
     return out
@@ -900,7 +1048,8 @@ def _pair_run(cfg: Config, s: int, t: int, net: nn.Module, tgt: dict[str, Tensor
     pair_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     run = {"s": s, "t": t, "source": spec["name"], "family": spec["family"], "target": tspec["name"]}
-    run |= {"type": tspec["type"], "scores": score_pair(net, tgt), "curves": ground_truth(net, tgt, cfg)}
+    run |= {"type": tspec["type"], "scores": score_pair(net, tgt)}
+    run["curves"], run["cpu_seconds"], run["additive_start_acc"] = ground_truth(net, tgt, cfg)
     run["ntk"] = screen_pair(net, tgt, cfg)  # after the ground truth, which it leaves unchanged
     return run | {"seconds": time.perf_counter() - pair_start}
 
@@ -955,12 +1104,17 @@ def run_grid(
             name = cfg.sources[s]["name"]
             print(f"  {name:32s} {len(targets)} targets in {time.perf_counter() - start:6.1f} s", flush=True)
     runs.sort(key=lambda r: (r["s"], r["t"]))
-    fill_epochs(runs, len(targets))
+    fill_epochs(runs, len(targets), cpu_power_model()["w_per_cpu_s"])
     return runs
 
 
-def fill_epochs(runs: list[dict[str, Any]], num_targets: int) -> None:
-    """Final accuracy, the goal and epochs to the goal of every run, per strategy (in place)."""
+def fill_epochs(runs: list[dict[str, Any]], num_targets: int, w_per_cpu_s: float | None = None) -> None:
+    """Final accuracy, the goal, epochs to the goal and (with a power model) Wh, per run and strategy (in place).
+
+    ``w_per_cpu_s``: watts per busy CPU (see :func:`cpu_power_model`); ``{strategy}_wh_curve`` is the
+    cumulative Wh after each epoch (setup included), ``_wh`` its last value, ``_wh_to`` its value at the epoch
+    that reaches the goal (``None``: censored, exactly when ``_epochs`` is).
+    """
     for t in range(num_targets):  # the target: 90% of the best source's final accuracy, per strategy
         for strategy in STRATEGIES:
             mine = [r for r in runs if r["t"] == t]
@@ -968,7 +1122,123 @@ def fill_epochs(runs: list[dict[str, Any]], num_targets: int) -> None:
             for r in mine:
                 r[f"{strategy}_acc"] = r["curves"][strategy][-1]
                 r[f"{strategy}_goal"] = goal
-                r[f"{strategy}_epochs"] = epochs_to(r["curves"][strategy], goal)
+                r[f"{strategy}_epochs"] = epochs = epochs_to(r["curves"][strategy], goal)
+                if w_per_cpu_s is None or "cpu_seconds" not in r:
+                    continue
+                curve = wh_curve(r["cpu_seconds"][strategy], w_per_cpu_s)
+                r[f"{strategy}_wh_curve"] = curve
+                r[f"{strategy}_wh"] = curve[-1]
+                r[f"{strategy}_wh_to"] = None if epochs is None else curve[epochs - 1]
+
+
+def wh_curve(cpu: dict[str, Any], w_per_cpu_s: float) -> list[float]:
+    """Cumulative Wh after each epoch: (setup + epochs so far) CPU seconds x watts per busy CPU / 3600."""
+    seconds = cpu["setup"] + np.cumsum(cpu["epochs"])
+    return [float(v) * w_per_cpu_s / 3600.0 for v in seconds]
+
+
+@functools.cache
+def cpu_power_model() -> dict[str, Any]:
+    """Watts per busy CPU as codecarbon's process mode estimates them on a CPU without RAPL: ``TDP / CPUs``.
+
+    codecarbon 3.x (``external/hardware.py``, ``CPU._get_power_from_cpu_load``, ``tracking_mode="process"``):
+    ``power = TDP x (process CPU seconds / wall seconds) / CPUs``, so a window's energy is
+    ``TDP / CPUs x CPU seconds``. TDP: codecarbon's table entry for this CPU model (``codecarbon.core.cpu.TDP``;
+    its default when the model is unknown), CPUs: ``codecarbon.core.util.count_cpus``. Nothing is started and
+    nothing reaches the network. ``None`` fields where codecarbon cannot be imported (then no Wh is computed).
+    """
+    import logging
+
+    try:
+        import codecarbon
+        from codecarbon.core.cpu import TDP
+        from codecarbon.core.util import count_cpus
+        from codecarbon.external.hardware import POWER_CONSTANT
+
+        logging.getLogger("codecarbon").setLevel("ERROR")  # its "unknown CPU model" warning: recorded below
+        tdp = TDP()
+        cpus = int(count_cpus())
+        watts = float(tdp.tdp) if tdp.tdp else float(POWER_CONSTANT)
+        listed = tdp.model != "Unknown" and tdp._get_cpu_power_from_registry(tdp.model) is not None
+    except Exception as err:  # a measurement never stops the benchmark
+        return {"w_per_cpu_s": None, "error": f"{type(err).__name__}: {err}"}
+    how = (
+        "its CPU table's TDP for this model"
+        if listed
+        else "no table entry for this model: its default power per CPU thread x threads"
+        if tdp.tdp
+        else "no CPU detected: its constant TDP"
+    )
+    return {
+        "w_per_cpu_s": watts / cpus,
+        "cpu_tdp_w": watts,
+        "cpu_count": cpus,
+        "cpu_model": tdp.model,
+        "tdp_from": how,
+        "source": f"codecarbon {codecarbon.__version__} (TDP: {how}); process-mode CPU power "
+        "TDP x CPU-seconds / wall-seconds / CPUs (codecarbon/external/hardware.py), so Wh = CPU-seconds x "
+        "TDP / CPUs / 3600; RAM and GPU not counted",
+    }
+
+
+def _cpu_seconds_now() -> float:
+    """CPU seconds (user + system) of this process and of its waited-for child processes so far."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def start_run_meter() -> tuple[Any, float]:
+    """The library's ``EnergyMeter`` over codecarbon's offline tracker in process mode, started before the runs.
+
+    It measures this process and its worker processes (codecarbon's process mode follows the children) and
+    never reaches the network (``OfflineEmissionsTracker``, country given: it only sets the CO2 figure).
+    Returns the meter and the CPU seconds so far (see :func:`stop_run_meter`).
+    """
+    from lightning_reuse.energy import CodeCarbonBackend, EnergyMeter
+
+    backend = CodeCarbonBackend(country_iso_code="USA", tracking_mode="process", measure_power_secs=5.0)
+    meter = EnergyMeter(backend)
+    with warnings.catch_warnings():  # a failure is kept in the meter's status, never raised
+        warnings.simplefilter("ignore")
+        meter.start()
+    return meter, _cpu_seconds_now()
+
+
+def stop_run_meter(meter: Any, cpu0: float, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The whole run's energy by codecarbon beside the power model's Wh of the same CPU seconds, and the
+    strategies' own windows' Wh (a part of it: the scores, the NTK screening and the test evaluation are not in
+    the windows; reused runs are not in this run)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        record = meter.stop()
+    cpu = _cpu_seconds_now() - cpu0
+    w = cpu_power_model()["w_per_cpu_s"]
+    return {
+        "codecarbon_status": meter.status,
+        "codecarbon_cpu_wh": record.cpu_wh,
+        "codecarbon_ram_wh": record.ram_wh,
+        "codecarbon_methods": dict(record.method),
+        "duration_s": record.duration_s,
+        "cpu_seconds": cpu,
+        "model_cpu_wh": None if w is None else cpu * w / 3600.0,
+        "strategy_windows_wh": float(
+            sum(r[f"{st}_wh"] for r in runs for st in STRATEGIES if r.get(f"{st}_wh") is not None)
+        ),
+    }
+
+
+def energy_section(runs: list[dict[str, Any]], whole_run: dict[str, Any] | None) -> dict[str, Any]:
+    """How Wh was measured (stored in the JSON, shown in the markdown)."""
+    return {
+        **cpu_power_model(),
+        "windows": "per strategy: setup (model copy; the probe's training features; the additive base's outputs "
+        "on the training part) and each epoch's training loop, process CPU seconds (time.process_time, this "
+        "process only); the per-epoch test evaluation is not counted",
+        "wh_to_censored_at": censored_wh(runs),
+        "whole_run": whole_run,
+    }
 
 
 def score_matrices(runs: list[dict[str, Any]], ns: int, nt: int) -> dict[str, np.ndarray]:
@@ -1097,6 +1367,42 @@ def _source_lines(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def _energy_lines(result: dict[str, Any]) -> list[str]:
+    """How Wh was measured, the median Wh per strategy, and the whole run by codecarbon beside the model."""
+    energy = result.get("energy")
+    if not energy or energy.get("w_per_cpu_s") is None:
+        return ["## energy", "", "Not measured (runs stored before the energy was measured).", ""]
+    out = [
+        "## energy (the `_wh` and `_wh_to` truths)",
+        "",
+        f"Wh = process CPU seconds x {energy['w_per_cpu_s']:.2f} W per busy CPU / 3600: {energy['source']}. "
+        f"CPU: {energy['cpu_model']}, {energy['cpu_count']} CPUs, TDP {energy['cpu_tdp_w']:.0f} W. Windows: "
+        f"{energy['windows']}. A run that misses the target is ranked at {energy['wh_to_censored_at']:.3g} Wh "
+        "(twice the largest budget, below every hit; misses tied).",
+        "",
+        "| strategy | median Wh (budget) | median Wh to target (hits) | hits |",
+        "|---|---|---|---|",
+    ]
+    runs = result["runs"]
+    for st in STRATEGIES:
+        whs = [r[f"{st}_wh"] for r in runs if r.get(f"{st}_wh") is not None]
+        hits = [r[f"{st}_wh_to"] for r in runs if r.get(f"{st}_wh_to") is not None]
+        to = f"{np.median(hits):.3g}" if hits else "-"
+        out.append(f"| {st} | {np.median(whs):.3g} | {to} | {len(hits)} of {len(runs)} |")
+    whole = energy.get("whole_run")
+    if whole:
+        model = "-" if whole["model_cpu_wh"] is None else f"{whole['model_cpu_wh']:.3g}"
+        out += [
+            "",
+            f"Whole run (this process and its workers, {whole['duration_s']:.0f} s, {whole['cpu_seconds']:.0f} CPU "
+            f"seconds): codecarbon (EnergyMeter, OfflineEmissionsTracker in process mode; status "
+            f"{whole['codecarbon_status']}) CPU {whole['codecarbon_cpu_wh']:.3g} Wh (RAM {whole['codecarbon_ram_wh']:.3g} "
+            f"Wh, a heuristic, not counted here); the power model on the same CPU seconds {model} Wh; the "
+            f"strategies' windows {whole['strategy_windows_wh']:.3g} Wh.",
+        ]
+    return [*out, ""]
+
+
 def markdown(result: dict[str, Any]) -> str:
     """Tables: weighted tau (and Spearman) per score, protocol and truth; RESQUE's gaps over each score."""
     ci = "mean over units, 95% bootstrap CI over resampled configurations"
@@ -1122,6 +1428,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += _table("weightedtau on the input-shift targets, random-weight controls left out", trained)
     lines += [f"Source family with the smallest RESQUE_dist: {inputs['least_shifted_family']}", ""]
     lines += [f"Censored (target missed within the budget): {result['censored_fraction']}", ""]
+    lines += _energy_lines(result)
     lines += ["## fitted cost (ridge on log epochs), mean absolute error in epochs", ""]
     lines += [f"- {k}: {v:.2f}" for k, v in result["fitted_cost_mae_epochs"].items()]
     lines += ["", *_answer_lines(result["answers"]), ""]
@@ -1234,6 +1541,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cfg, skipped = Config(**old["config"]), old.get("skipped_sources", [])
         added = add_screening(cfg, old["runs"])  # runs stored before the NTK screening existed
         result = analyse(cfg, old["runs"], old["elapsed_s"] + added)
+        result["energy"] = old.get("energy")
         reused = old.get("reused")
     else:
         cfg, skipped = available_sources(quick_config() if args.quick else cpu_config())
@@ -1245,14 +1553,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             else None
         )
         reuse = stored_runs(cfg, old) if old else {}
+        cpu_power_model()  # codecarbon's CPU detection, once, before the clock starts
+        meter, cpu0 = start_run_meter()
         start = time.perf_counter()
         runs = run_grid(cfg, reuse, jobs=args.jobs)
         elapsed = time.perf_counter() - start
+        whole_run = stop_run_meter(meter, cpu0, runs)
         reused = None
         if reuse:  # the stored runs' time: the earlier run's, which made them all
             reused = {"sources": list(reuse), "earlier_elapsed_s": old["elapsed_s"], "new_pairs_s": elapsed}  # type: ignore[index]
             elapsed += old["elapsed_s"]  # type: ignore[index]
         result = analyse(cfg, runs, elapsed)
+        result["energy"] = energy_section(runs, whole_run)
     result["skipped_sources"] = skipped
     result["reused"] = reused
     if not args.rescore and args.jobs > 1:

@@ -1,5 +1,6 @@
 """The transferability zoo benchmark end to end in its ``--quick`` configuration (seeded, seconds)."""
 
+import copy
 import importlib.util
 import json
 import math
@@ -178,3 +179,110 @@ def test_worker_processes_give_the_same_runs(quick: tuple[dict, object], tmp_pat
         assert a["scores"] == b["scores"], (a["source"], a["target"])
         untimed = [{k: v for k, v in r["ntk"].items() if not k.startswith("seconds")} for r in (a, b)]
         assert untimed[0] == untimed[1], (a["source"], a["target"])
+
+
+def test_additive_strategy_and_wh_truths_are_reported(quick: tuple[dict, object]) -> None:
+    result, module = quick
+    assert "additive" in module.STRATEGIES
+    for kind in ("acc", "epochs", "wh", "wh_to"):
+        assert f"additive_{kind}" in module.TRUTHS and f"finetune_{kind}" in module.TRUTHS
+    cfg = result["config"]
+    for run in result["runs"]:
+        assert set(run["curves"]) == set(module.STRATEGIES) == set(run["cpu_seconds"])
+        assert len(run["curves"]["additive"]) == cfg["epochs"]
+        assert all(len(c["epochs"]) == cfg["epochs"] and c["setup"] >= 0 for c in run["cpu_seconds"].values())
+    entry = result["weightedtau"]["size"]["across_models"]["additive_wh_to"]
+    assert entry["mean"] is not None and -1.0 <= entry["mean"] <= 1.0
+    energy = result["energy"]
+    assert energy["w_per_cpu_s"] > 0 and energy["cpu_tdp_w"] / energy["cpu_count"] == energy["w_per_cpu_s"]
+    whole = energy["whole_run"]
+    assert whole["codecarbon_status"] == "ok" and whole["codecarbon_cpu_wh"] > 0
+    assert 0 < whole["strategy_windows_wh"] <= whole["model_cpu_wh"]
+    assert "## energy" in module.markdown(result)
+
+
+def test_wh_is_positive_monotone_and_censored_like_epochs(quick: tuple[dict, object]) -> None:
+    result, module = quick
+    w = result["energy"]["w_per_cpu_s"]
+    for run in result["runs"]:
+        for s in module.STRATEGIES:
+            curve = run[f"{s}_wh_curve"]
+            assert curve[0] > 0 and all(b > a for a, b in zip(curve, curve[1:]))
+            cpu = run["cpu_seconds"][s]
+            assert curve[-1] == pytest.approx((cpu["setup"] + sum(cpu["epochs"])) * w / 3600.0)
+            assert run[f"{s}_wh"] == curve[-1]
+            epochs = run[f"{s}_epochs"]
+            assert (run[f"{s}_wh_to"] is None) == (epochs is None)
+            if epochs is not None:
+                assert run[f"{s}_wh_to"] == curve[epochs - 1] <= run[f"{s}_wh"]
+    cfg = module.Config(**result["config"])
+    ns, nt = len(cfg.sources), len(cfg.targets)
+    truths = module.truth_matrices(result["runs"], ns, nt, cfg)
+    for s in module.STRATEGIES:
+        hit = np.array([[False] * nt for _ in range(ns)])
+        for run in result["runs"]:
+            hit[run["s"], run["t"]] = run[f"{s}_epochs"] is not None
+        wh_to = truths[f"{s}_wh_to"]
+        assert np.array_equal(np.isfinite(wh_to), np.ones_like(hit))
+        if hit.any() and (~hit).any():  # every miss ranks below every hit, misses tied
+            assert wh_to[~hit].max() < wh_to[hit].min() and np.ptp(wh_to[~hit]) == 0
+            epochs = truths[f"{s}_epochs"]
+            assert epochs[~hit].max() < epochs[hit].min()
+
+
+def test_additive_starts_at_the_frozen_source(quick: tuple[dict, object]) -> None:
+    result, module = quick
+    mapped = [r for r in result["runs"] if r["additive_start_acc"] is not None]
+    checked = 0
+    for run in mapped:  # where the classes differ, the start is the source through its frequency mapping
+        k = 5 if run["source"].startswith("subset") else 10
+        c = 2 if run["target"] == "relabel_parity" else 10
+        if c != k:
+            assert run["additive_start_acc"] == pytest.approx(run["scores"]["source_accuracy"], abs=1e-12)
+            checked += 1
+    assert checked >= 4
+    torch.manual_seed(0)
+    cfg = module.quick_config()
+    for k, c in ((10, 10), (10, 3), (4, 10)):
+        net = module.SmallCNN(num_classes=k, width=4).eval()
+        x, y = torch.rand(50, 1, 8, 8), torch.arange(50) % c
+        model = module.additive_model(net, x, y, cfg)
+        with torch.no_grad():
+            out, base = model(x), model.base(x)
+            z = net(x)
+        assert torch.equal(out, base)  # the zero-initialised side network adds exactly 0
+        assert all(p.requires_grad for p in net.parameters())  # the caller's source is untouched
+        if c == k:
+            assert torch.equal(base, z)
+        else:  # argmax goes through the mapping; a slow reference of the mapped logits
+            mapping = module.frequency_mapping(z.argmax(-1), y, k)
+            assert torch.equal(base.argmax(-1), mapping[z.argmax(-1)])
+            for i in range(len(x)):
+                for t in range(c):
+                    members = [z[i, j] for j in range(k) if mapping[j] == t]
+                    assert base[i, t] == (max(members) if members else z[i].min())
+
+
+def test_cached_additive_matches_the_library_additive_model(quick: tuple[dict, object]) -> None:
+    _, module = quick
+    from lightning_reuse.nn import AdditiveModel
+
+    torch.manual_seed(1)
+    cfg = module.Config(**{**module.asdict(module.quick_config()), "epochs": 2})
+    net = module.SmallCNN(num_classes=10, width=6).eval()
+    x, y = torch.rand(96, 1, 8, 8), torch.arange(96) % 3
+    x_te, y_te = torch.rand(40, 1, 8, 8), torch.arange(40) % 3
+    model = module.additive_model(net, x, y, cfg)
+    cached = module.CachedAdditive(model)
+    data = (cached.pack(x), y, cached.pack(x_te), y_te)
+    accs, cpu = module._fit(cached, list(model.side.parameters()), data, cfg.lr_additive, cfg)
+    assert len(accs) == len(cpu) == 2 and all(s >= 0 for s in cpu)
+    assert any(p.abs().sum() > 0 for p in model.side.out.parameters())  # trained: the side is not zero now
+    base = copy.deepcopy(model.base)
+    side = copy.deepcopy(model.side)
+    library = AdditiveModel(base.requires_grad_(False), side).eval()
+    with torch.no_grad():
+        expected = library(x_te)
+        assert torch.allclose(cached(cached.pack(x_te)), expected, atol=1e-6, rtol=0)
+        assert torch.allclose(model(x_te), expected, atol=1e-6, rtol=0)
+    assert accs[-1] == pytest.approx(float((expected.argmax(-1) == y_te).double().mean()))
