@@ -2,7 +2,12 @@
 
 All in one process, on the ViT-B/16 and ResNet-50 parameter sets (``benchmarks/ftp_step.py``; head excluded):
 
-1. check: each FTP variant against the readable single-tensor path after 8 steps (fp32, fresh gradients,
+Variants: ``ftp-2pass`` (the projection after the base optimizer's own step), ``ftp-1pass`` (the default with a
+fused or capturable Adam/AdamW base: Adam and the projection in one kernel, fast math, rows of up to 1024 one
+per program), ``-exact`` (IEEE square root and divisions), ``-4rows`` (the earlier layout: rows of 129-1024 four
+to a 2-D block), ``-bf16dir`` (``direction_dtype=torch.bfloat16``).
+
+1. check: each FTP variant against the readable single-tensor path (with the same direction dtype) after 8 steps (fp32, fresh gradients,
    a tensor without gradient in one step): largest parameter difference, <= 1e-6 to pass; whether the
    one-pass kernel ran; for the graph mode, 10 replayed steps against 10 eager steps;
 2. timings, ``rounds`` rounds over all variants (alternating order) so drift hits every variant alike:
@@ -39,14 +44,25 @@ from lightning_reuse.optim import _ftp_kernels as K
 from lightning_reuse.optim._ftp_fused import _ADAM_BUCKETS as ADAM_BUCKETS
 
 GRAPH_STEPS = 10
-BYTES = {
-    "adamw-fused": 28,
-    "ftp-1pass": 44,
-    "ftp-1pass-fast": 44,
-    "ftp-1pass-fast-w8": 44,
-    "ftp-2pass": 52,
-}  # device-memory bytes per fp32 parameter
-VARIANTS = ("adamw-fused", "ftp-2pass", "ftp-1pass", "ftp-1pass-fast", "ftp-1pass-fast-w8", "reference")
+
+
+def _four_rows(buckets: tuple) -> tuple:
+    """The earlier layout: rows of 129-1024 four to a 2-D block (8 warps for 513-1024), for comparison."""
+    return tuple((u, b, 4 if u in (512, 1024) else r, 8 if u == 1024 else w) for u, b, r, w in buckets)
+
+
+#: FTP variants: (one pass, exact math, the one-pass buckets, direction dtype, device bytes per fp32 parameter)
+FTP_VARIANTS = {
+    "ftp-2pass": (False, False, ADAM_BUCKETS, None, 52),
+    "ftp-2pass-bf16dir": (False, False, ADAM_BUCKETS, torch.bfloat16, 48),
+    "ftp-1pass": (True, False, ADAM_BUCKETS, None, 44),
+    "ftp-1pass-exact": (True, True, ADAM_BUCKETS, None, 44),
+    "ftp-1pass-4rows": (True, False, _four_rows(ADAM_BUCKETS), None, 44),
+    "ftp-1pass-bf16dir": (True, False, ADAM_BUCKETS, torch.bfloat16, 40),
+}
+BYTES = {"adamw-fused": 28} | {name: spec[4] for name, spec in FTP_VARIANTS.items()}
+VARIANTS = ("adamw-fused", *FTP_VARIANTS, "reference")
+E2E_VARIANTS = ("adamw-fused", "ftp-2pass", "ftp-1pass", "ftp-1pass-bf16dir")
 
 
 def build(variant: str, named: list, capturable: bool) -> object:
@@ -57,13 +73,11 @@ def build(variant: str, named: list, capturable: bool) -> object:
         from tests.optim.ftp_reference import ReferenceFTP
 
         return ReferenceFTP(base, [p for n, p in named if not n.startswith("head")])
-    opt = FTP(base, exclude="head", implementation="fused")
-    opt._fused_engine.one_pass = variant.startswith("ftp-1pass")
-    opt._fused_engine.exact_math = "fast" not in variant  # fast: approximate sqrt / division
-    if variant.endswith("-w8"):  # 8 warps (not 4) for rows of 129-512 (the 1024 bucket has 8 already)
-        opt._fused_engine.adam_buckets = tuple(
-            (u, b, r, 8 if u in (512, 1024) else w) for u, b, r, w in ADAM_BUCKETS
-        )
+    one_pass, exact, buckets, direction_dtype, _ = FTP_VARIANTS[variant]
+    opt = FTP(base, exclude="head", implementation="fused", direction_dtype=direction_dtype)
+    opt._fused_engine.one_pass = one_pass
+    opt._fused_engine.exact_math = exact  # else approximate sqrt / division (the default)
+    opt._fused_engine.adam_buckets = buckets
     return opt
 
 
@@ -77,18 +91,12 @@ def check(set_name: str, steps: int = 8) -> dict:
     """Every FTP variant against the single-tensor path; graph replay against eager steps."""
     shapes = SETS[set_name]()
     out: dict = {}
-    checks = (
-        ("ftp-1pass", False),
-        ("ftp-1pass-fast", False),
-        ("ftp-2pass", False),
-        ("ftp-1pass-graph", True),
-        ("ftp-2pass-graph", True),
-    )
+    checks = [(v, False) for v in FTP_VARIANTS] + [("ftp-1pass-graph", True), ("ftp-2pass-graph", True)]
     for variant, capturable in checks:
         ref_named, named = make_params(shapes, "cuda"), make_params(shapes, "cuda")
         ref = FTP(
             torch.optim.AdamW(ref_named, lr=1e-3, weight_decay=0.05, fused=True), exclude="head", k=0.3,
-            implementation="single",
+            implementation="single", direction_dtype=FTP_VARIANTS[variant.replace("-graph", "")][3],
         )  # fmt: skip
         opt = build(variant.replace("-graph", ""), named, capturable)
         opt.param_groups[0]["lr"], opt.param_groups[0]["ftp_k"] = 1e-3, 0.3
@@ -183,16 +191,18 @@ def copy_gbps() -> float:
     return 2 * x.numel() * 4 * 20 / (start.elapsed_time(end) * 1e-3) / 1e9
 
 
-def measure_set(set_name: str, rounds: int, replays: int, eager_steps: int) -> list[dict]:
+def measure_set(
+    set_name: str, rounds: int, replays: int, eager_steps: int, variants: tuple, modes: tuple
+) -> list[dict]:
     shapes = SETS[set_name]()
     n_params = sum(torch.Size(s).numel() for _, s in shapes)
     times: dict[tuple[str, str], list[float]] = {}
     host: dict[str, list[float]] = {}
     g = torch.Generator(device="cuda").manual_seed(0)
     for r in range(rounds):
-        order = VARIANTS if r % 2 == 0 else tuple(reversed(VARIANTS))
+        order = variants if r % 2 == 0 else tuple(reversed(variants))
         for variant in order:
-            for mode in ("graph", "eager"):
+            for mode in modes:
                 if variant == "reference" and (mode == "graph" or r > 0):
                     continue  # host reads: not capturable; ~100 ms a step, one round is enough
                 named = make_params(shapes, "cuda")
@@ -243,7 +253,7 @@ def measure_set(set_name: str, rounds: int, replays: int, eager_steps: int) -> l
 def end_to_end(repeats: int, batch: int = 64) -> dict:
     x = torch.randn(batch, 3, 224, 224, device="cuda")
     y = torch.randint(0, 1000, (batch,), device="cuda")
-    variants = ("adamw-fused", "ftp-2pass", "ftp-1pass-fast")
+    variants = E2E_VARIANTS
     runs: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(repeats):
         for variant in variants if r % 2 == 0 else tuple(reversed(variants)):
@@ -328,6 +338,8 @@ def main() -> None:
     parser.add_argument("--eager-steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-e2e", action="store_true")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="adamw-fused is always measured")
+    parser.add_argument("--modes", default="graph,eager")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ftp_step_h200"))
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -354,7 +366,9 @@ def main() -> None:
             result["check"][set_name] = {"error": {"passed": False, "error": repr(err)[:300]}}
         save()
     for set_name in sets:
-        result["rows"] += measure_set(set_name, args.rounds, args.replays, args.eager_steps)
+        variants = ("adamw-fused", *[v for v in args.variants.split(",") if v and v != "adamw-fused"])
+        modes = tuple(m for m in args.modes.split(",") if m)
+        result["rows"] += measure_set(set_name, args.rounds, args.replays, args.eager_steps, variants, modes)
         save()
     if not args.no_e2e:
         try:

@@ -12,7 +12,9 @@ Pure torch, no optimizer object. A step is split in two phases so that the radiu
 
 Per-tensor state: entries of the optimizer's ``state[p]`` (the base optimizer shares that dict, hence the
 ``ftp_`` prefix; all floating point, dtype of the anchor): ``ftp_anchor`` (``p0``), ``ftp_direction``
-(``c / n`` of the previous step, the only element-sized buffer beside the anchor), ``ftp_gamma``,
+(``c / n`` of the previous step, the only element-sized buffer beside the anchor; optionally kept in a
+lower precision, ``direction_dtype``: the hyper-gradient is then computed from the rounded values in the
+anchor's dtype), ``ftp_gamma``,
 ``ftp_exp_avg`` and ``ftp_exp_avg_sq`` (0-d tensors). A tensor has them from its first step on. Nothing here reads a tensor's value on the host by design. On CUDA the
 foreach and flat paths were checked to run without host synchronisation; the single path synchronised
 when last measured (a clamp with a number and a tensor bound was split in two since as the likely cause;
@@ -114,7 +116,8 @@ def ftp_radius_single(grads: list[Tensor], states: list[State], *, t: int, k: fl
     bc1, bc2 = _bias_corrections(t)
     b1, b2 = RADIUS_BETAS
     for g, s in zip(grads, states):
-        h = torch.sum(g.to(s[DIRECTION].dtype) * s[DIRECTION])
+        dtype = s[ANCHOR].dtype  # the state's precision, also for a low-precision stored direction
+        h = torch.sum(g.to(dtype) * s[DIRECTION].to(dtype))
         h = torch.where(h > 0, h * k, h)
         s[EXP_AVG].mul_(b1).add_(h, alpha=1 - b1)
         s[EXP_AVG_SQ].mul_(b2).add_(h * h, alpha=1 - b2)
@@ -122,8 +125,19 @@ def ftp_radius_single(grads: list[Tensor], states: list[State], *, t: int, k: fl
         s[GAMMA].sub_(mu * step)
 
 
-def ftp_project_single(params: list[Tensor], states: list[State]) -> None:
-    """Project each ``param`` (already updated by the base optimizer) onto its L1 ball (spec steps 2-6)."""
+def _stored(d: Tensor, direction_dtype: torch.dtype | None) -> Tensor:
+    """The direction as kept for the next step: in the state's dtype, or rounded to ``direction_dtype``."""
+    return d if direction_dtype is None else d.to(direction_dtype)
+
+
+def ftp_project_single(
+    params: list[Tensor], states: list[State], direction_dtype: torch.dtype | None = None
+) -> None:
+    """Project each ``param`` (already updated by the base optimizer) onto its L1 ball (spec steps 2-6).
+
+    ``direction_dtype``: keep ``c / n`` for the next step's hyper-gradient in this dtype (e.g.
+    ``torch.bfloat16``); ``None`` keeps the state's dtype.
+    """
     for p, s in zip(params, states):
         anchor = s[ANCHOR]
         c = p.to(anchor.dtype) - anchor
@@ -138,15 +152,17 @@ def ftp_project_single(params: list[Tensor], states: list[State]) -> None:
             p.addcmul_(c, scale - 1.0)
         else:  # low-precision parameter: from the fp32 anchor, then one rounding
             p.copy_(anchor + scale * c)
-        s[DIRECTION] = c * (1.0 / n)
+        s[DIRECTION] = _stored(c * (1.0 / n), direction_dtype)
 
 
 def ftp_radius_foreach(grads: list[Tensor], states: list[State], *, t: int, k: float, mu: float) -> None:
     """Multi-tensor :func:`ftp_radius_single`: one dot product per tensor, the rest in ``_foreach`` kernels."""
     if not grads:
         return
-    dirs = [s[DIRECTION] for s in states]
-    h = [torch.dot(g.reshape(-1).to(d.dtype), d.reshape(-1)) for g, d in zip(grads, dirs)]
+    h = []
+    for g, s in zip(grads, states):
+        dtype = s[ANCHOR].dtype
+        h.append(torch.dot(g.reshape(-1).to(dtype), s[DIRECTION].reshape(-1).to(dtype)))
     radius_adam_foreach(h, states, t=t, k=k, mu=mu)
 
 
@@ -172,7 +188,9 @@ def radius_adam_foreach(h: list[Tensor], states: list[State], *, t: int, k: floa
     torch._foreach_addcdiv_(gamma, m, denom, value=-mu / bc1)
 
 
-def ftp_project_foreach(params: list[Tensor], states: list[State]) -> None:
+def ftp_project_foreach(
+    params: list[Tensor], states: list[State], direction_dtype: torch.dtype | None = None
+) -> None:
     """Multi-tensor :func:`ftp_project_single`: one row-norm kernel per tensor, the rest in ``_foreach`` kernels."""
     if not params:
         return
@@ -195,7 +213,7 @@ def ftp_project_foreach(params: list[Tensor], states: list[State]) -> None:
         torch._foreach_copy_(params, torch._foreach_addcmul(anchors, c, scale))
     torch._foreach_mul_(c, inv_n)
     for s, d in zip(states, c):
-        s[DIRECTION] = d
+        s[DIRECTION] = _stored(d, direction_dtype)
 
 
 class FlatLayout:
@@ -247,7 +265,9 @@ def ftp_radius_flat(
         torch._foreach_copy_([s[key] for s in states], list(value.unbind(0)))
 
 
-def ftp_project_flat(params: list[Tensor], states: list[State], layout: FlatLayout) -> None:
+def ftp_project_flat(
+    params: list[Tensor], states: list[State], layout: FlatLayout, direction_dtype: torch.dtype | None = None
+) -> None:
     """:func:`ftp_project_single` on the concatenation of all tensors (segment reductions for the rows)."""
     if not params:
         return
@@ -267,4 +287,4 @@ def ftp_project_flat(params: list[Tensor], states: list[State], layout: FlatLayo
     torch._foreach_copy_(params, layout.split(new))
     inv_el = torch.repeat_interleave(inv_n, layout.row_lengths, output_size=layout.numel)
     for s, d in zip(states, layout.split(c.mul_(inv_el))):
-        s[DIRECTION] = d
+        s[DIRECTION] = _stored(d, direction_dtype)

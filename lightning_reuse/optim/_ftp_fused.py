@@ -77,10 +77,11 @@ __all__ = ["HAS_TRITON", "FusedFTPEngine", "kernels_available"]
 # row-length buckets of the projection pass: (largest row length, BLOCK, num_warps); the last loops
 _BUCKETS = ((1024, 1024, 4), (4096, 4096, 8), (8192, 8192, 16), (None, 4096, 8))
 # ... of the one-pass Adam kernel: (largest row length, BLOCK, rows per program, num_warps); the last loops
+# (rows of up to 1024 one per program measured faster than four to a 2-D block: fewer live registers per thread)
 _ADAM_BUCKETS = (
     (128, 128, 16, 4),
-    (512, 512, 4, 4),
-    (1024, 1024, 4, 8),
+    (512, 512, 1, 4),
+    (1024, 1024, 1, 4),
     (4096, 4096, 1, 8),
     (8192, 8192, 1, 16),
 )
@@ -118,9 +119,12 @@ class FusedLayout:
     so ``state[p]`` stays the source of truth; :meth:`linked` says whether every entry is still that view.
     """
 
-    def __init__(self, params: list[Tensor], states: list[F.State]) -> None:
+    def __init__(
+        self, params: list[Tensor], states: list[F.State], direction_dtype: torch.dtype | None = None
+    ) -> None:
         self.device = params[0].device
         self.dtype = states[0][F.ANCHOR].dtype
+        self.direction_dtype = direction_dtype or self.dtype  # the kernels store into it (rounding once)
         self.params, self.states = list(params), list(states)
         self.shapes = [p.shape for p in params]
         self.sizes = [p.numel() for p in params]
@@ -147,7 +151,8 @@ class FusedLayout:
     def _build_buffers(self, states: list[F.State]) -> None:
         dev, dtype = self.device, self.dtype
         self.anchor, self.direction = (
-            torch.cat([s[key].reshape(-1).to(dev, dtype) for s in states]) for key in (F.ANCHOR, F.DIRECTION)
+            torch.cat([s[key].reshape(-1).to(dev, kind) for s in states])
+            for key, kind in ((F.ANCHOR, dtype), (F.DIRECTION, self.direction_dtype))
         )
         self.gamma, self.exp_avg, self.exp_avg_sq = (
             torch.stack([s[key].reshape(()).to(dev, dtype) for s in states])
@@ -338,16 +343,20 @@ class FusedFTPEngine:
     """Runs FTP steps on a :class:`FusedLayout`: a cache of ``state[p]`` built lazily and rebuilt when stale.
 
     Its interface is :meth:`step` (the groups of :class:`~lightning_reuse.optim._ftp_functional.ProjectedGroup`
-    and the base optimizer), :meth:`invalidate` and :meth:`sync_host`. ``one_pass`` (default False) turns on
-    the one-pass Adam kernel where it applies (measured slower than the two passes so far, see docs/ftp.md);
-    ``exact_math`` and ``adam_buckets`` tune it (for measurements).
+    and the base optimizer), :meth:`invalidate` and :meth:`sync_host`. ``one_pass`` (default True) runs
+    the one-pass Adam kernel where it applies (an Adam/AdamW base with its step counters on the device, see
+    :func:`_adam_base`; else the two passes); ``exact_math`` (default False: the fast square root and division,
+    within a few ulp) and ``adam_buckets`` tune it (docs/ftp.md has the measurements).
     """
 
     def __init__(self) -> None:
         self.layout: FusedLayout | None = None
-        self.one_pass = False  # measured slower than the two passes on one H100 (docs/ftp.md): opt-in
-        self.exact_math = True  # the one-pass kernel's Adam: IEEE square root and divisions, as torch's
+        self.one_pass = True  # measured faster than the two passes on both sets on one H100 (docs/ftp.md)
+        self.exact_math = (
+            False  # True: IEEE square root and divisions as torch's kernel (slower, docs/ftp.md)
+        )
         self.adam_buckets = _ADAM_BUCKETS
+        self.direction_dtype: torch.dtype | None = None  # FTP's ``direction_dtype``
 
     def invalidate(self) -> None:
         """Forget the buffers: the next step rebuilds them from ``state[p]`` (after the state was replaced)."""
@@ -404,7 +413,7 @@ class FusedFTPEngine:
                 or len({s[F.ANCHOR].dtype for s in states}) > 1
             ):
                 return None
-            layout = self.layout = FusedLayout(params, states)
+            layout = self.layout = FusedLayout(params, states, self.direction_dtype)
         param_key = tuple([p.data_ptr() for p in layout.params])
         if param_key != layout.param_key:  # first step, or the parameters were moved or replaced
             if any(p.device != layout.device for p in layout.params):
@@ -459,6 +468,7 @@ class FusedFTPEngine:
                 layout.n_row,
                 BLOCK=block,
                 SINGLE=single,
+                DIR_BF16=layout.direction.dtype == torch.bfloat16,
                 num_warps=warps,
             )
         self._launch_clip(layout)
@@ -510,6 +520,7 @@ class FusedFTPEngine:
             math.log(beta2),
             eps,
         )
+        dir_bf16 = layout.direction.dtype == torch.bfloat16
         for ids, count, block, rows, warps in plan.buckets:
             if rows is None or rows == 1:  # one row per program: in registers, or looping (rows None)
                 K._adam_project_row[(count,)](
@@ -519,6 +530,7 @@ class FusedFTPEngine:
                     EXACT=self.exact_math,
                     BLOCK=block,
                     SINGLE=rows is not None,
+                    DIR_BF16=dir_bf16,
                     num_warps=warps,
                 )
             else:
@@ -531,6 +543,7 @@ class FusedFTPEngine:
                     EXACT=self.exact_math,
                     ROWS=rows,
                     BLOCK=block,
+                    DIR_BF16=dir_bf16,
                     num_warps=warps,
                 )
         self._launch_clip(layout)

@@ -51,6 +51,19 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
         return tl.where(x > -0.1, series, 1.0 - tl.exp(x))
 
     @triton.jit
+    def _store_direction(at, x, mask, DIR_BF16: tl.constexpr):
+        """Store ``x`` (fp32) at ``at``; ``DIR_BF16``: rounded to nearest even bf16 bit by bit, as torch's cast.
+
+        (Written out because Triton's interpreter truncates on a cast to bf16 while the GPU rounds.)
+        """
+        if DIR_BF16:
+            bits = x.to(tl.uint32, bitcast=True)
+            bits += 0x7FFF + ((bits >> 16) & 1)
+            tl.store(at.to(tl.pointer_type(tl.uint16)), (bits >> 16).to(tl.uint16), mask=mask)
+        else:
+            tl.store(at, x, mask=mask)
+
+    @triton.jit
     def _hgrad_chunks(
         chunk_tensor_ptr,
         chunk_local_ptr,
@@ -71,7 +84,7 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
             mask = offs < length
             g_base = tl.load(grad_ptrs + ti).to(tl.pointer_type(tl.float32)) + tl.load(chunk_local_ptr + c)
             g = tl.load(g_base + offs, mask=mask, other=0.0)
-            d = tl.load(dir_ptr + tl.load(chunk_flat_ptr + c) + offs, mask=mask, other=0.0)
+            d = tl.load(dir_ptr + tl.load(chunk_flat_ptr + c) + offs, mask=mask, other=0.0).to(tl.float32)
             tl.store(h_chunk_ptr + c, tl.sum(g * d, axis=0))
 
     @triton.jit
@@ -135,6 +148,7 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
         n_row_ptr,
         BLOCK: tl.constexpr,
         SINGLE: tl.constexpr,
+        DIR_BF16: tl.constexpr,
     ):
         """After the base step: ``c = p' - p0``, the row norm ``n``, ``p = p0 + min(gamma / n, 1) c``, ``c / n``."""
         r = tl.load(rows_ptr + tl.program_id(0))
@@ -156,7 +170,7 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
                 scale = tl.where(gamma >= n, 1.0, tl.div_rn(gamma, n))
                 inv_n = tl.div_rn(n * 0.0 + 1.0, n)
                 tl.store(p_base + offs, p + c * (scale - 1.0), mask=mask)
-                tl.store(d_base + offs, c * inv_n, mask=mask)
+                _store_direction(d_base + offs, c * inv_n, mask, DIR_BF16)
             else:  # a long row: one loop for the norm, one for the projection (mostly from L2)
                 acc = tl.zeros([BLOCK], dtype=tl.float32)
                 for start in range(0, length, BLOCK):
@@ -176,7 +190,7 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
                     p = tl.load(p_base + idx, mask=mask, other=0.0)
                     c = p - tl.load(a_base + idx, mask=mask, other=0.0)
                     tl.store(p_base + idx, p + c * (scale - 1.0), mask=mask)
-                    tl.store(d_base + idx, c * inv_n, mask=mask)
+                    _store_direction(d_base + idx, c * inv_n, mask, DIR_BF16)
 
     @triton.jit
     def _adam_math(
@@ -244,6 +258,7 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
         EXACT: tl.constexpr,
         ROWS: tl.constexpr,
         BLOCK: tl.constexpr,
+        DIR_BF16: tl.constexpr,
     ):
         """Adam update and projection of ``ROWS`` short rows (each <= ``BLOCK`` long) per program, in registers."""
         slot = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -299,7 +314,7 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
         tl.store(p_at, p + c * (scale - 1.0), mask=mask)
         tl.store(m_at, m, mask=mask)
         tl.store(v_at, v, mask=mask)
-        tl.store(dir_ptr + flat[:, None] + offs, c * inv_n, mask=mask)
+        _store_direction(dir_ptr + flat[:, None] + offs, c * inv_n, mask, DIR_BF16)
 
     @triton.jit
     def _adam_project_row(
@@ -329,6 +344,7 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
         EXACT: tl.constexpr,
         BLOCK: tl.constexpr,
         SINGLE: tl.constexpr,
+        DIR_BF16: tl.constexpr,
     ):
         """Adam update and projection of one row: in registers (``SINGLE``), or in two loops for a long row.
 
@@ -377,7 +393,7 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
                 tl.store(p_base + offs, p + c * (scale - 1.0), mask=mask)
                 tl.store(m_base + offs, m, mask=mask)
                 tl.store(v_base + offs, v, mask=mask)
-                tl.store(d_base + offs, c * inv_n, mask=mask)
+                _store_direction(d_base + offs, c * inv_n, mask, DIR_BF16)
             else:
                 acc = tl.zeros([BLOCK], dtype=tl.float32)
                 for start in range(0, length, BLOCK):
@@ -413,7 +429,7 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
                     p = tl.load(p_base + idx, mask=mask, other=0.0)
                     c = p - tl.load(a_base + idx, mask=mask, other=0.0)
                     tl.store(p_base + idx, p + c * (scale - 1.0), mask=mask)
-                    tl.store(d_base + idx, c * inv_n, mask=mask)
+                    _store_direction(d_base + idx, c * inv_n, mask, DIR_BF16)
 
     @triton.jit
     def _clip_tensors(mode_ptr, row_begin_ptr, row_end_ptr, n_row_ptr, gamma_ptr, t_ptr, BLOCK: tl.constexpr):

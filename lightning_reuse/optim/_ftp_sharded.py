@@ -122,8 +122,8 @@ def local_hyper_gradients(grads: list[Tensor], states: list[F.State]) -> list[Te
     """Each tensor's local share of ``h = sum(g_t * c_prev / n_prev)`` (0-D; before the base step)."""
     out = []
     for g, s in zip(grads, states):
-        d = _local(s[F.DIRECTION])
-        out.append(torch.dot(_local(g).reshape(-1).to(d.dtype), d.reshape(-1)))
+        d, dtype = _local(s[F.DIRECTION]), s[F.ANCHOR].dtype
+        out.append(torch.dot(_local(g).reshape(-1).to(dtype), d.reshape(-1).to(dtype)))
     return out
 
 
@@ -135,10 +135,11 @@ def _group_of(params: list[Tensor]) -> Any:
     return None
 
 
-def init_sharded_state(param: Tensor, anchor: Tensor) -> F.State:
-    """:func:`~lightning_reuse.optim._ftp_functional.init_state` plus a zero direction of the anchor's placement."""
+def init_sharded_state(param: Tensor, anchor: Tensor, direction_dtype: torch.dtype | None = None) -> F.State:
+    """:func:`~lightning_reuse.optim._ftp_functional.init_state` plus a zero direction of the anchor's placement
+    (in ``direction_dtype`` if given, else the anchor's dtype)."""
     state = F.init_state(param, anchor)
-    state[F.DIRECTION] = torch.zeros_like(state[F.ANCHOR])
+    state[F.DIRECTION] = torch.zeros_like(state[F.ANCHOR], dtype=direction_dtype)
     return state
 
 

@@ -10,7 +10,7 @@ torch's documented ``register_load_state_dict_pre_hook`` / ``_post_hook``:
   would round fp32 anchors and radii of bf16/fp16 parameters to bf16/fp16 and break a bit-identical
   resume. The pre-hook sets FTP's entries aside before that cast; the post-hook puts them back on the
   parameter's device in ``anchor_dtype(p)`` (the parameter's dtype, at least fp32: torch's rule with an
-  fp32 floor), as copies.
+  fp32 floor), as copies; the direction in FTP's ``direction_dtype`` where one is set.
 - sharing: ``load_state_dict`` gives the wrapper new ``state`` and ``param_groups`` objects; the
   post-hook hands them to the base optimizer through its ``__setstate__`` (what the base's own
   ``load_state_dict`` would call, so its defaults and migrations apply), so both keep sharing them.
@@ -116,8 +116,11 @@ def restore_ftp_state(opt: FTP) -> None:
     restore, opt._loading = opt._loading, []
     for p, ftp in restore:
         dtype = anchor_dtype(p)
+        kinds = {key: dtype for key in ftp} | (
+            {F.DIRECTION: opt.direction_dtype} if opt.direction_dtype else {}
+        )
         opt.state[p].update(
-            {key: v.detach().to(device=p.device, dtype=dtype, copy=True) for key, v in ftp.items()}
+            {key: v.detach().to(device=p.device, dtype=kinds[key], copy=True) for key, v in ftp.items()}
         )
         opt._pending_anchors.pop(id(p), None)
     for i, group in enumerate(opt.param_groups):

@@ -24,6 +24,7 @@ class ReferenceFTP:
     """FTP with per-parameter Python state; ``projected`` lists the non-excluded parameters.
 
     ``k_of`` optionally gives some parameters (by ``id``) their own ``k`` (a param group's ``ftp_k``).
+    ``direction_dtype`` optionally rounds the remembered direction ``c / n`` to that dtype (and back).
     """
 
     def __init__(
@@ -33,8 +34,10 @@ class ReferenceFTP:
         k: float = 1.0,
         mu: float = 1e-2,
         k_of: dict[int, float] | None = None,
+        direction_dtype: torch.dtype | None = None,
     ):
         self.base, self.k, self.mu = base, k, mu
+        self.direction_dtype = direction_dtype
         self.k_of = k_of or {}
         self.projected = projected
         self.anchor = {id(p): p.detach().clone() for p in projected}
@@ -62,7 +65,7 @@ class ReferenceFTP:
             if t == 1 or prev is None:
                 gamma, m, v = 1e-8, 0.0, 0.0
             else:
-                h = float(torch.sum(grads[id(p)] * prev["c"] * (1.0 / prev["n"])))
+                h = float(torch.sum(grads[id(p)] * prev["d"]))
                 if h > 0:
                     h = self.k_of.get(id(p), self.k) * h
                 m = 0.9 * prev["m"] + 0.1 * h
@@ -75,4 +78,7 @@ class ReferenceFTP:
             self.clipped_rows += int((ratio < 1).sum())
             self.free_rows += int((ratio >= 1).sum())
             p.copy_(p0 + ratio * c)
-            self.prev[id(p)] = {"c": c, "n": n, "gamma": gamma, "m": m, "v": v}
+            d = c * (1.0 / n)
+            if self.direction_dtype is not None:
+                d = d.to(self.direction_dtype).to(c.dtype)
+            self.prev[id(p)] = {"d": d, "gamma": gamma, "m": m, "v": v}

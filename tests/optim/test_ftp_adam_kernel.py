@@ -24,7 +24,9 @@ pytestmark = pytest.mark.skipif(
 STEPS = 40 if DEVICE == "cuda" else 8
 
 
-def _pair(base: str, k: float, seed: int = 0, **base_kw: object) -> tuple[list[Mixed], list[FTP]]:
+def _pair(
+    base: str, k: float, seed: int = 0, ftp_kw: dict | None = None, one_pass: bool = True, **base_kw: object
+) -> tuple[list[Mixed], list[FTP]]:
     """Two identical models; FTP over the same base: single-tensor path and fused (one-pass) path."""
     torch.manual_seed(seed)
     a = Mixed().to(DEVICE)
@@ -40,10 +42,14 @@ def _pair(base: str, k: float, seed: int = 0, **base_kw: object) -> tuple[list[M
         ]
         opts.append(
             FTP(
-                cls(groups, **base_kw), k=k, exclude=[model.head.weight, model.head.bias], implementation=impl
+                cls(groups, **base_kw),
+                k=k,
+                exclude=[model.head.weight, model.head.bias],
+                implementation=impl,
+                **(ftp_kw or {}),
             )
         )
-    opts[1]._fused_engine.one_pass = True
+    opts[1]._fused_engine.one_pass = one_pass
     return [a, b], opts
 
 
@@ -131,17 +137,65 @@ def test_other_adam_options_use_the_two_pass_kernels() -> None:
     assert layout is not None and layout.kernel_ok and layout.adam is None
 
 
-def test_two_pass_is_the_default_and_one_pass_is_opt_in() -> None:
-    torch.manual_seed(0)
-    model = Mixed().to(DEVICE)
-    opt = FTP(
-        torch.optim.AdamW(model.named_parameters(), lr=1e-2, fused=True),
-        exclude="head",
-        implementation="fused",
-    )
-    _train([model], [opt], 3)
-    layout = opt._fused_engine.layout
+def test_one_pass_is_the_default_with_a_fused_adam_base_and_two_passes_on_request() -> None:
+    models, opts = _pair("adamw", 0.3, fused=True)
+    opts[1]._fused_engine = type(opts[1]._fused_engine)()  # a fresh engine: its defaults
+    _train(models, opts, 3)
+    layout = opts[1]._fused_engine.layout
+    assert layout is not None and layout.kernel_ok and layout.adam is not None  # the one-pass kernel ran
+    models, opts = _pair("adamw", 0.3, fused=True, one_pass=False)
+    _train(models, opts, 6)
+    _assert_same(models, opts, atol=1e-6)
+    layout = opts[1]._fused_engine.layout
     assert layout is not None and layout.kernel_ok and layout.adam is None
+
+
+@pytest.mark.parametrize("one_pass", [True, False])
+def test_kernels_with_a_bf16_direction_match_the_single_path(one_pass: bool) -> None:
+    """Both kernel paths store the direction rounded to bf16 and read it back as the single path does."""
+    models, opts = _pair(
+        "adamw", 0.3, ftp_kw={"direction_dtype": torch.bfloat16}, one_pass=one_pass, fused=True
+    )
+    _train(models, opts, STEPS)
+    _assert_same(models, opts, atol=1e-6)
+    layout = opts[1]._fused_engine.layout
+    assert layout is not None and layout.kernel_ok and (layout.adam is not None) == one_pass
+    assert layout.direction.dtype == torch.bfloat16
+    a, b = models
+    d_single = opts[0].state[a.mid]["ftp_direction"]
+    d_kernel = opts[1].state[b.mid]["ftp_direction"]
+    assert d_kernel.dtype == d_single.dtype == torch.bfloat16
+    # the directions come from parameters equal to ~1e-8: most entries round alike
+    assert float((d_kernel == d_single).double().mean()) > 0.99
+
+
+#: one tensor per row-length bucket of the one-pass kernel (<= 128, 512, 1024, 4096, 8192, longer: looping)
+WIDE_SHAPES = [(5, 100), (3, 300), (2, 700), (2, 2000), (2, 5000), (2, 9000), (40,)]
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_one_pass_covers_every_row_bucket(exact: bool) -> None:
+    torch.manual_seed(0)
+    sets = [[torch.nn.Parameter(torch.randn(s, device=DEVICE) * 0.1) for s in WIDE_SHAPES] for _ in range(2)]
+    for p, q in zip(*sets):
+        q.data.copy_(p.data)
+    opts = [
+        FTP(torch.optim.AdamW(params, lr=1e-2, weight_decay=0.05, fused=True), k=0.3, implementation=impl)
+        for params, impl in zip(sets, ("single", "fused"))
+    ]
+    opts[1]._fused_engine.exact_math = exact
+    g = torch.Generator(device=DEVICE).manual_seed(1)
+    for _ in range(6 if DEVICE == "cpu" else 20):
+        for p, q in zip(*sets):
+            grad = torch.randn(p.shape, device=DEVICE, generator=g) * 0.1 + 0.05  # a drift: rows get clipped
+            p.grad, q.grad = grad, grad.clone()
+        for opt in opts:
+            opt.step()
+    layout = opts[1]._fused_engine.layout
+    assert layout is not None and layout.adam is not None
+    assert len(layout.adam.buckets) == 6  # every bucket, the looping one included, was launched
+    for shape, p, q in zip(WIDE_SHAPES, *sets):
+        assert torch.allclose(p, q, rtol=0, atol=1e-6), (shape, (p - q).abs().max().item())
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="CUDA graphs need a CUDA device")

@@ -23,9 +23,9 @@ def build(seed=0):
     net.add_module("head", nn.Linear(1, 3))
     return net
 
-def optimizer(net):
+def optimizer(net, **kw):
     base = torch.optim.AdamW(net.named_parameters(), lr=0.05, weight_decay=0.01)
-    return FTP(base, k=0.5, exclude="head")
+    return FTP(base, k=0.5, exclude="head", **kw)
 
 def data():
     g = torch.Generator().manual_seed(1)
@@ -105,9 +105,14 @@ def worker(rank, world):
     set_state_dict(net3, opt3, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
     resumed = train(net3, opt3, range(STEPS // 2, STEPS), rank)
     errors = refusals(net, world)
+    net4 = shard(build())
+    opt4 = optimizer(net4, direction_dtype=torch.bfloat16)
+    history_bf16 = train(net4, opt4, range(STEPS), rank)
+    dir_dtype = str(opt4.state[net4.body[0].weight]["ftp_direction"].to_local().dtype)
     torch.save({"history": torch.stack(history), "errors": errors, "resumed": torch.stack(resumed), "scalars": ftp_scalars(net, opt),
                 "placements": placements, "local_rows": local_rows,
-                "step": opt3.param_groups[0]["ftp_step"]}, f"rank{rank}.pt")
+                "step": opt3.param_groups[0]["ftp_step"], "history_bf16": torch.stack(history_bf16),
+                "dir_dtype": dir_dtype}, f"rank{rank}.pt")
 
 if __name__ == "__main__":
     launch(worker, 2)
@@ -118,9 +123,9 @@ namespace: dict = {"torch": torch, "nn": nn, "FTP": FTP, "STEPS": STEPS}
 exec(MODEL, namespace)  # the same model, optimizer and data as the script
 
 
-def single_process_history() -> torch.Tensor:
+def single_process_history(**ftp_kw: object) -> torch.Tensor:
     net = namespace["build"]()
-    opt = namespace["optimizer"](net)
+    opt = namespace["optimizer"](net, **ftp_kw)
     x, y = namespace["data"]()
     out = []
     for i in range(STEPS):
@@ -162,6 +167,17 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(two_ranks: tuple[dict, d
     assert not torch.allclose(
         torch.cat([p.detach().flatten() for p in net.parameters()]), reference[-1], atol=1e-3
     )
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_two_ranks_with_a_bf16_direction_equal_one_process(two_ranks: tuple[dict, dict]) -> None:
+    r0, r1 = two_ranks
+    assert r0["dir_dtype"] == r1["dir_dtype"] == "torch.bfloat16"
+    reference = single_process_history(direction_dtype=torch.bfloat16)
+    assert torch.equal(r0["history_bf16"], r1["history_bf16"])
+    torch.testing.assert_close(r0["history_bf16"], reference, atol=1e-5, rtol=0)
+    assert not torch.equal(reference, single_process_history())  # the rounding is not a no-op
 
 
 @pytest.mark.ddp
