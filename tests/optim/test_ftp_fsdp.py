@@ -45,10 +45,12 @@ from lightning_reuse import FTP
     + MODEL
     + """
 def shard(net):
+    from torch.distributed.device_mesh import init_device_mesh
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))  # CPU ranks also where CUDA is present
     for m in [*net.body, net.head]:
         if any(True for _ in m.parameters()):
-            fully_shard(m)
-    return fully_shard(net)
+            fully_shard(m, mesh=mesh)
+    return fully_shard(net, mesh=mesh)
 
 def train(net, opt, steps, rank):
     x, y = data()

@@ -152,6 +152,9 @@ class CLIModule(pl.LightningModule):
 
 
 def test_lightning_cli_yaml_builds_ftp_adamw_with_head_excluded(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip(
+        "jsonargparse", reason="LightningCLI needs jsonargparse (lightning's extra), not installed"
+    )
     from lightning.pytorch.cli import LightningCLI
 
     (tmp_path / "cli_module.py").write_text(CLI_MODULE)
