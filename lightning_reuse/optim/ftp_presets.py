@@ -58,7 +58,8 @@ class FTPAdamW(FTP):
     ``weight_decay`` defaults to the paper's 0 (torch's AdamW default is 1e-2).
 
     ``adamw_foreach`` / ``adamw_fused`` are AdamW's ``foreach=`` / ``fused=`` (torch's kernels for the base
-    update); ``implementation`` is FTP's (its projection path).
+    update); ``implementation`` is FTP's (its projection path). On CUDA, ``adamw_fused=True`` lets the fused
+    path run AdamW and the projection in one Triton kernel (the fastest step, docs/ftp.md).
     """
 
     def __init__(
