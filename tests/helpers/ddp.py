@@ -6,7 +6,9 @@ same script for the other ranks. The harness environment travels: 1 torch thread
 
 Script convention: build ``Trainer(accelerator="cpu", devices=2, strategy="ddp", ...)`` and write what the
 test should check into files under the cwd (e.g. ``torch.save(..., f"rank{trainer.global_rank}.pt")``).
-Write the script body at column 0; ``SCRIPT_PRELUDE`` is prepended (imports torch, sets 1 thread).
+Write the script body at column 0; ``SCRIPT_PRELUDE`` is prepended (imports torch, sets 1 thread, and destroys
+a process group still alive at exit: seen once under load, a rank aborted in teardown with "terminate called
+without an active exception").
 """
 
 from __future__ import annotations
@@ -21,9 +23,16 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT_PRELUDE = """\
-import os, sys
+import os, sys, atexit
 import torch
 torch.set_num_threads(1)
+
+def _destroy_process_group():  # a live gloo group at interpreter exit can abort the rank (SIGABRT)
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+atexit.register(_destroy_process_group)
 """
 
 
