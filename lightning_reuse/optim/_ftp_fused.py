@@ -355,9 +355,7 @@ class FusedFTPEngine:
     def __init__(self) -> None:
         self.layout: FusedLayout | None = None
         self.one_pass = True  # measured faster than the two passes on both sets on one H100 (docs/ftp.md)
-        self.exact_math = (
-            False  # True: IEEE square root and divisions as torch's kernel (slower, docs/ftp.md)
-        )
+        self.exact_math = False  # True: IEEE sqrt and divisions as torch's kernel (slower, docs/ftp.md)
         self.adam_buckets = _ADAM_BUCKETS
         self.direction_dtype: torch.dtype | None = None  # FTP's ``direction_dtype``
 
