@@ -73,6 +73,17 @@ def ftp_state(opt: FTP, p: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 # --- 1. golden ---------------------------------------------------------------------------------------
+def train_alongside(ours: Net, opt: FTP, ref: Net, ref_opt: ReferenceFTP, steps: int, atol: float) -> None:
+    """Train both on the same batches; after every step every parameter of ``ours`` within ``atol`` of ``ref``."""
+    data = batches(10)
+    for step in range(steps):
+        batch = data[step % len(data)]
+        train_step(ours, opt, batch)
+        train_step(ref, ref_opt, batch)
+        for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
+            assert torch.allclose(a, b, rtol=0, atol=atol), (step, name, (a - b).abs().max().item())
+
+
 IMPLS = {name: {"implementation": name} for name in ("single", "foreach", "flat")}
 GOLDEN = [(b, k, "single") for b in ("sgd", "adam", "adamw") for k in (0.0, 0.3, 1.0)]
 GOLDEN += [("sgd", 0.0, "foreach"), ("adam", 0.3, "foreach"), ("adamw", 1.0, "foreach")]
@@ -84,13 +95,7 @@ def test_matches_literal_reference_float64_200_steps(base: str, k: float, impl: 
     ours, ref = make_net(), make_net()
     opt = FTP(make_base(base, ours.named_parameters()), k=k, exclude="head", **IMPLS[impl])
     ref_opt = ReferenceFTP(make_base(base, ref.parameters()), projected_params(ref), k=k)
-    data = batches(10)
-    for step in range(200):
-        batch = data[step % len(data)]
-        train_step(ours, opt, batch)
-        train_step(ref, ref_opt, batch)
-        for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
-            assert torch.allclose(a, b, rtol=0, atol=1e-9), (step, name, (a - b).abs().max().item())
+    train_alongside(ours, opt, ref, ref_opt, steps=200, atol=1e-9)
     # the run exercised both branches of the projection and moved away from the anchors
     assert ref_opt.clipped_rows > 0 and ref_opt.free_rows > 0
     assert (ours.lin.weight - ftp_state(opt, ours.lin.weight)["anchor"]).abs().sum() > 1e-3

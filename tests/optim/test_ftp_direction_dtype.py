@@ -13,7 +13,15 @@ import torch
 
 from lightning_reuse.optim import FTP
 from tests.optim.ftp_reference import ReferenceFTP
-from tests.optim.test_ftp import batches, ftp_state, make_base, make_net, projected_params, train_step
+from tests.optim.test_ftp import (
+    batches,
+    ftp_state,
+    make_base,
+    make_net,
+    projected_params,
+    train_alongside,
+    train_step,
+)
 
 PATHS = ("single", "foreach", "flat", "fused")  # fused: the flat-buffer path's torch fallback on CPU
 #: largest parameter difference to the full-precision float64 reference over 200 steps, bf16 direction:
@@ -30,13 +38,7 @@ def test_every_path_matches_the_rounded_reference_float64(impl: str) -> None:
     ref_opt = ReferenceFTP(
         make_base("adamw", ref.parameters()), projected_params(ref), k=0.3, direction_dtype=dtype
     )
-    data = batches(10)
-    for step in range(100):
-        batch = data[step % len(data)]
-        train_step(ours, opt, batch)
-        train_step(ref, ref_opt, batch)
-        for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
-            assert torch.allclose(a, b, rtol=0, atol=1e-9), (step, name, (a - b).abs().max().item())
+    train_alongside(ours, opt, ref, ref_opt, steps=100, atol=1e-9)
     for p in projected_params(ours):
         assert ftp_state(opt, p)["direction"].dtype == dtype  # kept rounded, not only rounded on use
         assert ftp_state(opt, p)["anchor"].dtype == torch.float64
