@@ -53,8 +53,8 @@ Protocol (issue 15, items 3-4 at CPU scale; see ``docs/transferability.md``, sec
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/transferability.py --jobs 2   # CPU configuration (two processes)
-    OMP_NUM_THREADS=1 python benchmarks/transferability.py            # the same in one process (about 39 min)
+    OMP_NUM_THREADS=1 python benchmarks/transferability.py --jobs 2   # CPU configuration (1828 s on 2 cores)
+    OMP_NUM_THREADS=1 python benchmarks/transferability.py            # the same in one process (not timed)
     OMP_NUM_THREADS=1 python benchmarks/transferability.py --reuse    # only the pairs the stored JSON lacks
     OMP_NUM_THREADS=1 python benchmarks/transferability.py --quick    # seconds, for the test
 
@@ -1559,7 +1559,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--jobs",
         type=int,
         default=1,
-        help="worker processes of one thread each (the CPU configuration took 997 s with 2 on a 2-core CPU)",
+        help="worker processes of one thread each (the CPU configuration took 1828 s with 2 on a 2-core CPU, "
+        "part of it shared with another job)",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
