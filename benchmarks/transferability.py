@@ -395,45 +395,17 @@ def mapped_accuracy(z_train: Tensor, y_train: Tensor, z_test: Tensor, y_test: Te
     return float((mapping[z_test] == y_test).double().mean())
 
 
-def in_row_space(score: Callable[[Tensor, Tensor], Tensor], f: Tensor, y: Tensor) -> tuple[float, bool]:
-    """``score(f, y)``; where LAPACK's eigensolver fails on the ``D x D`` statistics (``LinAlgError``), the same
-    score of the features in their row space, ``F V`` (``F = U S V^T``, thin SVD, float64), and ``True``.
-
-    For LogME and H-score the two are equal in exact arithmetic. LogME: a null direction of ``F`` has
-    ``sigma^2 = 0`` and no projection of ``t``, so it adds nothing to ``gamma``, ``m`` or the residual, and its
-    ``D/2 log alpha`` share cancels its ``-1/2 log(alpha + 0)`` term (on the 23 EfficientNet pairs where both
-    run, they agree to 4e-13 relative). H-score: the centred features and the class means lie in the row
-    space, so ``cov(F) = V cov(FV) V^T``, ``cov(E[F|y]) = V cov(E[FV|y]) V^T`` and the trace of the
-    pseudo-inverse product is unchanged. On the 2-core reference machine ``eigh`` failed to converge on
-    EfficientNet-Lite0's 1280-d features of 360 samples (LogME on the contrast target, H-score on pixelation).
-    """
-    try:
-        return float(score(f, y)), False
-    except torch.linalg.LinAlgError:
-        _, _, vh = torch.linalg.svd(f.double(), full_matrices=False)
-        return float(score(f.double() @ vh.T, y)), True
-
-
-def logme_of(f: Tensor, y: Tensor) -> tuple[float, bool]:
-    """LogME of ``f`` (see :func:`in_row_space`)."""
-    return in_row_space(lambda a, b: logme(a, b), f, y)
-
-
 def score_pair(net: nn.Module, tgt: dict[str, Tensor]) -> dict[str, float]:
     """Every score of one (source, target) pair, oriented so that higher predicts cheaper / better transfer."""
     f, logits = embed_logits(net, tgt["x_train"])
     y = tgt["y_train"]
     _, logits_te = embed_logits(net, tgt["x_test"])
     k = logits.shape[1]
-    value, row_space = logme_of(f, y)
-    h, h_row_space = in_row_space(lambda a, b: h_score(a, b), f, y)
     out = {
-        "logme": value,
-        "logme_row_space": float(row_space),
+        "logme": float(logme(f, y)),
         "leep": float(leep(logits.double().softmax(-1), y)),
         "nce": float(nce(logits.argmax(-1), y, num_source=k)),
-        "h_score": h,
-        "h_score_row_space": float(h_row_space),
+        "h_score": float(h_score(f, y)),
         "knn_accuracy": float(knn_accuracy(f, y)),
         "linear_probe": float(linear_probe_accuracy(f, y)),
         "source_accuracy": mapped_accuracy(logits.argmax(-1), y, logits_te.argmax(-1), tgt["y_test"], k),

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -58,41 +59,103 @@ def one_hot64(labels: Tensor, num_classes: int) -> Tensor:
     return torch.nn.functional.one_hot(labels.long(), num_classes).to(torch.float64)
 
 
+def _row_space(features: Tensor) -> Tensor:
+    """``F V`` for the thin SVD ``F = U S V^T``: the ``[n, D]`` features as ``[n, min(n, D)]`` coordinates in
+    the span of their rows (for ``n < D``; LogME and H-score are the same there, see :func:`logme`)."""
+    _, _, vh = torch.linalg.svd(features, full_matrices=False)
+    return features @ vh.T
+
+
+def _eigh_psd(gram: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigenvalues and eigenvectors of a symmetric PSD matrix; where LAPACK's ``eigh`` fails to converge
+    (seen on 1280 x 1280 Gram matrices of EfficientNet features), the same from its SVD."""
+    try:
+        return torch.linalg.eigh(gram)
+    except torch.linalg.LinAlgError:
+        u, s, _ = torch.linalg.svd(gram)
+        return s, u
+
+
+def _pinv_psd(cov: Tensor) -> Tensor:
+    """Pseudo-inverse of a symmetric PSD matrix (``eigh``; the SVD where ``eigh`` fails to converge)."""
+    try:
+        return torch.linalg.pinv(cov, hermitian=True)
+    except torch.linalg.LinAlgError:
+        return torch.linalg.pinv(cov)
+
+
 # --------------------------------------------------------------------------- LogME
+def _logme_fixed_point(
+    s: Tensor, proj: Tensor, residual: Callable[[Tensor], Tensor], n: int, d: int, max_iter: int, tol: float
+) -> Tensor:
+    """LogME's fixed point and evidence from the ``r <= d`` eigenvalues ``s`` of ``F^T F``, the projections
+    ``proj [r, C]`` of ``F^T t`` on their eigenvectors and ``residual(u) = ||F m - t||^2`` for ``m = V u``
+    (the ``d - r`` missing eigenvalues are zero: each adds ``-log(alpha) / 2``).
+
+    A class stops when ``alpha / beta`` changes by less than ``tol`` (relative), when its evidence changes by
+    less than 1e-12 (relative), or before an update that is not finite: with ``n < D`` a class the features
+    fit exactly has no fixed point (``beta`` grows without bound) while its evidence converges.
+    """
+    tiny = torch.finfo(torch.float64).tiny
+
+    def evidence(alpha: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        u = beta * proj / (alpha + beta * s[:, None])  # m = V u
+        m_sq = (u * u).sum(0)
+        res = residual(u).clamp_min(tiny)
+        value = (
+            n / 2 * beta.log()
+            + d / 2 * alpha.log()
+            - n / 2 * math.log(2 * math.pi)
+            - beta / 2 * res
+            - alpha / 2 * m_sq
+            - 0.5 * (alpha + beta * s[:, None]).log().sum(0)
+            - (d - len(s)) / 2 * alpha.log()
+        )
+        return value, m_sq, res
+
+    alpha = torch.ones(proj.shape[1], dtype=torch.float64, device=proj.device)
+    beta = torch.ones_like(alpha)
+    done = torch.zeros_like(alpha, dtype=torch.bool)
+    value, m_sq, res = evidence(alpha, beta)
+    for _ in range(max_iter):
+        gamma = (beta * s[:, None] / (alpha + beta * s[:, None])).sum(0)
+        new_alpha, new_beta = gamma / m_sq.clamp_min(tiny), (n - gamma) / res
+        done |= ~(torch.isfinite(new_alpha) & torch.isfinite(new_beta) & (new_alpha > 0) & (new_beta > 0))
+        change = ((new_alpha / new_beta) - (alpha / beta)).abs() / (alpha / beta)
+        alpha, beta = torch.where(done, alpha, new_alpha), torch.where(done, beta, new_beta)
+        new_value, m_sq, res = evidence(alpha, beta)
+        done |= (change < tol) | ((new_value - value).abs() <= 1e-12 * value.abs())
+        value = new_value
+        if bool(done.all()):
+            break
+    return (value / n).mean()
+
+
 def _logme_from_stats(
     gram: Tensor, ft_t: Tensor, t_sq: Tensor, n: int, max_iter: int = 100, tol: float = 1e-8
 ) -> Tensor:
     """LogME from ``gram = F^T F [D, D]``, ``ft_t = F^T T [D, C]``, ``t_sq = diag(T^T T) [C]`` and ``n``."""
-    d = gram.shape[0]
-    s, v = torch.linalg.eigh(gram)
+    s, v = _eigh_psd(gram)
     s = s.clamp_min(0)
     proj = v.T @ ft_t  # [D, C]: V^T F^T t per class
-    alpha = torch.ones(ft_t.shape[1], dtype=torch.float64, device=gram.device)
-    beta = torch.ones_like(alpha)
-    tiny = torch.finfo(torch.float64).tiny
-    for _ in range(max_iter):
-        u = beta * proj / (alpha + beta * s[:, None])  # m = V u
-        gamma = (beta * s[:, None] / (alpha + beta * s[:, None])).sum(0)
-        m_sq = (u * u).sum(0)
-        res = (s[:, None] * u * u).sum(0) - 2 * (u * proj).sum(0) + t_sq  # ||F m - t||^2
-        res = res.clamp_min(tiny)
-        new_alpha, new_beta = gamma / m_sq.clamp_min(tiny), (n - gamma) / res
-        change = ((new_alpha / new_beta) - (alpha / beta)).abs() / (alpha / beta)
-        alpha, beta = new_alpha, new_beta
-        if bool((change < tol).all()):
-            break
-    u = beta * proj / (alpha + beta * s[:, None])
-    m_sq = (u * u).sum(0)
-    res = ((s[:, None] * u * u).sum(0) - 2 * (u * proj).sum(0) + t_sq).clamp_min(tiny)
-    evidence = (
-        n / 2 * beta.log()
-        + d / 2 * alpha.log()
-        - n / 2 * math.log(2 * math.pi)
-        - beta / 2 * res
-        - alpha / 2 * m_sq
-        - 0.5 * (alpha + beta * s[:, None]).log().sum(0)
-    )
-    return (evidence / n).mean()
+
+    def residual(u: Tensor) -> Tensor:  # ||F m - t||^2 from the statistics (cancels where the fit is close)
+        return (s[:, None] * u * u).sum(0) - 2 * (u * proj).sum(0) + t_sq
+
+    return _logme_fixed_point(s, proj, residual, n, gram.shape[0], max_iter, tol)
+
+
+def _logme_from_features(f: Tensor, t: Tensor, max_iter: int = 100, tol: float = 1e-8) -> Tensor:
+    """LogME from the thin SVD ``F = U S V^T`` (the authors' route for ``n < D``): the residual is computed
+    in sample space, ``||S u - U^T t||^2 + ||t - U U^T t||^2``, with no cancellation."""
+    left, sv, _ = torch.linalg.svd(f, full_matrices=False)
+    ut = left.T @ t  # [r, C]
+    outside = ((t * t).sum(0) - (ut * ut).sum(0)).clamp_min(0)  # the part of t outside F's column space
+
+    def residual(u: Tensor) -> Tensor:
+        return ((sv[:, None] * u - ut) ** 2).sum(0) + outside
+
+    return _logme_fixed_point(sv * sv, sv[:, None] * ut, residual, f.shape[0], f.shape[1], max_iter, tol)
 
 
 def logme(
@@ -115,8 +178,13 @@ def logme(
         - \tfrac{\beta}{2}\lVert Fm - t\rVert^2 - \tfrac{\alpha}{2}m^\top m
         - \tfrac12\sum_i\log(\alpha + \beta\sigma_i^2).
 
-    Computed from ``F^T F``, ``F^T t`` and ``t^T t`` (what the streaming metric keeps): with ``n < D`` the
-    fit is nearly exact and the residual loses about 1e-7 relative to cancellation.
+    With ``n >= D`` it is computed from ``F^T F``, ``F^T t`` and ``t^T t`` (what the streaming metric keeps).
+    With ``n < D`` (e.g. a few hundred samples of 1280-d features) the fit is nearly exact and the residual
+    from those statistics cancels catastrophically (NaN or -inf on 60 x 200 random features where the formula
+    is finite), so it is computed from the thin SVD of ``F`` with the residual in sample space, as the
+    authors' code does for ``n < D``; the ``D - n`` zero eigenvalues enter the evidence in closed form. The
+    streaming :class:`~lightning_reuse.metrics.LogME` keeps only the statistics: with ``n < D``, prefer this
+    function on the collected features.
 
     Args:
         features: ``[n, D]`` raw features (no centring or scaling, as in the paper).
@@ -138,6 +206,8 @@ def logme(
     c = num_classes or check_features_labels(features, labels, "logme")
     check_features_labels(features, labels, "logme")
     f, t = features.detach().to(torch.float64), one_hot64(labels, c)
+    if f.shape[0] < f.shape[1]:
+        return _logme_from_features(f, t, max_iter, tol)
     return _logme_from_stats(f.T @ f, f.T @ t, t.sum(0), len(labels), max_iter, tol)
 
 
@@ -246,7 +316,7 @@ def _h_score_from_stats(
     means = class_sums[present] / class_counts[present, None] - mean
     cov_g = (means.T * (class_counts[present] / n)) @ means
     if shrinkage is None:
-        return torch.trace(torch.linalg.pinv(cov_f, hermitian=True) @ cov_g)
+        return torch.trace(_pinv_psd(cov_f) @ cov_g)
     d = cov_f.shape[0]
     target = torch.eye(d, dtype=cov_f.dtype, device=cov_f.device) * torch.trace(cov_f) / d
     shrunk = (1 - shrinkage) * cov_f + shrinkage * target
@@ -261,7 +331,9 @@ def h_score(
     .. math:: H(f) = \mathrm{tr}\big(\mathrm{cov}(f)^{+}\,\mathrm{cov}(\mathbb E[f\mid y])\big)
 
     with covariances over the ``n`` samples (the ratio does not depend on their normalisation) and the
-    pseudo-inverse (eigenvalues below ``D * eps`` times the largest are dropped). With ``shrinkage = a`` (Ibrahim et al., ICLR
+    pseudo-inverse (eigenvalues below ``D * eps`` times the largest are dropped). With ``n < D`` and no shrinkage
+    it is computed in the features' row space (:func:`_row_space`): the centred features and the class means lie
+    in it, so both covariances are ``V (.) V^T`` of theirs there and the trace is the same. With ``shrinkage = a`` (Ibrahim et al., ICLR
     2022): :math:`\mathrm{tr}\big(((1-a)\,\mathrm{cov}(f) + a\,\bar\sigma I)^{-1}(1-a)\,
     \mathrm{cov}(\mathbb E[f\mid y])\big)`, :math:`\bar\sigma = \mathrm{tr}\,\mathrm{cov}(f) / D`.
 
@@ -285,4 +357,6 @@ def h_score(
             f"h_score: `shrinkage` must be None or in [0, 1), got {shrinkage!r}. HINT: e.g. shrinkage=0.1."
         )
     f, t = features.detach().to(torch.float64), one_hot64(labels, num_classes or c)
+    if shrinkage is None and f.shape[0] < f.shape[1]:  # the same score in the row space (see the docstring)
+        f = _row_space(f)
     return _h_score_from_stats(f.sum(0), f.T @ f, t.T @ f, t.sum(0), shrinkage)

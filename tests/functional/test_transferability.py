@@ -153,10 +153,67 @@ def test_leep_and_nce_match_references(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("shape", [(90, 6, 3), (60, 10, 5)])
+@pytest.mark.parametrize("shape", [(90, 6, 3), (60, 10, 5), (30, 80, 3)])
 def test_h_score_matches_reference(seed: int, shape: tuple[int, int, int]) -> None:
-    f, y, _ = make(seed, *shape)
+    f, y, _ = make(seed, *shape)  # (30, 80, 3): n < D, computed in the row space
     assert float(h_score(f, y)) == pytest.approx(slow_h_score(f.numpy(), y.numpy()), rel=1e-8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_logme_with_far_fewer_samples_than_features_is_finite_and_matches_reference(seed: int) -> None:
+    """n << D: every class is fitted exactly, beta grows without bound and the evidence converges; the
+    Gram-statistics route gave NaN / -inf here, the SVD route the reference's value (its 200 fixed steps stop
+    at a finite beta: 1e-7 apart)."""
+    f, y, _ = make(seed, n=60, d=200)
+    value = float(logme(f, y))
+    assert math.isfinite(value)
+    assert value == pytest.approx(slow_logme(f.numpy(), y.numpy()), rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_logme_and_h_score_with_n_below_d_equal_the_full_space(seed: int) -> None:
+    """The n < D routes (SVD of F for LogME, the row space for H-score) against the D x D statistics."""
+    from lightning_reuse.functional.transferability import _h_score_from_stats, _logme_from_stats
+
+    f, y, _ = make(seed, n=20, d=30, classes=2)
+    t = torch.nn.functional.one_hot(y, 2).double()
+    full_logme = _logme_from_stats(f.T @ f, f.T @ t, t.sum(0), len(y))
+    full_h = _h_score_from_stats(f.sum(0), f.T @ f, t.T @ f, t.sum(0))
+    assert float(logme(f, y)) == pytest.approx(float(full_logme), rel=1e-6)
+    assert float(h_score(f, y)) == pytest.approx(float(full_h), rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_an_eigensolver_failure_falls_back_to_the_svd_with_the_same_value(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LAPACK's ``eigh`` failed to converge on EfficientNet Gram matrices on one machine; it cannot be made
+    to fail on demand, so the failure is simulated; the streaming metrics (D x D statistics) must still score."""
+    from lightning_reuse.metrics import HScore, LogME
+
+    f, y, _ = make(seed)
+    expected = float(logme(f, y)), float(h_score(f, y))
+
+    def no_convergence(*args: object, **kwargs: object) -> None:
+        raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+
+    real_pinv = torch.linalg.pinv
+
+    def pinv_without_eigh(
+        a: torch.Tensor, *args: object, hermitian: bool = False, **kwargs: object
+    ) -> torch.Tensor:
+        if hermitian:
+            no_convergence()
+        return real_pinv(a, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "eigh", no_convergence)
+    monkeypatch.setattr(torch.linalg, "pinv", pinv_without_eigh)
+    got_logme = LogME(num_classes=3)
+    got_logme.update(f, y)
+    got_h = HScore(num_classes=3)
+    got_h.update(f, y)
+    assert float(got_logme.compute()) == pytest.approx(expected[0], rel=1e-9)
+    assert float(got_h.compute()) == pytest.approx(expected[1], rel=1e-9)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
