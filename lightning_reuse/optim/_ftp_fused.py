@@ -352,12 +352,12 @@ class FusedFTPEngine:
     within a few ulp) and ``adam_buckets`` tune it (docs/ftp.md has the measurements).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, direction_dtype: torch.dtype | None = None) -> None:
         self.layout: FusedLayout | None = None
         self.one_pass = True  # measured faster than the two passes on both sets on one H100 (docs/ftp.md)
         self.exact_math = False  # True: IEEE sqrt and divisions as torch's kernel (slower, docs/ftp.md)
         self.adam_buckets = _ADAM_BUCKETS
-        self.direction_dtype: torch.dtype | None = None  # FTP's ``direction_dtype``
+        self.direction_dtype = direction_dtype  # FTP's ``direction_dtype``
 
     def invalidate(self) -> None:
         """Forget the buffers: the next step rebuilds them from ``state[p]`` (after the state was replaced)."""

@@ -51,6 +51,11 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
         return tl.where(x > -0.1, series, 1.0 - tl.exp(x))
 
     @triton.jit
+    def _row_scales(gamma, n):
+        """The projection's ``min(gamma / n, 1)`` (exactly 1 where the row is inside the ball) and ``1 / n``."""
+        return tl.where(gamma >= n, 1.0, tl.div_rn(gamma, n)), tl.div_rn(n * 0.0 + 1.0, n)
+
+    @triton.jit
     def _store_direction(at, x, mask, DIR_BF16: tl.constexpr):
         """Store ``x`` (fp32) at ``at``; ``DIR_BF16``: rounded to nearest even bf16 bit by bit, as torch's cast.
 
@@ -62,6 +67,20 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
             tl.store(at.to(tl.pointer_type(tl.uint16)), (bits >> 16).to(tl.uint16), mask=mask)
         else:
             tl.store(at, x, mask=mask)
+
+    @triton.jit
+    def _project_long_row(
+        p_base, a_base, d_base, length, scale, inv_n, BLOCK: tl.constexpr, DIR_BF16: tl.constexpr
+    ):
+        """Second pass over a row longer than a block: ``p = p' + (scale - 1) c`` and the direction ``c / n``."""
+        offs = tl.arange(0, BLOCK)
+        for start in range(0, length, BLOCK):
+            idx = start + offs
+            mask = idx < length
+            p = tl.load(p_base + idx, mask=mask, other=0.0)
+            c = p - tl.load(a_base + idx, mask=mask, other=0.0)
+            tl.store(p_base + idx, p + c * (scale - 1.0), mask=mask)
+            _store_direction(d_base + idx, c * inv_n, mask, DIR_BF16)
 
     @triton.jit
     def _hgrad_chunks(
@@ -167,8 +186,7 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
                 n = tl.sum(tl.abs(c), axis=0) + 1e-8
                 tl.store(n_row_ptr + r, n)
                 gamma = tl.maximum(tl.load(gamma_ptr + ti), 1e-8)
-                scale = tl.where(gamma >= n, 1.0, tl.div_rn(gamma, n))
-                inv_n = tl.div_rn(n * 0.0 + 1.0, n)
+                scale, inv_n = _row_scales(gamma, n)
                 tl.store(p_base + offs, p + c * (scale - 1.0), mask=mask)
                 _store_direction(d_base + offs, c * inv_n, mask, DIR_BF16)
             else:  # a long row: one loop for the norm, one for the projection (mostly from L2)
@@ -182,15 +200,8 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
                 n = tl.sum(acc, axis=0) + 1e-8
                 tl.store(n_row_ptr + r, n)
                 gamma = tl.maximum(tl.load(gamma_ptr + ti), 1e-8)
-                scale = tl.where(gamma >= n, 1.0, tl.div_rn(gamma, n))
-                inv_n = tl.div_rn(n * 0.0 + 1.0, n)
-                for start in range(0, length, BLOCK):
-                    idx = start + offs
-                    mask = idx < length
-                    p = tl.load(p_base + idx, mask=mask, other=0.0)
-                    c = p - tl.load(a_base + idx, mask=mask, other=0.0)
-                    tl.store(p_base + idx, p + c * (scale - 1.0), mask=mask)
-                    _store_direction(d_base + idx, c * inv_n, mask, DIR_BF16)
+                scale, inv_n = _row_scales(gamma, n)
+                _project_long_row(p_base, a_base, d_base, length, scale, inv_n, BLOCK, DIR_BF16)
 
     @triton.jit
     def _adam_math(
@@ -228,6 +239,20 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
         else:
             p = p - (step_size * m) / (tl.sqrt(v) * (1.0 / bc2_sqrt) + eps)
         return p, m, v
+
+    @triton.jit
+    def _adam_block(
+        p_at, g_at, m_at, v_at, mask, lr, wd, step, beta1, beta2, log_beta1, log_beta2, eps,
+        DECOUPLED: tl.constexpr, EXACT: tl.constexpr,
+    ):  # fmt: skip
+        """Load a block of ``p, g, m, v`` and return its Adam update ``(p', m', v')`` (see ``_adam_math``)."""
+        return _adam_math(
+            tl.load(p_at, mask=mask, other=0.0),
+            tl.load(g_at, mask=mask, other=0.0),
+            tl.load(m_at, mask=mask, other=0.0),
+            tl.load(v_at, mask=mask, other=0.0),
+            lr, wd, step, beta1, beta2, log_beta1, log_beta2, eps, DECOUPLED, EXACT,
+        )  # fmt: skip
 
     @triton.jit
     def _adam_project_rows(
@@ -289,28 +314,16 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
         lr = tl.load(lr_ptr + ti, mask=on, other=0.0)[:, None]
         wd = tl.load(wd_ptr + ti, mask=on, other=0.0)[:, None]
         a = tl.load(anchor_ptr + flat[:, None] + offs, mask=mask, other=0.0)
-        p, m, v = _adam_math(
-            tl.load(p_at, mask=mask, other=0.0),
-            tl.load(g_at, mask=mask, other=0.0),
-            tl.load(m_at, mask=mask, other=0.0),
-            tl.load(v_at, mask=mask, other=0.0),
-            lr,
-            wd,
-            step[:, None],
-            beta1,
-            beta2,
-            log_beta1,
-            log_beta2,
-            eps,
-            DECOUPLED,
-            EXACT,
-        )
+        p, m, v = _adam_block(
+            p_at, g_at, m_at, v_at, mask, lr, wd, step[:, None], beta1, beta2, log_beta1, log_beta2, eps,
+            DECOUPLED, EXACT,
+        )  # fmt: skip
         c = tl.where(mask, p - a, 0.0)
         n = tl.sum(tl.abs(c), axis=1) + 1e-8
         tl.store(n_row_ptr + r, n, mask=on)
         gamma = tl.maximum(tl.load(gamma_ptr + ti, mask=on, other=1.0), 1e-8)
-        scale = tl.where(gamma >= n, 1.0, tl.div_rn(gamma, n))[:, None]
-        inv_n = tl.div_rn(n * 0.0 + 1.0, n)[:, None]
+        scale, inv_n = _row_scales(gamma, n)
+        scale, inv_n = scale[:, None], inv_n[:, None]
         tl.store(p_at, p + c * (scale - 1.0), mask=mask)
         tl.store(m_at, m, mask=mask)
         tl.store(v_at, v, mask=mask)
@@ -369,27 +382,14 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
             offs = tl.arange(0, BLOCK)
             if SINGLE:
                 mask = offs < length
-                p, m, v = _adam_math(
-                    tl.load(p_base + offs, mask=mask, other=0.0),
-                    tl.load(g_base + offs, mask=mask, other=0.0),
-                    tl.load(m_base + offs, mask=mask, other=0.0),
-                    tl.load(v_base + offs, mask=mask, other=0.0),
-                    lr,
-                    wd,
-                    step,
-                    beta1,
-                    beta2,
-                    log_beta1,
-                    log_beta2,
-                    eps,
-                    DECOUPLED,
-                    EXACT,
-                )
+                p, m, v = _adam_block(
+                    p_base + offs, g_base + offs, m_base + offs, v_base + offs, mask, lr, wd, step, beta1, beta2,
+                    log_beta1, log_beta2, eps, DECOUPLED, EXACT,
+                )  # fmt: skip
                 c = tl.where(mask, p - tl.load(a_base + offs, mask=mask, other=0.0), 0.0)
                 n = tl.sum(tl.abs(c), axis=0) + 1e-8
                 tl.store(n_row_ptr + r, n)
-                scale = tl.where(gamma >= n, 1.0, tl.div_rn(gamma, n))
-                inv_n = tl.div_rn(n * 0.0 + 1.0, n)
+                scale, inv_n = _row_scales(gamma, n)
                 tl.store(p_base + offs, p + c * (scale - 1.0), mask=mask)
                 tl.store(m_base + offs, m, mask=mask)
                 tl.store(v_base + offs, v, mask=mask)
@@ -399,37 +399,18 @@ if HAS_TRITON:  # pragma: no cover - compiled and run on CUDA machines only
                 for start in range(0, length, BLOCK):
                     idx = start + offs
                     mask = idx < length
-                    p, m, v = _adam_math(
-                        tl.load(p_base + idx, mask=mask, other=0.0),
-                        tl.load(g_base + idx, mask=mask, other=0.0),
-                        tl.load(m_base + idx, mask=mask, other=0.0),
-                        tl.load(v_base + idx, mask=mask, other=0.0),
-                        lr,
-                        wd,
-                        step,
-                        beta1,
-                        beta2,
-                        log_beta1,
-                        log_beta2,
-                        eps,
-                        DECOUPLED,
-                        EXACT,
-                    )
+                    p, m, v = _adam_block(
+                        p_base + idx, g_base + idx, m_base + idx, v_base + idx, mask, lr, wd, step, beta1, beta2,
+                        log_beta1, log_beta2, eps, DECOUPLED, EXACT,
+                    )  # fmt: skip
                     acc += tl.where(mask, tl.abs(p - tl.load(a_base + idx, mask=mask, other=0.0)), 0.0)
                     tl.store(p_base + idx, p, mask=mask)
                     tl.store(m_base + idx, m, mask=mask)
                     tl.store(v_base + idx, v, mask=mask)
                 n = tl.sum(acc, axis=0) + 1e-8
                 tl.store(n_row_ptr + r, n)
-                scale = tl.where(gamma >= n, 1.0, tl.div_rn(gamma, n))
-                inv_n = tl.div_rn(n * 0.0 + 1.0, n)
-                for start in range(0, length, BLOCK):
-                    idx = start + offs
-                    mask = idx < length
-                    p = tl.load(p_base + idx, mask=mask, other=0.0)
-                    c = p - tl.load(a_base + idx, mask=mask, other=0.0)
-                    tl.store(p_base + idx, p + c * (scale - 1.0), mask=mask)
-                    _store_direction(d_base + idx, c * inv_n, mask, DIR_BF16)
+                scale, inv_n = _row_scales(gamma, n)
+                _project_long_row(p_base, a_base, d_base, length, scale, inv_n, BLOCK, DIR_BF16)
 
     @triton.jit
     def _clip_tensors(mode_ptr, row_begin_ptr, row_end_ptr, n_row_ptr, gamma_ptr, t_ptr, BLOCK: tl.constexpr):

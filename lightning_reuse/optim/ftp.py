@@ -161,8 +161,7 @@ class FTP(Optimizer):
             group.setdefault("ftp_mu", float(mu))
             group.setdefault("ftp_step", 0)
             check_group(group, i)
-        self._fused_engine = FusedFTPEngine()
-        self._fused_engine.direction_dtype = direction_dtype
+        self._fused_engine = FusedFTPEngine(direction_dtype)
         self._flat_layouts: dict[tuple[int, ...], F.FlatLayout] = {}
         self._exclude, self._anchor_spec, self._model = exclude, anchors, model
         self._projected, self._excluded = ParamSet(), ParamSet()
