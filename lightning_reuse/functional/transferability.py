@@ -203,9 +203,8 @@ def logme(
         >>> round(float(logme(f, y)), 4)
         -0.5565
     """
-    c = num_classes or check_features_labels(features, labels, "logme")
-    check_features_labels(features, labels, "logme")
-    f, t = features.detach().to(torch.float64), one_hot64(labels, c)
+    c = check_features_labels(features, labels, "logme")
+    f, t = features.detach().to(torch.float64), one_hot64(labels, num_classes or c)
     if f.shape[0] < f.shape[1]:
         return _logme_from_features(f, t, max_iter, tol)
     return _logme_from_stats(f.T @ f, f.T @ t, t.sum(0), len(labels), max_iter, tol)
