@@ -28,6 +28,7 @@ def _run(rank, world_size, port, worker):
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         worker(rank, world_size)
+        dist.barrier()  # both ranks done before either tears down (a rank aborted once in teardown)
     finally:
         dist.destroy_process_group()
 
