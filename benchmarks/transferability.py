@@ -735,7 +735,8 @@ def reprogram_model(net: nn.Module, num_classes: int, cfg: Config) -> Reprogramm
     mapping = LinearLabelMapping(k, num_classes)
     mapping.linear.load_state_dict(_new_head(k, num_classes, cfg.seed).state_dict())
     prompt = FullPrompt((1, 8, 8), (1, 8, 8), activation="identity")
-    return ReprogrammedModel(copy.deepcopy(net), prompt, mapping)
+    dev = cfg.device
+    return ReprogrammedModel(copy.deepcopy(net), prompt.to(dev), mapping.to(dev))
 
 
 def _screen_fields(scores: Any, suffix: str) -> dict[str, float]:

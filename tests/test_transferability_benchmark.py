@@ -390,11 +390,13 @@ def test_quick_configuration_on_a_gpu(quick: tuple[dict, object]) -> None:
     pytest.importorskip("pynvml", reason="the GPU energy counter is read through NVML's Python bindings")
     cfg = module.replace(module.quick_config(), device="cuda")
     runs = module.run_grid(cfg)
+    # NVML's counter moves in steps (about every 100 ms on an H100): a short window may read 0 J, never less
+    assert sum(r[f"{s}_wh"] for r in runs for s in module.STRATEGIES) > 0
     for r, old in zip(runs, result["runs"]):
         assert set(r["gpu_joules"]) == set(module.STRATEGIES) and "cpu_seconds" not in r
         for s in module.STRATEGIES:
             curve = r[f"{s}_wh_curve"]
-            assert all(b >= a for a, b in zip(curve, curve[1:])) and curve[-1] > 0
+            assert all(b >= a for a, b in zip(curve, curve[1:])) and curve[0] >= 0
             assert r[f"{s}_wh"] == pytest.approx(
                 (r["gpu_joules"][s]["setup"] + sum(r["gpu_joules"][s]["epochs"])) / 3600
             )
