@@ -1795,9 +1795,28 @@ def analyse(cfg: Config, runs: list[dict[str, Any]], elapsed: float) -> dict[str
     return result
 
 
-def _rescore_checkpoint(cfg: Config, stem: Path) -> dict[str, Any]:
-    """Analyse the runs file alone (runs made elsewhere, e.g. a GPU configuration over several invocations)."""
+def _rescore_checkpoint(
+    cfg: Config, stem: Path, drop_incomplete: bool = False
+) -> tuple[dict[str, Any], Config, list[dict[str, str]]]:
+    """Analyse the runs file alone (runs made elsewhere, e.g. a GPU configuration over several invocations).
+
+    ``drop_incomplete``: leave out the sources that lack some of their pairs (recorded as skipped, with how
+    many pairs they had) instead of stopping. Returns the result, the configuration analysed, the skipped.
+    """
     stored = checkpoint_runs(cfg, checkpoint_path(stem), same_torch=False)
+    skipped = []
+    if drop_incomplete:
+        nt = len(cfg.targets)
+        skipped = [
+            {
+                "name": x["name"],
+                "reason": f"incomplete: {len(stored.get(x['name'], []))} of {nt} pairs were run",
+            }
+            for x in cfg.sources
+            if len(stored.get(x["name"], [])) < nt
+        ]
+        gone = {x["name"] for x in skipped}
+        cfg = replace(cfg, sources=[x for x in cfg.sources if x["name"] not in gone])
     runs = [{**r, "s": s} for s, spec in enumerate(cfg.sources) for r in stored.get(spec["name"], [])]
     have = {(r["s"], r["t"]) for r in runs}
     missing = [
@@ -1824,7 +1843,7 @@ def _rescore_checkpoint(cfg: Config, stem: Path) -> dict[str, Any]:
     else:
         result["energy"] = energy_section(runs, None)
     result["elapsed_from"] = "the sum of the pairs' own seconds (runs made over several invocations)"
-    return result
+    return result, cfg, skipped
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -1853,6 +1872,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "identically (same torch, settings, targets and source) and compute only the missing pairs",
     )
     parser.add_argument(
+        "--drop-incomplete",
+        action="store_true",
+        help="with --rescore of a runs file: leave out the sources that lack some pairs (listed as skipped)",
+    )
+    parser.add_argument(
         "--runs-only",
         action="store_true",
         help="compute the missing pairs into the runs file and stop (no analysis; --rescore analyses later)",
@@ -1873,7 +1897,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stem = args.out or RESULTS / default_stem
     builder = quick_config if args.quick else CONFIGS[args.config]
     if args.rescore and not stem.with_suffix(".json").exists():
-        result, skipped, reused = _rescore_checkpoint(builder(), stem), [], None
+        result, _, skipped = _rescore_checkpoint(builder(), stem, args.drop_incomplete)
+        reused = None
     elif args.rescore:
         old = json.loads(stem.with_suffix(".json").read_text())
         cfg, skipped = Config(**old["config"]), old.get("skipped_sources", [])

@@ -347,6 +347,11 @@ def test_rescore_of_a_runs_file_equals_the_run_that_wrote_it(
     stem.with_suffix(".json").unlink()
     with pytest.raises(SystemExit, match="1 of 12 pairs are missing.*HINT: run the configuration again"):
         module.main(["--quick", "--rescore", "--out", str(stem)])
+    dropped = module.main(["--quick", "--rescore", "--drop-incomplete", "--out", str(stem)])
+    last = cfg.sources[-1]["name"]
+    assert dropped["skipped_sources"] == [{"name": last, "reason": "incomplete: 3 of 4 pairs were run"}]
+    assert [x["name"] for x in dropped["config"]["sources"]] == [x["name"] for x in cfg.sources[:-1]]
+    assert {r["source"] for r in dropped["runs"]} == {x["name"] for x in cfg.sources[:-1]}
 
 
 def test_gpu_configuration_differs_only_in_resolution_and_device(quick: tuple[dict, object]) -> None:
