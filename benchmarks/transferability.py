@@ -1795,15 +1795,52 @@ def analyse(cfg: Config, runs: list[dict[str, Any]], elapsed: float) -> dict[str
     return result
 
 
-def _rescore_checkpoint(
-    cfg: Config, stem: Path, drop_incomplete: bool = False
+def select_sources(cfg: Config, wanted: list[str]) -> Config:
+    """The configuration with only the named sources (in the configuration's order)."""
+    known = [x["name"] for x in cfg.sources]
+    unknown = [n for n in wanted if n not in known]
+    if unknown or not wanted:
+        raise SystemExit(
+            f"--sources: expected names of the {cfg.name} configuration's sources, got {unknown or wanted!r}. "
+            f"HINT: one or more of {', '.join(map(repr, known))} (quote each name)."
+        )
+    return replace(cfg, sources=[x for x in cfg.sources if x["name"] in wanted])
+
+
+def stored_pairs(cfg: Config, path: Path) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Runs per source name from a runs file (``.jsonl``) or a results JSON, and the GPU meter records.
+
+    A results JSON's runs are taken when its settings match ``cfg``'s (any torch: re-analysis only).
+    """
+    if path.suffix != ".json":
+        meter = path.with_name(path.name.replace(".runs.jsonl", ".meter.jsonl"))
+        records = [json.loads(x) for x in meter.read_text().splitlines()] if meter.exists() else []
+        return checkpoint_runs(cfg, path, same_torch=False), records
+    old = json.loads(path.read_text())
+    if run_settings(old["config"]) != run_settings(asdict(cfg)):
+        raise SystemExit(
+            f"--from {path}: its settings {run_settings(old['config'])} are not the {cfg.name} configuration's "
+            f"{run_settings(asdict(cfg))}. HINT: pass the --config (or --quick) that made it."
+        )
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in old["runs"]:
+        spec = old["config"]["sources"][r["s"]]
+        if spec in cfg.sources:
+            out.setdefault(spec["name"], []).append(r | {"torch": old["torch"], "machine": old["machine"]})
+    return out, (old.get("energy") or {}).get("invocations") or []
+
+
+def _rescore_stored(
+    cfg: Config, path: Path, drop_incomplete: bool = False
 ) -> tuple[dict[str, Any], Config, list[dict[str, str]]]:
-    """Analyse the runs file alone (runs made elsewhere, e.g. a GPU configuration over several invocations).
+    """Analyse stored runs alone: a runs file (runs made elsewhere, e.g. a GPU configuration over several
+    invocations) or a results JSON (``--from``, e.g. with ``--sources`` to analyse a subset of its sources).
 
     ``drop_incomplete``: leave out the sources that lack some of their pairs (recorded as skipped, with how
-    many pairs they had) instead of stopping. Returns the result, the configuration analysed, the skipped.
+    many pairs they had) instead of stopping. Epochs to target and Wh are recomputed over the sources
+    analysed (the goal depends on them). Returns the result, the configuration analysed, the skipped.
     """
-    stored = checkpoint_runs(cfg, checkpoint_path(stem), same_torch=False)
+    stored, records = stored_pairs(cfg, path)
     skipped = []
     if drop_incomplete:
         nt = len(cfg.targets)
@@ -1827,7 +1864,7 @@ def _rescore_checkpoint(
     ]
     if missing:
         raise SystemExit(
-            f"--rescore of {checkpoint_path(stem)}: {len(missing)} of {len(cfg.sources) * len(cfg.targets)} "
+            f"--rescore of {path}: {len(missing)} of {len(cfg.sources) * len(cfg.targets)} "
             f"pairs are missing (first: {missing[:3]}). HINT: run the configuration again with --reuse to "
             "compute only those."
         )
@@ -1836,8 +1873,6 @@ def _rescore_checkpoint(
     result = analyse(cfg, runs, float(sum(r["seconds"] for r in runs)))
     result["machine"] = ", ".join(sorted({r["machine"] for r in runs}))
     result["torch"] = ", ".join(sorted({r["torch"] for r in runs}))
-    meter = stem.with_name(stem.name + ".meter.jsonl")
-    records = [json.loads(x) for x in meter.read_text().splitlines()] if meter.exists() else []
     if window_key(cfg.device) == GPUWindows.key:
         result["energy"] = gpu_energy_section(runs, records)
     else:
@@ -1872,6 +1907,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "identically (same torch, settings, targets and source) and compute only the missing pairs",
     )
     parser.add_argument(
+        "--from",
+        dest="from_",
+        type=Path,
+        default=None,
+        help="with --rescore: the runs to analyse, a results JSON or a runs file (default: the output's own)",
+    )
+    parser.add_argument(
+        "--sources",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="run or analyse only these of the configuration's sources (names as in the results)",
+    )
+    parser.add_argument(
         "--drop-incomplete",
         action="store_true",
         help="with --rescore of a runs file: leave out the sources that lack some pairs (listed as skipped)",
@@ -1896,8 +1945,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     stem = args.out or RESULTS / default_stem
     builder = quick_config if args.quick else CONFIGS[args.config]
-    if args.rescore and not stem.with_suffix(".json").exists():
-        result, _, skipped = _rescore_checkpoint(builder(), stem, args.drop_incomplete)
+    if args.sources:
+        builder = functools.partial(select_sources, builder(), args.sources)
+    if args.rescore and (args.from_ or not stem.with_suffix(".json").exists()):
+        result, _, skipped = _rescore_stored(
+            builder(), args.from_ or checkpoint_path(stem), args.drop_incomplete
+        )
         reused = None
     elif args.rescore:
         old = json.loads(stem.with_suffix(".json").read_text())
@@ -1905,6 +1958,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         added = add_screening(cfg, old["runs"])  # runs stored before the NTK screening existed
         result = analyse(cfg, old["runs"], old["elapsed_s"] + added)
         result["energy"] = old.get("energy")
+        result["machine"], result["torch"] = old.get("machine", MACHINE), old.get("torch", torch.__version__)
         reused = old.get("reused")
     else:
         cfg, skipped = available_sources(builder())

@@ -406,3 +406,43 @@ def test_quick_configuration_on_a_gpu(quick: tuple[dict, object]) -> None:
                 (r["gpu_joules"][s]["setup"] + sum(r["gpu_joules"][s]["epochs"])) / 3600
             )
         assert abs(r["finetune_acc"] - old["finetune_acc"]) < 0.1  # another device's arithmetic, same recipe
+
+
+def test_rescore_of_a_subset_of_a_results_json(quick: tuple[dict, object], tmp_path: Path) -> None:
+    """``--rescore --from JSON --sources ...`` analyses those sources' stored runs, goals recomputed over them."""
+    result, module = quick
+    src = tmp_path / "all.json"
+    src.write_text(json.dumps(result, default=float))
+    names = [s["name"] for s in module.quick_config().sources[:2]]
+    sub = module.main(
+        ["--quick", "--rescore", "--from", str(src), "--sources", *names, "--out", str(tmp_path / "sub")]
+    )
+    assert [s["name"] for s in sub["config"]["sources"]] == names and sub["machine"] == result["machine"]
+    assert {r["source"] for r in sub["runs"]} == set(names) and len(sub["runs"]) == 2 * len(
+        result["config"]["targets"]
+    )
+    for r in sub["runs"]:
+        old = next(o for o in result["runs"] if o["source"] == r["source"] and o["t"] == r["t"])
+        assert r["curves"] == old["curves"]
+        goal = 0.9 * max(o["curves"]["probe"][-1] for o in sub["runs"] if o["t"] == r["t"])
+        assert r["probe_goal"] == pytest.approx(goal) and r["probe_wh"] == pytest.approx(old["probe_wh"])
+    with pytest.raises(
+        SystemExit, match="--sources: expected names of the quick configuration's sources.*HINT"
+    ):
+        module.main(
+            ["--quick", "--rescore", "--from", str(src), "--sources", "nope", "--out", str(tmp_path / "x")]
+        )
+    with pytest.raises(
+        SystemExit, match="its settings .* are not the cpu configuration's.*HINT: pass the --config"
+    ):
+        module.main(["--rescore", "--from", str(src), "--out", str(tmp_path / "y")])
+
+
+def test_rescore_of_a_results_json_keeps_its_machine(quick: tuple[dict, object], tmp_path: Path) -> None:
+    result, module = quick
+    stem = tmp_path / "elsewhere"
+    stem.with_suffix(".json").write_text(
+        json.dumps({**result, "machine": "one test GPU, 1 process"}, default=float)
+    )
+    again = module.main(["--quick", "--rescore", "--out", str(stem)])
+    assert again["machine"] == "one test GPU, 1 process" and again["torch"] == result["torch"]
