@@ -5,7 +5,8 @@ Protocol (issue 15, items 3-4 at CPU scale; see ``docs/transferability.md``, sec
 - Sources: SmallCNNs of several widths and depths pre-trained here on all ten digits, on class subsets and
   on relabelings (families ``digits10``, ``subset``, ``relabel``; cached like ``samples.zoo``), random-weight
   controls (family ``random``) and, in the CPU configuration, the ImageNet-pretrained EfficientNet-Lite0, -Lite1
-  and -Lite2 (family ``imagenet``; digits upsampled to 32 px, three channels; each from its weights package,
+  and -Lite2 (family ``imagenet``; digits upsampled to 32 px, 224 px in the GPU configuration ``gpu224``, three
+  channels; each from its weights package,
   extra ``zoo``: a source whose package is missing is skipped, and the JSON and markdown say which and why;
   ``LEFT_OUT`` lists sources a configuration leaves out on purpose, none now). Sources only ever saw the first
   60% of the digits (split seed 0).
@@ -53,16 +54,26 @@ Protocol (issue 15, items 3-4 at CPU scale; see ``docs/transferability.md``, sec
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/transferability.py --jobs 2   # CPU configuration (1828 s on 2 cores)
+    OMP_NUM_THREADS=1 python benchmarks/transferability.py --jobs 2   # CPU configuration (1414 s on 2 cores)
     OMP_NUM_THREADS=1 python benchmarks/transferability.py            # the same in one process (not timed)
     OMP_NUM_THREADS=1 python benchmarks/transferability.py --reuse    # only the pairs the stored JSON lacks
     OMP_NUM_THREADS=1 python benchmarks/transferability.py --quick    # seconds, for the test
+    python benchmarks/transferability.py --config gpu224 --reuse      # 224 px on one CUDA GPU (energy: NVML)
+    python benchmarks/transferability.py --config gpu224 --rescore --drop-incomplete   # analyse what ran
+    python benchmarks/transferability.py --rescore --from benchmarks/results/transferability.json \
+        --sources efficientnet_lite0 digits10_all_w8d2 --out /tmp/two_sources       # a subset's analysis
+
+Every finished pair is appended to ``<stem>.runs.jsonl``: a stopped run loses at most the pair in progress, and
+``--reuse`` computes only the pairs missing there (``--runs-only`` computes and does not analyse).
 
 On a 2-core CPU, 1 thread, one pair (the noise target) took 2-4 s with a SmallCNN source, 76 s with
 EfficientNet-Lite0, 100 s with -Lite1 and 119 s with -Lite2; the 11 sources without Lite1 took 964 s, Lite1's 12
 pairs 1372 s (before the additive strategy was added).
 
-Writes ``benchmarks/results/transferability{,_quick}.json`` and ``.md`` (``--out`` to change the stem).
+On one H100 (one process), one EfficientNet pair at 224 px took 11 s (Lite0) and 13 s (Lite1), a SmallCNN pair
+about 2 s.
+
+Writes ``benchmarks/results/transferability{,_quick,_gpu224}.json`` and ``.md`` (``--out`` to change the stem).
 """
 
 from __future__ import annotations
