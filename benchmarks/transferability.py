@@ -481,13 +481,13 @@ class GPUWindows:
     """A window's cost in GPU joules: NVML's total-energy counter of the whole GPU, read after synchronising.
 
     ``nvmlDeviceGetTotalEnergyConsumption`` (millijoules since the driver loaded; what codecarbon reads for an
-    NVIDIA GPU). Where the GPU has no such counter, NVML's power reading (``nvmlDeviceGetPowerUsage``)
-    sampled every 5 ms by a thread and integrated over time (``method`` says which). The counter is the whole
-    GPU's, so the pairs run in one process (``--jobs 1``); what the GPU draws while the host prepares the next
-    launch is counted, as a user's bill would count it.
+    NVIDIA GPU; Volta or newer). The counter is the whole GPU's, so the pairs run in one process (``--jobs 1``);
+    what the GPU draws while the host prepares the next launch is counted, as a user's bill would count it. It
+    moves in steps (about 12 J on an H100 under the zoo's load), so a window shorter than a step may read 0 J.
     """
 
     key = "gpu_joules"
+    method = "nvmlDeviceGetTotalEnergyConsumption"
 
     def __init__(self, device: str) -> None:
         import pynvml
@@ -499,38 +499,16 @@ class GPUWindows:
             torch.cuda.current_device() if index is None else index
         )
         try:
-            pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
-            self.method = "nvmlDeviceGetTotalEnergyConsumption"
-        except pynvml.NVMLError as err:  # no energy counter: integrate sampled power instead
-            self.method = f"nvmlDeviceGetPowerUsage every 5 ms, integrated (no energy counter: {err})"
-            self._start_sampler()
-
-    def _start_sampler(self) -> None:
-        import threading
-
-        self._lock, self._joules, self._last = threading.Lock(), 0.0, (time.perf_counter(), self._watts())
-
-        def sample() -> None:
-            while True:
-                time.sleep(0.005)
-                now, watts = time.perf_counter(), self._watts()
-                with self._lock:
-                    t0, w0 = self._last
-                    self._joules += 0.5 * (w0 + watts) * (now - t0)
-                    self._last = (now, watts)
-
-        threading.Thread(target=sample, daemon=True).start()
-
-    def _watts(self) -> float:
-        return self.nvml.nvmlDeviceGetPowerUsage(self.handle) / 1000.0
+            self.read()
+        except pynvml.NVMLError as err:
+            raise RuntimeError(
+                f"The GPU configuration measures energy with NVML's total-energy counter, and this GPU has none "
+                f"({err}). HINT: run it on an NVIDIA GPU of the Volta generation or newer."
+            ) from err
 
     def read(self) -> float:
         torch.cuda.synchronize()
-        if self.method == "nvmlDeviceGetTotalEnergyConsumption":
-            return self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) / 1000.0
-        with self._lock:  # up to now at the last sample's power
-            t0, w0 = self._last
-            return self._joules + w0 * (time.perf_counter() - t0)
+        return self.nvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) / 1000.0
 
     def update_interval(self, seconds: float = 1.0) -> dict[str, Any]:
         """How often the counter moves: polled for ``seconds`` while the GPU multiplies matrices."""

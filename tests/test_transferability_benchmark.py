@@ -406,6 +406,8 @@ def test_quick_configuration_on_a_gpu(quick: tuple[dict, object]) -> None:
                 (r["gpu_joules"][s]["setup"] + sum(r["gpu_joules"][s]["epochs"])) / 3600
             )
         assert abs(r["finetune_acc"] - old["finetune_acc"]) < 0.1  # another device's arithmetic, same recipe
+    moves = module.windows_meter("cuda").update_interval(0.5)
+    assert moves["changes"] >= 1 and (moves["median_s"] is None or 0 < moves["median_s"] <= moves["max_s"])
 
 
 def test_rescore_of_a_subset_of_a_results_json(quick: tuple[dict, object], tmp_path: Path) -> None:
