@@ -125,6 +125,9 @@ def test_ddp_stops_on_all_ranks_at_the_same_batch(ddp_runner) -> None:
     assert r0["stop"] is not None and r0["stop"]["basis"] == "measured"
     assert r0["stop"] == r1["stop"]  # the same decision from the same summed numbers
     assert r0["global_step"] == r1["global_step"] == r0["stop"]["batches"] < 80
-    assert r0["stop"]["batches"] % 3 == 0 and r0["epochs"] == r1["epochs"]
+    # decided at a check point only: every 3 batches, or at an epoch's end (20 batches; without a prediction the
+    # measured total is checked there too, so a budget crossed after batch 18 stops at 20)
+    batches = r0["stop"]["batches"]
+    assert (batches % 3 == 0 or batches % 20 == 0) and r0["epochs"] == r1["epochs"]
     assert r0["local"] != r1["local"]  # the ranks measured different totals, yet decided together
     assert r0["stop"]["measured"] >= r0["stop"]["budget"]
