@@ -1153,14 +1153,20 @@ def stored_runs(cfg: Config, old: dict[str, Any]) -> dict[str, list[dict[str, An
     """
     if old.get("torch") != torch.__version__ or run_settings(old["config"]) != run_settings(asdict(cfg)):
         return {}
-    out, key = {}, window_key(cfg.device)
-    for s, spec in enumerate(old["config"]["sources"]):
-        mine = sorted(
-            (r for r in old["runs"] if r["s"] == s and "ntk" in r and key in r),
-            key=lambda r: r["t"],
-        )
-        if spec in cfg.sources and [r["t"] for r in mine] == list(range(len(cfg.targets))):
-            out[spec["name"]] = mine
+    key, targets = window_key(cfg.device), list(range(len(cfg.targets)))
+    mine = {
+        name: [r for r in runs if "ntk" in r and key in r] for name, runs in results_pairs(cfg, old).items()
+    }
+    return {name: runs for name, runs in mine.items() if [r["t"] for r in runs] == targets}
+
+
+def results_pairs(cfg: Config, old: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """A results JSON's runs per source name, for the sources ``cfg`` has (in target order; no checks)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(old["runs"], key=lambda r: r["t"]):
+        spec = old["config"]["sources"][r["s"]]
+        if spec in cfg.sources:
+            out.setdefault(spec["name"], []).append(r)
     return out
 
 
@@ -1422,10 +1428,13 @@ def stop_run_meter(meter: Any, cpu0: float, runs: list[dict[str, Any]]) -> dict[
         "duration_s": record.duration_s,
         "cpu_seconds": cpu,
         "model_cpu_wh": None if w is None else cpu * w / 3600.0,
-        "strategy_windows_wh": float(
-            sum(r[f"{st}_wh"] for r in runs for st in STRATEGIES if r.get(f"{st}_wh") is not None)
-        ),
+        "strategy_windows_wh": windows_wh(runs),
     }
+
+
+def windows_wh(runs: list[dict[str, Any]]) -> float:
+    """Wh of the strategies' windows summed over runs and strategies (a part of a whole run's energy)."""
+    return float(sum(r[f"{st}_wh"] for r in runs for st in STRATEGIES if r.get(f"{st}_wh") is not None))
 
 
 def energy_section(runs: list[dict[str, Any]], whole_run: dict[str, Any] | None) -> dict[str, Any]:
@@ -1471,10 +1480,7 @@ def gpu_run_record(
         "pairs": len(new_runs),
         "duration_s": time.perf_counter() - start,
         "nvml_gpu_wh": (meter.read() - joules0) / 3600.0,
-        "strategy_windows_wh": float(
-            sum(sum(c["setup"] + sum(c["epochs"]) for c in r["gpu_joules"].values()) for r in new_runs)
-        )
-        / 3600.0,
+        "strategy_windows_wh": windows_wh(new_runs),
         "counter_update": meter.update_interval(),
         "method": meter.method,
     }
@@ -1750,7 +1756,9 @@ def answers(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def analyse(cfg: Config, runs: list[dict[str, Any]], elapsed: float) -> dict[str, Any]:
+def analyse(
+    cfg: Config, runs: list[dict[str, Any]], elapsed: float, made_on: str, torch_version: str
+) -> dict[str, Any]:
     """Matrices, fitted scores (one group left out), correlations with intervals, gaps and answers."""
     ns, nt = len(cfg.sources), len(cfg.targets)
     scores, truths = score_matrices(runs, ns, nt), truth_matrices(runs, ns, nt, cfg)
@@ -1759,7 +1767,7 @@ def analyse(cfg: Config, runs: list[dict[str, Any]], elapsed: float) -> dict[str
         "lofo": np.repeat(np.array([[s["family"] for s in cfg.sources]]).T, nt, 1).ravel(),
     }
     fitted, mae = fitted_scores(scores, truths, groups, cfg)
-    result: dict[str, Any] = {"machine": MACHINE, "config": asdict(cfg), "torch": torch.__version__}
+    result: dict[str, Any] = {"machine": made_on, "config": asdict(cfg), "torch": torch_version}
     result |= evaluate({**scores, **fitted}, truths, cfg)
     cols = ~np.all(np.isnan(scores["resque_dist"]), 0)  # RESQUE_dist's targets: input shifts only
     subset = (
@@ -1811,11 +1819,8 @@ def stored_pairs(cfg: Config, path: Path) -> tuple[dict[str, list[dict[str, Any]
             f"--from {path}: its settings {run_settings(old['config'])} are not the {cfg.name} configuration's "
             f"{run_settings(asdict(cfg))}. HINT: pass the --config (or --quick) that made it."
         )
-    out: dict[str, list[dict[str, Any]]] = {}
-    for r in old["runs"]:
-        spec = old["config"]["sources"][r["s"]]
-        if spec in cfg.sources:
-            out.setdefault(spec["name"], []).append(r | {"torch": old["torch"], "machine": old["machine"]})
+    made = {"torch": old["torch"], "machine": old.get("machine", MACHINE)}
+    out = {name: [r | made for r in runs] for name, runs in results_pairs(cfg, old).items()}
     return out, (old.get("energy") or {}).get("invocations") or []
 
 
@@ -1859,9 +1864,8 @@ def _rescore_stored(
         )
     runs.sort(key=lambda r: (r["s"], r["t"]))
     fill_epochs(runs, len(cfg.targets), cpu_power_model()["w_per_cpu_s"])
-    result = analyse(cfg, runs, float(sum(r["seconds"] for r in runs)))
-    result["machine"] = ", ".join(sorted({r["machine"] for r in runs}))
-    result["torch"] = ", ".join(sorted({r["torch"] for r in runs}))
+    made_on, torch_version = (", ".join(sorted({r[k] for r in runs})) for k in ("machine", "torch"))
+    result = analyse(cfg, runs, float(sum(r["seconds"] for r in runs)), made_on, torch_version)
     if window_key(cfg.device) == GPUWindows.key:
         result["energy"] = gpu_energy_section(runs, records)
     else:
@@ -1945,9 +1949,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         old = json.loads(stem.with_suffix(".json").read_text())
         cfg, skipped = Config(**old["config"]), old.get("skipped_sources", [])
         added = add_screening(cfg, old["runs"])  # runs stored before the NTK screening existed
-        result = analyse(cfg, old["runs"], old["elapsed_s"] + added)
+        made_on, torch_version = old.get("machine", MACHINE), old.get("torch", torch.__version__)
+        result = analyse(cfg, old["runs"], old["elapsed_s"] + added, made_on, torch_version)
         result["energy"] = old.get("energy")
-        result["machine"], result["torch"] = old.get("machine", MACHINE), old.get("torch", torch.__version__)
         reused = old.get("reused")
     else:
         cfg, skipped = available_sources(builder())
@@ -1995,9 +1999,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if reuse and old:  # the stored runs' time: the earlier run's, which made them all
             reused = {"sources": list(reuse), "earlier_elapsed_s": old["elapsed_s"], "new_pairs_s": elapsed}
             elapsed += old["elapsed_s"]
-        result = analyse(cfg, runs, elapsed)
+        result = analyse(cfg, runs, elapsed, machine(cfg, args.jobs), torch.__version__)
         result["energy"] = gpu_energy_section(runs, [record]) if gpu else energy_section(runs, whole_run)
-        result["machine"] = machine(cfg, args.jobs)
     result["skipped_sources"] = skipped
     result["reused"] = reused
     stem.parent.mkdir(parents=True, exist_ok=True)
